@@ -1,0 +1,1 @@
+"""Node kinds: one module per node, thin wiring of library pieces to sockets."""

@@ -1,0 +1,1 @@
+"""Open real-time multi-camera body capture: the library (transport, geometry, body models, fitting)."""

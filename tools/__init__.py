@@ -1,0 +1,1 @@
+"""Benchmarks, importers, exporters, the synthetic-take generator and the demo."""
