@@ -129,7 +129,7 @@ def test_kalman_coasts_short_gap_and_reacquires():
     hold_error = np.linalg.norm(values[59] - truth[71], axis=-1).max()  # what holding would cost
     assert coast_error < 0.04 and coast_error < hold_error / 5
     steps = np.linalg.norm(np.diff(values, axis=0), axis=-1)
-    assert steps[55:80].max() < 0.05
+    assert steps[55:80].max() < 0.02 + 0.04  # one frame of walking plus the coasting error
 
 
 def test_kalman_long_gap_drops_then_reinitialises():
