@@ -1,0 +1,322 @@
+"""Retarget MHR-70 keypoints to a Unity `HumanBodyBones` skeleton (positions + rotations), model-free.
+
+Works for any body model because it reads only keypoint positions. Frames:
+- stage world: right-handed, Z up (the rig's world), metres.
+- avatar frame ("Y-up"): right-handed, +Y up, +Z forward of the T-pose, the performer's left at +X
+  (glTF convention). `stage_to_yup` maps stage world into it: (x, y, z) -> (x, z, -y).
+Unity's left-handed frame is one step further (`streamer.vmc`); BVH export uses the Y-up frame.
+
+Rotations are relative to a defined T-pose (arms along +-X, legs and spine along -+Y, facing +Z,
+palms down). For each bone, its world rotation R maps the T-pose to the current pose:
+- frame bones (Hips, spine chain, Neck, Head, hands, feet): R = F_now @ F_tpose.T, each F an
+  orthonormal frame from a primary direction (e.g. hip line, wrist -> middle knuckle) and a secondary one;
+- limb bones (shoulders, arms, legs, fingers): R = swing(R_parent d0 -> d) @ R_parent, the shortest
+  rotation taking the parent-carried T-pose direction d0 onto the measured bone direction d;
+- leaves (toes, eyes, jaw): R = R_parent.
+local = R_parent.T @ R. Local positions are the offsets to the parent in the parent's rotated frame, so
+forward kinematics of (local position, local rotation) reproduces the joint positions.
+Spine, Chest and UpperChest are placed on the hip->neck line (keypoints have no vertebrae): Spine a
+fraction `SPINE_FRACTION` of the way along the Hips frame's up axis, the others evenly up to the neck.
+Bones whose keypoints are missing (non-finite) keep the parent's rotation and position.
+
+Arrays: keypoints (T, 70, 3) float; outputs per bone in `BONES` order.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from streamer.body import mhr70
+
+__all__ = [
+    "BONES",
+    "PARENTS",
+    "Skeleton",
+    "forward_kinematics",
+    "joint_positions_yup",
+    "retarget",
+    "stage_to_yup",
+    "yup_to_stage",
+]
+
+SPINE_FRACTION = 0.12
+_EPS = 1e-9
+
+# (name, parent, kind, T-pose primary d0, T-pose secondary s0) in the Y-up avatar frame.
+# kind: "frame" (primary + secondary), "swing" (direction only), "leaf" (parent rotation).
+_L, _R = 1.0, -1.0  # sign of +X for the performer's left / right side
+_SQ = 1 / np.sqrt(2)
+_SPEC: list[tuple[str, str | None, str, tuple, tuple]] = [
+    ("Hips", None, "frame", (-1, 0, 0), (0, 1, 0)),
+    ("Spine", "Hips", "frame", (0, 1, 0), (-1, 0, 0)),
+    ("Chest", "Spine", "frame", (0, 1, 0), (-1, 0, 0)),
+    ("UpperChest", "Chest", "frame", (0, 1, 0), (-1, 0, 0)),
+    ("Neck", "UpperChest", "frame", (0, 1, 0), (-1, 0, 0)),
+    ("Head", "Neck", "frame", (-1, 0, 0), (0, 0, 1)),
+    ("LeftEye", "Head", "leaf", (), ()),
+    ("RightEye", "Head", "leaf", (), ()),
+    ("Jaw", "Head", "leaf", (), ()),
+]
+for _side, _sx in (("Left", _L), ("Right", _R)):
+    _SPEC += [
+        (f"{_side}UpperLeg", "Hips", "swing", (0, -1, 0), ()),
+        (f"{_side}LowerLeg", f"{_side}UpperLeg", "swing", (0, -1, 0), ()),
+        (f"{_side}Foot", f"{_side}LowerLeg", "frame", (0, 0, 1), (-_sx, 0, 0)),
+        (f"{_side}Toes", f"{_side}Foot", "leaf", (), ()),
+        (f"{_side}Shoulder", "UpperChest", "swing", (_sx, 0, 0), ()),
+        (f"{_side}UpperArm", f"{_side}Shoulder", "swing", (_sx, 0, 0), ()),
+        (f"{_side}LowerArm", f"{_side}UpperArm", "swing", (_sx, 0, 0), ()),
+        (f"{_side}Hand", f"{_side}LowerArm", "frame", (_sx, 0, 0), (0, 0, 1)),
+    ]
+    for _finger in ("Thumb", "Index", "Middle", "Ring", "Little"):
+        _d0 = (_sx * _SQ, 0, _SQ) if _finger == "Thumb" else (_sx, 0, 0)
+        _parent = f"{_side}Hand"
+        for _seg in ("Proximal", "Intermediate", "Distal"):
+            _SPEC.append((f"{_side}{_finger}{_seg}", _parent, "swing", _d0, ()))
+            _parent = f"{_side}{_finger}{_seg}"
+
+BONES: tuple[str, ...] = tuple(s[0] for s in _SPEC)
+_BONE_INDEX = {b: i for i, b in enumerate(BONES)}
+PARENTS: tuple[int, ...] = tuple(-1 if s[1] is None else _BONE_INDEX[s[1]] for s in _SPEC)
+_KIND = tuple(s[2] for s in _SPEC)
+_D0 = {s[0]: np.asarray(s[3], float) / np.linalg.norm(s[3]) for s in _SPEC if s[3]}
+_S0 = {s[0]: np.asarray(s[4], float) for s in _SPEC if s[4]}
+
+_I = mhr70.index_of
+_FINGER_KP = {"Thumb": "thumb", "Index": "index", "Middle": "middle", "Ring": "ring", "Little": "pinky"}
+_SEG_KP = {"Proximal": ("third-joint", "second-joint"), "Intermediate": ("second-joint", "first-joint"),
+           "Distal": ("first-joint", "tip")}
+
+_STAGE_TO_YUP = np.array([[1.0, 0, 0], [0, 0, 1], [0, -1, 0]])
+
+
+def stage_to_yup(points: np.ndarray) -> np.ndarray:
+    """(..., 3) stage world (right-handed, Z up) -> Y-up avatar frame (right-handed): (x, z, -y)."""
+    return np.asarray(points, float) @ _STAGE_TO_YUP.T
+
+
+def yup_to_stage(points: np.ndarray) -> np.ndarray:
+    """Inverse of `stage_to_yup`: (x, y, z) -> (x, -z, y)."""
+    return np.asarray(points, float) @ _STAGE_TO_YUP
+
+
+@dataclass(frozen=True)
+class Skeleton:
+    """A posed HumanBodyBones skeleton in the Y-up avatar frame, per frame t and bone b (`BONES` order).
+
+    positions: (T, B, 3) metres, world. world_rotations / local_rotations: (T, B, 3, 3).
+    local_positions: (T, B, 3) metres, offset to the parent in the parent's rotated frame (Hips: world).
+    valid: (T, B) bool, False where the bone's keypoints were missing and the parent's pose was held.
+    """
+
+    positions: np.ndarray
+    world_rotations: np.ndarray
+    local_rotations: np.ndarray
+    local_positions: np.ndarray
+    valid: np.ndarray
+
+
+def _mid(kp: np.ndarray, a: str, b: str) -> np.ndarray:
+    return 0.5 * (kp[:, _I(a)] + kp[:, _I(b)])
+
+
+def joint_positions_yup(keypoints: np.ndarray) -> dict[str, np.ndarray]:
+    """Measured anchor points of the bones from keypoints (T, 70, 3) in the Y-up frame: name -> (T, 3).
+
+    Holds every bone's start except the synthetic Spine/Chest/UpperChest (set by `retarget`),
+    plus the `*End` targets that only give directions.
+    """
+    kp = keypoints
+    p = {
+        "Hips": _mid(kp, "left-hip", "right-hip"),
+        "Neck": kp[:, _I("neck")],
+        "Head": _mid(kp, "left-ear", "right-ear"),
+        "HeadEnd": kp[:, _I("nose")],
+        "LeftEye": kp[:, _I("left-eye")],
+        "RightEye": kp[:, _I("right-eye")],
+        "Jaw": kp[:, _I("nose")],
+    }
+    for side, s in (("Left", "left"), ("Right", "right")):
+        p[f"{side}UpperLeg"] = kp[:, _I(f"{s}-hip")]
+        p[f"{side}LowerLeg"] = kp[:, _I(f"{s}-knee")]
+        p[f"{side}Foot"] = kp[:, _I(f"{s}-ankle")]
+        p[f"{side}Toes"] = _mid(kp, f"{s}-big-toe-tip", f"{s}-small-toe-tip")
+        p[f"{side}Shoulder"] = kp[:, _I("neck")]
+        p[f"{side}UpperArm"] = kp[:, _I(f"{s}-shoulder")]
+        p[f"{side}LowerArm"] = kp[:, _I(f"{s}-elbow")]
+        p[f"{side}Hand"] = kp[:, _I(f"{s}-wrist")]
+        for finger, fk in _FINGER_KP.items():
+            for seg, (start, end) in _SEG_KP.items():
+                p[f"{side}{finger}{seg}"] = kp[:, _I(f"{s}-{fk}-{start}")]
+            p[f"{side}{finger}End"] = kp[:, _I(f"{s}-{fk}-tip")]
+    return p
+
+
+def _unit(v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Normalise (T, 3) rows; returns (unit, ok) with ok False for non-finite or ~zero rows."""
+    n = np.linalg.norm(v, axis=-1, keepdims=True)
+    ok = np.isfinite(n[..., 0]) & (n[..., 0] > 1e-6)
+    return np.where(ok[..., None], v / np.where(ok, n[..., 0], 1.0)[..., None], 0.0), ok
+
+
+def _frame(primary: np.ndarray, secondary: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(T, 3, 3) frames with columns e1 = primary, e2 = secondary orthogonalised, e3 = e1 x e2."""
+    e1, ok1 = _unit(primary)
+    e2, ok2 = _unit(secondary - np.sum(secondary * e1, -1, keepdims=True) * e1)
+    e3 = np.cross(e1, e2)
+    return np.stack([e1, e2, e3], axis=-1), ok1 & ok2
+
+
+def _swing(a: np.ndarray, b: np.ndarray, fallback_axis: np.ndarray) -> np.ndarray:
+    """(T, 3, 3) shortest rotations taking unit vectors a onto b; for a ~ -b, pi about fallback_axis."""
+    v = np.cross(a, b)
+    c = np.sum(a * b, -1)
+    vx = np.zeros(a.shape[:-1] + (3, 3))
+    vx[..., 0, 1], vx[..., 0, 2] = -v[..., 2], v[..., 1]
+    vx[..., 1, 0], vx[..., 1, 2] = v[..., 2], -v[..., 0]
+    vx[..., 2, 0], vx[..., 2, 1] = -v[..., 1], v[..., 0]
+    opposite = c < -1 + 1e-9
+    k = 1.0 / np.where(opposite, 1.0, 1.0 + c)
+    rot = np.eye(3) + vx + (vx @ vx) * k[..., None, None]
+    if opposite.any():
+        axis, _ = _unit(fallback_axis - np.sum(fallback_axis * a, -1, keepdims=True) * a)
+        flip = 2.0 * axis[..., :, None] * axis[..., None, :] - np.eye(3)
+        rot = np.where(opposite[..., None, None], flip, rot)
+    return rot
+
+
+def retarget(keypoints_stage: np.ndarray) -> Skeleton:
+    """Pose the HumanBodyBones skeleton from keypoints (T, 70, 3), metres, stage world (Z up).
+
+    Returns a `Skeleton` in the Y-up avatar frame (see module docstring).
+    """
+    kp_stage = np.asarray(keypoints_stage, float)
+    if kp_stage.ndim == 2:
+        kp_stage = kp_stage[None]
+    if kp_stage.ndim != 3 or kp_stage.shape[1:] != (mhr70.NUM_KEYPOINTS, 3):
+        raise ValueError(f"keypoints: expected (T, {mhr70.NUM_KEYPOINTS}, 3), got {kp_stage.shape}")
+    kp = stage_to_yup(kp_stage)
+    n_frames, n_bones = kp.shape[0], len(BONES)
+    anchor = joint_positions_yup(kp)
+    pos = np.zeros((n_frames, n_bones, 3))
+    world = np.tile(np.eye(3), (n_frames, n_bones, 1, 1))
+    valid = np.zeros((n_frames, n_bones), bool)
+
+    across_hips = anchor["RightUpperLeg"] - anchor["LeftUpperLeg"]
+    across_shoulders = anchor["RightUpperArm"] - anchor["LeftUpperArm"]
+    hips_up = anchor["Neck"] - anchor["Hips"]
+    torso_len = np.linalg.norm(hips_up, axis=-1, keepdims=True)
+
+    def place(bone: str, position: np.ndarray, parent: int) -> None:
+        b = _BONE_INDEX[bone]
+        ok = np.all(np.isfinite(position), -1)
+        pos[:, b] = np.where(ok[:, None], position, pos[:, parent] if parent >= 0 else 0.0)
+
+    def set_frame(bone: str, primary, secondary) -> None:
+        b = _BONE_INDEX[bone]
+        f_now, ok = _frame(primary, secondary)
+        f0, _ = _frame(_D0[bone][None], _S0[bone][None])
+        rot = f_now @ f0[0].T
+        parent = PARENTS[b]
+        held = world[:, parent] if parent >= 0 else np.eye(3)
+        world[:, b] = np.where(ok[:, None, None], rot, held)
+        valid[:, b] = ok
+
+    def set_swing(bone: str, target: np.ndarray) -> None:
+        b = _BONE_INDEX[bone]
+        parent = PARENTS[b]
+        d, ok = _unit(target - pos[:, b])
+        a = np.einsum("tij,j->ti", world[:, parent], _D0[bone])
+        fallback = world[:, parent, :, 2]
+        rot = _swing(a, np.where(ok[:, None], d, a), fallback) @ world[:, parent]
+        world[:, b] = np.where(ok[:, None, None], rot, world[:, parent])
+        valid[:, b] = ok
+
+    def set_leaf(bone: str) -> None:
+        b = _BONE_INDEX[bone]
+        world[:, b] = world[:, PARENTS[b]]
+        valid[:, b] = np.all(np.isfinite(pos[:, b]), -1)
+
+    # Torso: Hips frame from the hip line, spine chain on the hip -> neck line.
+    place("Hips", anchor["Hips"], -1)
+    set_frame("Hips", across_hips, hips_up)
+    hips_y = world[:, 0, :, 1]
+    spine = pos[:, 0] + SPINE_FRACTION * torso_len * hips_y
+    neck = anchor["Neck"]
+    chain = {"Spine": spine, "Chest": spine + (neck - spine) / 3, "UpperChest": spine + 2 * (neck - spine) / 3}
+    blends = {"Spine": 1 / 3, "Chest": 2 / 3, "UpperChest": 1.0}
+    nxt = {"Spine": "Chest", "Chest": "UpperChest", "UpperChest": "Neck"}
+    for bone in ("Spine", "Chest", "UpperChest"):
+        place(bone, chain[bone], PARENTS[_BONE_INDEX[bone]])
+        target = chain[nxt[bone]] if nxt[bone] in chain else neck
+        w = blends[bone]
+        h, _ = _unit(across_hips)
+        s, _ = _unit(across_shoulders)
+        set_frame(bone, target - chain[bone], (1 - w) * h + w * s)
+    place("Neck", neck, _BONE_INDEX["UpperChest"])
+    set_frame("Neck", anchor["Head"] - neck, across_shoulders)
+    place("Head", anchor["Head"], _BONE_INDEX["Neck"])
+    ear_line = kp[:, _I("right-ear")] - kp[:, _I("left-ear")]
+    set_frame("Head", ear_line, anchor["HeadEnd"] - anchor["Head"])
+    for leaf in ("LeftEye", "RightEye", "Jaw"):
+        place(leaf, anchor[leaf], _BONE_INDEX["Head"])
+        set_leaf(leaf)
+
+    for side in ("Left", "Right"):
+        s = side.lower()
+        # Legs.
+        place(f"{side}UpperLeg", anchor[f"{side}UpperLeg"], 0)
+        set_swing(f"{side}UpperLeg", anchor[f"{side}LowerLeg"])
+        place(f"{side}LowerLeg", anchor[f"{side}LowerLeg"], _BONE_INDEX[f"{side}UpperLeg"])
+        set_swing(f"{side}LowerLeg", anchor[f"{side}Foot"])
+        place(f"{side}Foot", anchor[f"{side}Foot"], _BONE_INDEX[f"{side}LowerLeg"])
+        big, small = kp[:, _I(f"{s}-big-toe-tip")], kp[:, _I(f"{s}-small-toe-tip")]
+        set_frame(f"{side}Foot", anchor[f"{side}Toes"] - anchor[f"{side}Foot"], big - small)
+        place(f"{side}Toes", anchor[f"{side}Toes"], _BONE_INDEX[f"{side}Foot"])
+        set_leaf(f"{side}Toes")
+        # Arms.
+        place(f"{side}Shoulder", anchor[f"{side}Shoulder"], _BONE_INDEX["UpperChest"])
+        set_swing(f"{side}Shoulder", anchor[f"{side}UpperArm"])
+        place(f"{side}UpperArm", anchor[f"{side}UpperArm"], _BONE_INDEX[f"{side}Shoulder"])
+        set_swing(f"{side}UpperArm", anchor[f"{side}LowerArm"])
+        place(f"{side}LowerArm", anchor[f"{side}LowerArm"], _BONE_INDEX[f"{side}UpperArm"])
+        set_swing(f"{side}LowerArm", anchor[f"{side}Hand"])
+        place(f"{side}Hand", anchor[f"{side}Hand"], _BONE_INDEX[f"{side}LowerArm"])
+        knuckle = lambda f: kp[:, _I(f"{s}-{f}-third-joint")]  # noqa: E731
+        set_frame(f"{side}Hand", knuckle("middle") - anchor[f"{side}Hand"], knuckle("index") - knuckle("pinky"))
+        for finger in _FINGER_KP:
+            parent = _BONE_INDEX[f"{side}Hand"]
+            for seg, nxt_seg in (("Proximal", "Intermediate"), ("Intermediate", "Distal"), ("Distal", "End")):
+                bone = f"{side}{finger}{seg}"
+                place(bone, anchor[bone], parent)
+                target = anchor[f"{side}{finger}End"] if nxt_seg == "End" else anchor[f"{side}{finger}{nxt_seg}"]
+                set_swing(bone, target)
+                parent = _BONE_INDEX[bone]
+
+    local_rot = np.empty_like(world)
+    local_pos = np.empty_like(pos)
+    for b, parent in enumerate(PARENTS):
+        if parent < 0:
+            local_rot[:, b] = world[:, b]
+            local_pos[:, b] = pos[:, b]
+        else:
+            local_rot[:, b] = np.swapaxes(world[:, parent], -1, -2) @ world[:, b]
+            local_pos[:, b] = np.einsum("tji,tj->ti", world[:, parent], pos[:, b] - pos[:, parent])
+    return Skeleton(pos, world, local_rot, local_pos, valid)
+
+
+def forward_kinematics(
+    local_rotations: np.ndarray, local_positions: np.ndarray, parents: tuple[int, ...] = PARENTS
+) -> tuple[np.ndarray, np.ndarray]:
+    """World (positions (T, B, 3), rotations (T, B, 3, 3)) from local ones; parents precede children."""
+    world_r = np.empty_like(local_rotations)
+    world_p = np.empty_like(local_positions)
+    for b, parent in enumerate(parents):
+        if parent < 0:
+            world_r[:, b] = local_rotations[:, b]
+            world_p[:, b] = local_positions[:, b]
+        else:
+            world_r[:, b] = world_r[:, parent] @ local_rotations[:, b]
+            world_p[:, b] = world_p[:, parent] + np.einsum("tij,tj->ti", world_r[:, parent], local_positions[:, b])
+    return world_p, world_r
