@@ -1,5 +1,5 @@
 """The wire contract of the stage: message types and their msgpack codec. Imports nothing of ours."""
-from protocol.codec import DecodeError, decode, decode_record, encode, encode_record, topic_of
+from protocol.codec import DecodeError, decode, decode_envelope, decode_record, encode, encode_record, topic_of
 from protocol.messages import (
     MESSAGE_TYPES,
     CameraCalibration,
@@ -32,6 +32,7 @@ __all__ = [
     "Truth",
     "Verdict",
     "decode",
+    "decode_envelope",
     "decode_record",
     "encode",
     "encode_record",

@@ -29,6 +29,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "DecodeError",
     "decode",
+    "decode_envelope",
     "decode_record",
     "encode",
     "encode_record",
@@ -78,15 +79,19 @@ def _fields(cls: type) -> tuple[tuple[str, object, bool], ...]:
 # ---------------------------------------------------------------- encode
 
 
-def encode(msg) -> list[bytes]:
-    """Encode a message into multipart frames `[topic, header, payload...]`."""
+def encode(msg, *, seq: int | None = None) -> list[bytes]:
+    """Encode a message into multipart frames `[topic, header, payload...]`.
+
+    seq: optional transport sequence number (per publisher and topic, u64) put in the
+    header as `"seq"`, so receivers can count messages lost in transit.
+    """
     payloads: list[bytes] = []
     arrays: list[list] = []
     body = _encode_struct(msg, payloads, arrays)
-    header = msgpack.packb(
-        {"v": SCHEMA_VERSION, "kind": msg.KIND, "arrays": arrays, "body": body}, use_bin_type=True
-    )
-    return [topic_of(msg).encode(), header, *payloads]
+    header = {"v": SCHEMA_VERSION, "kind": msg.KIND, "arrays": arrays, "body": body}
+    if seq is not None:
+        header["seq"] = int(seq)
+    return [topic_of(msg).encode(), msgpack.packb(header, use_bin_type=True), *payloads]
 
 
 def _encode_struct(obj, payloads: list, arrays: list) -> dict:
@@ -145,6 +150,13 @@ def decode_record(blob: bytes) -> tuple[str, object]:
 
 def decode(frames: list) -> tuple[str, object]:
     """Decode multipart frames into `(topic, message)`; raises `DecodeError` on any defect."""
+    topic, msg, _ = decode_envelope(frames)
+    return topic, msg
+
+
+def decode_envelope(frames: list) -> tuple[str, object, int | None]:
+    """Decode multipart frames into `(topic, message, seq)`; seq is the header's transport
+    sequence number or None when absent. Raises `DecodeError` on any defect."""
     try:
         return _decode(frames)
     except DecodeError:
@@ -153,7 +165,7 @@ def decode(frames: list) -> tuple[str, object]:
         raise DecodeError("internal", repr(exc)[:200]) from None
 
 
-def _decode(frames: list) -> tuple[str, object]:
+def _decode(frames: list) -> tuple[str, object, int | None]:
     if not isinstance(frames, (list, tuple)) or len(frames) < 2:
         raise DecodeError("frames", "expected [topic, header, payload...]")
     if len(frames) > MAX_ARRAYS + 2:
@@ -201,7 +213,10 @@ def _decode(frames: list) -> tuple[str, object]:
         raise DecodeError("frames", f"{len(arrays) - ctx.used} payload frames not referenced")
     if topic != topic_of(msg):
         raise DecodeError("topic", f"topic {topic!r} does not match the message ({topic_of(msg)!r})")
-    return topic, msg
+    seq = header.get("seq")
+    if seq is not None and (type(seq) is not int or not 0 <= seq < 2**64):
+        raise DecodeError("header", f"seq {seq!r} is not a u64")
+    return topic, msg, seq
 
 
 class _ArrayRef:

@@ -1,0 +1,531 @@
+"""Node runtime: the base every node process stands on.
+
+A node is one process with one output (an XPUB bound on `config.bind`) and any number of
+inputs (one SUB per upstream node). `Node.run()` gives it a lifecycle:
+
+    setup()  ->  loop: poll inputs (timeout <= tick) -> on_message(topic, msg) ... on_tick(now_ns)
+             ->  SIGINT/SIGTERM: teardown(), final stats, outputs flushed, sockets closed, exit 0
+
+The base also sends heartbeats when idle, tracks upstream liveness (`on_peer(name, alive)`),
+re-sends last-value state to late joiners, keeps the stage clock (probing the master when
+the graph names one), and publishes `NodeStats` on `stats/<name>` every `stats_interval_s`:
+fps (data messages published per second), latency p50/p95/p99 (ms, receive -> publish inside
+`on_message`, or what the node reports with `observe_latency_ns`), queue depth, drops,
+rejects, clock offset, plus the node's own counters (`count`) and gauges (`gauge`).
+
+Example (a whole node module, `nodes/doubler.py`):
+
+    from dataclasses import dataclass
+    from streamer.node import Node, run_node
+
+    @dataclass(frozen=True)
+    class Settings:
+        factor: float = 2.0  # scale applied to every point
+
+    class Doubler(Node):
+        Settings = Settings
+        INPUT_TOPICS = ("points3d",)
+
+        def on_message(self, topic, msg):
+            msg.points = msg.points * self.settings.factor
+            self.publish(msg)
+            self.count("scaled")
+
+    def main(argv):
+        return run_node(Doubler, argv)
+
+Launch contract: the launcher runs `python -m streamer node KIND --name NAME --bind EP
+[--input NAME=EP ...] [--settings-json JSON] [--latest] [--clock-serve EP | --clock-connect EP]
+[--keys-dir DIR] [--hwm N] [--heartbeat-s S] [--seconds S] [--log-level LEVEL]`;
+`run_node` parses exactly that (see `node_arg_parser`). Settings JSON keys must be fields
+of the node's frozen `Settings` dataclass (unknown keys and wrong types are errors).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import os
+import signal
+import sys
+import time
+import types
+import typing
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import zmq
+
+from protocol import NodeStats
+from streamer.clock import ClockClient, ClockServer, StageClock
+from streamer.transport.curve import load_keypair, load_public_key, start_authenticator
+from streamer.transport.liveness import HEARTBEAT_INTERVAL_S
+from streamer.transport.pubsub import DEFAULT_HWM, Publisher, Subscriber
+
+__all__ = [
+    "FLUSH_MS",
+    "Input",
+    "Node",
+    "NodeConfig",
+    "configure_logging",
+    "node_arg_parser",
+    "run_node",
+    "settings_from_dict",
+    "settings_schema",
+]
+
+log = logging.getLogger(__name__)
+
+FLUSH_MS = 500  # how long queued output may take to leave at shutdown
+MAX_POLL_MS = 50  # the loop wakes at least this often (signals, housekeeping)
+_MAX_BATCH = 1000  # messages dispatched per loop iteration before ticks get a turn
+_LATENCY_WINDOW = 4096
+
+
+@dataclass(frozen=True)
+class Input:
+    """One upstream node: its name and the endpoint its XPUB is bound on."""
+
+    name: str
+    endpoint: str
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    """What the launcher tells a node: identity, wiring and the graph-wide options."""
+
+    name: str
+    bind: str
+    inputs: tuple[Input, ...] = ()
+    latest: bool = False  # deliver only the newest message per topic (monitor, avatar)
+    hwm: int = DEFAULT_HWM
+    heartbeat_interval_s: float = HEARTBEAT_INTERVAL_S
+    stats_interval_s: float = 1.0
+    clock_serve: str | None = None  # this node is the stage-clock master, ROUTER on this endpoint
+    clock_connect: str | None = None  # probe the master at this endpoint
+    keys_dir: str | None = None  # CURVE: NAME.key_secret per node, authorised *.key files
+    seconds: float | None = None  # stop after this long (None: until signalled)
+
+
+class Node:
+    """Base of every node. Subclasses set `Settings` and override the hooks they need.
+
+    Attributes available in hooks: `name`, `config`, `settings`, `clock` (StageClock;
+    `clock.now_ns()` is stage time), `log` (logger named after the node).
+    `tick_interval_s` (default 0.1) may be changed in `setup()`.
+    """
+
+    Settings: typing.ClassVar[type] = type("NoSettings", (), {})
+    INPUT_TOPICS: typing.ClassVar[tuple[str, ...]] = ("",)  # prefixes subscribed on every input
+
+    def __init__(self, config: NodeConfig, settings=None, *, clock_offset_ns: int = 0):
+        self.config = config
+        self.name = config.name
+        self.settings = settings if settings is not None else self.Settings()
+        self.clock = StageClock(injected_offset_ns=clock_offset_ns)
+        self.log = logging.getLogger(f"node.{config.name}")
+        self.tick_interval_s = 0.1
+        self.counters: Counter[str] = Counter()
+        self.gauges: dict[str, float] = {}
+        self._stop = False
+        self._latencies_ns: list[int] = []
+        self._published_in_window = 0
+        self._recv_mono_ns: int | None = None
+        self._publisher: Publisher | None = None
+        self._subscriber: Subscriber | None = None
+
+    # ------------------------------------------------------------ hooks
+
+    def input_topics(self) -> tuple[str, ...]:
+        """Topic prefixes to subscribe to on every input (default `INPUT_TOPICS`)."""
+        return self.INPUT_TOPICS
+
+    def setup(self) -> None:
+        """Called once, sockets ready, before the loop (may publish state)."""
+
+    def on_message(self, topic: str, msg) -> None:
+        """Called for every decoded input message (heartbeats excluded)."""
+
+    def on_tick(self, now_ns: int) -> None:
+        """Called every `tick_interval_s` with stage time."""
+
+    def on_peer(self, peer: str, alive: bool) -> None:
+        """Called when an upstream node goes silent (alive=False) or is heard again."""
+
+    def teardown(self) -> None:
+        """Called once after the loop; last chance to publish (outputs are flushed after)."""
+
+    def queue_depth(self) -> int:
+        """Messages waiting inside this node; override when the node buffers (default: input backlog)."""
+        return self._subscriber.queue_depth() if self._subscriber else 0
+
+    # ------------------------------------------------------------ for subclasses
+
+    def publish(self, msg) -> bool:
+        """Publish a data message (sets t_send_ns); inside `on_message` also records latency."""
+        ok = self._publisher.publish(msg)
+        self._published_in_window += 1
+        if self._recv_mono_ns is not None:
+            self.observe_latency_ns(time.monotonic_ns() - self._recv_mono_ns)
+        return ok
+
+    def publish_state(self, msg) -> bool:
+        """Publish last-value state (e.g. `calib`): re-sent to late joiners and periodically."""
+        return self._publisher.publish_state(msg)
+
+    def count(self, name: str, n: int = 1) -> None:
+        """Add to a cumulative counter reported in stats."""
+        self.counters[name] += n
+
+    def gauge(self, name: str, value: float) -> None:
+        """Set a gauge reported in stats."""
+        self.gauges[name] = float(value)
+
+    def observe_latency_ns(self, latency_ns: int) -> None:
+        """Record one input->output latency sample (ns) for the stats percentiles."""
+        if len(self._latencies_ns) < _LATENCY_WINDOW:
+            self._latencies_ns.append(latency_ns)
+
+    def stop(self) -> None:
+        """Ask the loop to end (as a signal would)."""
+        self._stop = True
+
+    # ------------------------------------------------------------ runtime
+
+    def run(self) -> int:
+        """Run the whole lifecycle; returns the process exit code (0 after a graceful stop)."""
+        cfg = self.config
+        context = zmq.Context.instance()
+        authenticator = None
+        keypair = server_keys = None
+        if cfg.keys_dir:
+            keys = Path(cfg.keys_dir)
+            keypair = load_keypair(keys / f"{cfg.name}.key_secret")
+            server_keys = {i.name: load_public_key(keys / f"{i.name}.key") for i in cfg.inputs}
+            authenticator = start_authenticator(context, keys)
+        self._publisher = Publisher(
+            cfg.bind, name=cfg.name, context=context, hwm=cfg.hwm, clock=self.clock, curve=keypair,
+            heartbeat_interval_s=cfg.heartbeat_interval_s,
+        )
+        self._subscriber = Subscriber(
+            {i.name: i.endpoint for i in cfg.inputs}, self.input_topics(), context=context, hwm=cfg.hwm,
+            curve=keypair, server_keys=server_keys, heartbeat_interval_s=cfg.heartbeat_interval_s,
+        )
+        clock_server = ClockServer(cfg.clock_serve, self.clock, context=context) if cfg.clock_serve else None
+        clock_client = ClockClient(cfg.clock_connect, self.clock, context=context) if cfg.clock_connect else None
+        self._clock_client = clock_client
+        poller = zmq.Poller()
+        for sock in (self._publisher.socket, *self._subscriber.sockets):
+            poller.register(sock, zmq.POLLIN)
+        for extra in (clock_server, clock_client):
+            if extra is not None:
+                poller.register(extra.socket, zmq.POLLIN)
+        previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        self.log.info("start pid=%d bind=%s inputs=%s", os.getpid(), self._publisher.endpoint,
+                      ",".join(f"{i.name}={i.endpoint}" for i in cfg.inputs) or "-")
+        exit_code = 0
+        try:
+            self.setup()
+            self._loop(poller, clock_server, clock_client)
+            self.teardown()
+        except Exception:
+            self.log.exception("crashed")
+            exit_code = 1
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+            try:
+                self._publish_stats(time.monotonic_ns(), time.monotonic_ns())
+            except Exception:
+                self.log.exception("final stats not sent")
+            self._subscriber.close()
+            self._publisher.close(flush_ms=FLUSH_MS)
+            for extra in (clock_server, clock_client):
+                if extra is not None:
+                    extra.close()
+            if authenticator is not None:
+                authenticator.stop()
+            self.log.info("stop exit=%d", exit_code)
+        return exit_code
+
+    def _on_signal(self, signum, frame) -> None:
+        self.log.info("signal %s: stopping", signal.Signals(signum).name)
+        self._stop = True
+
+    def _loop(self, poller: zmq.Poller, clock_server, clock_client) -> None:
+        cfg = self.config
+        sub, pub = self._subscriber, self._publisher
+        start = time.monotonic_ns()
+        end = start + int(cfg.seconds * 1e9) if cfg.seconds is not None else None
+        next_tick = start
+        stats_ns = int(cfg.stats_interval_s * 1e9)
+        next_stats = start + stats_ns
+        window_start = start
+        while not self._stop:
+            now = time.monotonic_ns()
+            wait_ms = min(MAX_POLL_MS, max(0, (next_tick - now) // 1_000_000))
+            events = dict(poller.poll(wait_ms))
+            if clock_server is not None and clock_server.socket in events:
+                clock_server.service()
+            if clock_client is not None:
+                clock_client.service()
+            self._dispatch(sub)
+            now = time.monotonic_ns()
+            if now >= next_tick:
+                self.on_tick(self.clock.now_ns())
+                tick_ns = int(self.tick_interval_s * 1e9)
+                next_tick = next_tick + tick_ns if now - next_tick < tick_ns else now + tick_ns
+            pub.service(now)
+            for peer, alive in sub.check_liveness(now):
+                self.count("peer_revived" if alive else "peer_dead")
+                (self.log.info if alive else self.log.warning)("input %s %s", peer, "alive" if alive else "DEAD (no heartbeat)")
+                self.on_peer(peer, alive)
+            if now >= next_stats:
+                self._publish_stats(now, window_start)
+                window_start = now
+                next_stats = now + stats_ns
+            if end is not None and now >= end:
+                self.log.info("ran %.1f s: stopping", cfg.seconds)
+                break
+
+    def _dispatch(self, sub: Subscriber) -> None:
+        if self.config.latest:
+            items = list(sub.drain_latest().items())
+        else:
+            items = []
+            for _ in range(_MAX_BATCH):
+                got = sub.recv(0)
+                if got is None:
+                    break
+                items.append(got)
+        for topic, msg in items:
+            self._recv_mono_ns = time.monotonic_ns()
+            try:
+                self.on_message(topic, msg)
+            finally:
+                self._recv_mono_ns = None
+
+    def _publish_stats(self, now_mono: int, window_start_mono: int) -> None:
+        sub, pub = self._subscriber, self._publisher
+        elapsed_s = max(1e-9, (now_mono - window_start_mono) / 1e9)
+        if self._latencies_ns:
+            latency_ms = np.percentile(np.asarray(self._latencies_ns, np.float64), [50, 95, 99]) / 1e6
+        else:
+            latency_ms = np.full(3, np.nan)
+        counters = Counter(self.counters)
+        counters["published"] = pub.sent
+        counters["drops_out"] = pub.drops
+        counters["drops_in"] = sub.drops
+        counters["received"] = sub.received
+        counters["superseded"] = sub.superseded
+        for reason, n in sub.rejects.items():
+            counters[f"rejects/{reason}"] = n
+        counters["rejects"] = sum(sub.rejects.values())
+        gauges = dict(self.gauges)
+        gauges["pid"] = os.getpid()
+        gauges["inputs_alive"] = sub.liveness.n_alive()
+        gauges["inputs"] = len(sub.peers)
+        client = getattr(self, "_clock_client", None)
+        if client is not None and client.rtt_ns is not None:
+            gauges["clock_rtt_us"] = client.rtt_ns / 1e3
+            gauges["clock_drift_ppm"] = self.clock.drift_ppm
+        names = sorted(counters)
+        gnames = sorted(gauges)
+        stats = NodeStats(
+            node=self.name,
+            t_ns=self.clock.now_ns(),
+            fps=self._published_in_window / elapsed_s,
+            latency_ms=latency_ms.astype(np.float32),
+            queue_depth=int(self.queue_depth()),
+            clock_offset_ns=int(self.clock.correction_ns()),
+            counter_names=names,
+            counter_values=np.array([counters[n] for n in names], np.int64),
+            gauge_names=gnames,
+            gauge_values=np.array([gauges[n] for n in gnames], np.float64),
+        )
+        self._latencies_ns = []
+        self._published_in_window = 0
+        pub.publish(stats)
+
+
+# ---------------------------------------------------------------- settings
+
+
+def settings_schema(settings_cls: type) -> list[tuple[str, str, object, str]]:
+    """`[(name, type name, default, help)]` of a frozen Settings dataclass (help: field metadata "help")."""
+    hints = typing.get_type_hints(settings_cls)
+    out = []
+    for f in dataclasses.fields(settings_cls):
+        if f.default is not dataclasses.MISSING:
+            default = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
+        else:
+            default = dataclasses.MISSING
+        out.append((f.name, _type_name(hints[f.name]), default, f.metadata.get("help", "")))
+    return out
+
+
+def _type_name(tp) -> str:
+    if typing.get_args(tp) or not hasattr(tp, "__name__"):
+        return str(tp).replace("typing.", "")
+    return tp.__name__
+
+
+def settings_from_dict(settings_cls: type, values: Mapping, where: str = "settings"):
+    """Build a frozen Settings from plain (TOML/JSON) values; ValueError names `where.field` and what was expected.
+
+    Lists become tuples for tuple fields; ints are accepted for float fields; nothing else is coerced.
+    """
+    if not isinstance(values, Mapping):
+        raise ValueError(f"{where}: expected a table of settings, got {type(values).__name__}")
+    if not dataclasses.is_dataclass(settings_cls):
+        if values:
+            raise ValueError(f"{where}: this node kind takes no settings, got {sorted(values)}")
+        return settings_cls()
+    hints = typing.get_type_hints(settings_cls)
+    fields = {f.name: f for f in dataclasses.fields(settings_cls)}
+    unknown = sorted(set(values) - set(fields))
+    if unknown:
+        raise ValueError(f"{where}: unknown setting(s) {unknown}; known: {sorted(fields)}")
+    kwargs = {}
+    for name, value in values.items():
+        kwargs[name] = _coerce(hints[name], value, f"{where}.{name}")
+    missing = [n for n, f in fields.items() if n not in kwargs and f.default is dataclasses.MISSING
+               and f.default_factory is dataclasses.MISSING]
+    if missing:
+        raise ValueError(f"{where}: required setting(s) missing: {missing}")
+    return settings_cls(**kwargs)
+
+
+def _coerce(tp, value, where: str):
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        errors = []
+        for option in typing.get_args(tp):
+            if option is type(None):
+                if value is None:
+                    return None
+                continue
+            try:
+                return _coerce(option, value, where)
+            except ValueError as exc:
+                errors.append(str(exc))
+        raise ValueError(f"{where}: expected {_type_name(tp)}, got {value!r}")
+    if origin is typing.Literal:
+        if value not in typing.get_args(tp):
+            raise ValueError(f"{where}: expected one of {list(typing.get_args(tp))}, got {value!r}")
+        return value
+    if origin in (tuple, list):
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"{where}: expected a list, got {value!r}")
+        args = typing.get_args(tp)
+        if origin is tuple and len(args) == 2 and args[1] is Ellipsis:
+            items = [_coerce(args[0], v, f"{where}[{i}]") for i, v in enumerate(value)]
+        elif origin is tuple and args:
+            if len(args) != len(value):
+                raise ValueError(f"{where}: expected {len(args)} items, got {len(value)}")
+            items = [_coerce(a, v, f"{where}[{i}]") for i, (a, v) in enumerate(zip(args, value))]
+        else:
+            items = [_coerce(args[0], v, f"{where}[{i}]") if args else v for i, v in enumerate(value)]
+        return tuple(items) if origin is tuple else items
+    if origin is dict or tp is dict:
+        if not isinstance(value, Mapping):
+            raise ValueError(f"{where}: expected a table, got {value!r}")
+        return dict(value)
+    if tp is bool:
+        if type(value) is not bool:
+            raise ValueError(f"{where}: expected true or false, got {value!r}")
+        return value
+    if tp is int:
+        if type(value) is not int:
+            raise ValueError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if type(value) not in (int, float):
+            raise ValueError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ValueError(f"{where}: expected a string, got {value!r}")
+        return value
+    if tp is typing.Any or tp is object:
+        return value
+    raise ValueError(f"{where}: settings of type {_type_name(tp)} are not supported")
+
+
+# ---------------------------------------------------------------- process entry
+
+
+class _LogfmtFormatter(logging.Formatter):
+    def __init__(self, node: str):
+        super().__init__()
+        self.node = node
+
+    def format(self, record: logging.LogRecord) -> str:
+        t = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z"
+        text = f"t={t} node={self.node} level={record.levelname} logger={record.name} msg={json.dumps(record.getMessage())}"
+        if record.exc_info:
+            text += " exc=" + json.dumps(self.formatException(record.exc_info))
+        return text
+
+
+def configure_logging(node: str, level: str = "INFO") -> None:
+    """Structured (logfmt) log lines on stderr: `t=... node=... level=... logger=... msg="..."`."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_LogfmtFormatter(node))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+
+
+def node_arg_parser(kind: str) -> argparse.ArgumentParser:
+    """The command line every node process takes (see the module docstring)."""
+    p = argparse.ArgumentParser(prog=f"streamer node {kind}", description=f"run one {kind!r} node")
+    p.add_argument("--name", default=kind, help="node name (topics stats/NAME, hb/NAME)")
+    p.add_argument("--bind", default="tcp://127.0.0.1:0", help="output endpoint (XPUB), e.g. tcp://127.0.0.1:5551")
+    p.add_argument("--input", action="append", default=[], metavar="NAME=ENDPOINT", help="an upstream node (repeat)")
+    p.add_argument("--settings-json", default="{}", help="settings as a JSON object")
+    p.add_argument("--latest", action="store_true", help="deliver only the newest message per topic")
+    p.add_argument("--hwm", type=int, default=DEFAULT_HWM, help="high-water mark per socket queue, messages")
+    p.add_argument("--heartbeat-s", type=float, default=HEARTBEAT_INTERVAL_S, help="heartbeat interval, s")
+    p.add_argument("--stats-s", type=float, default=1.0, help="stats interval, s")
+    p.add_argument("--clock-serve", help="serve the stage clock (ROUTER) on this endpoint")
+    p.add_argument("--clock-connect", help="estimate the offset to the stage clock served here")
+    p.add_argument("--clock-offset-ns", type=int, default=0, help="inject an offset into this node's clock (tests)")
+    p.add_argument("--keys-dir", help="CURVE key folder (NAME.key_secret per node, authorised *.key)")
+    p.add_argument("--seconds", type=float, help="stop after this many seconds")
+    p.add_argument("--log-level", default="INFO")
+    return p
+
+
+def run_node(node_cls: type[Node], argv: list[str], kind: str | None = None) -> int:
+    """Parse the node command line, build config and settings, run the node; returns the exit code."""
+    kind = kind or node_cls.__module__.rsplit(".", 1)[-1]
+    args = node_arg_parser(kind).parse_args(argv)
+    configure_logging(args.name, args.log_level)
+    try:
+        inputs = []
+        for item in args.input:
+            name, sep, endpoint = item.partition("=")
+            if not sep or not name or not endpoint:
+                raise ValueError(f"--input {item!r}: expected NAME=ENDPOINT")
+            inputs.append(Input(name, endpoint))
+        try:
+            raw = json.loads(args.settings_json)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"--settings-json: not JSON ({exc})") from None
+        settings = settings_from_dict(node_cls.Settings, raw, f"node {args.name!r} settings")
+    except ValueError as exc:
+        log.error("%s", exc)
+        return 2
+    config = NodeConfig(
+        name=args.name, bind=args.bind, inputs=tuple(inputs), latest=args.latest, hwm=args.hwm,
+        heartbeat_interval_s=args.heartbeat_s, stats_interval_s=args.stats_s, clock_serve=args.clock_serve,
+        clock_connect=args.clock_connect, keys_dir=args.keys_dir, seconds=args.seconds,
+    )
+    return node_cls(config, settings, clock_offset_ns=args.clock_offset_ns).run()
