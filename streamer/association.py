@@ -1,0 +1,256 @@
+"""Choosing the tracked person in every camera of a frame set (contract 5: one person, consistently).
+
+Pure functions over padded arrays; the track state is a small value passed in and out.
+Letters: V cameras, P persons (padded to the most any camera saw), K keypoints.
+
+- With a track: project the track's 3D keypoints into each camera (the caller does that with
+  its rig, distortion included) and choose, per camera, the person whose keypoints lie nearest
+  (median pixel distance over common keypoints) with the best box overlap, inside a gate that
+  scales with the projected body size. List order never matters: ties are broken by cost.
+- Without a track (start, or after the track was lost): bootstrap by epipolar consistency.
+  Every (camera, person) hypothesis is scored by how many other cameras hold a person whose
+  keypoints lie on its epipolar lines; the best seed grows greedily, adding the camera and
+  person most consistent with everyone chosen so far.
+- The track is lost after `lost_after_frames` consecutive frame sets without at least
+  `min_views` consistent cameras, which sends the next frame set back to bootstrap.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = [
+    "AssociationSettings",
+    "Detections",
+    "TrackState",
+    "advance_track",
+    "bootstrap_persons",
+    "choose_by_track",
+    "epipolar_distances",
+    "fundamental_matrices",
+    "pack_detections",
+]
+
+NONE = -1
+
+
+@dataclass(frozen=True, slots=True)
+class AssociationSettings:
+    min_confidence: float = 0.3  # keypoints below this detector confidence are ignored
+    min_common_keypoints: int = 4  # fewer common keypoints: no evidence, never chosen
+    gate_px: float = 25.0  # smallest reprojection gate, pixels (median keypoint distance)
+    gate_body_fraction: float = 0.15  # gate grows to this fraction of the projected body's box diagonal
+    box_weight: float = 0.5  # cost = median distance / gate + box_weight * (1 - IoU)
+    epipolar_gate_px: float = 12.0  # bootstrap: median symmetric epipolar distance, pixels
+    min_views: int = 2  # a frame set with fewer consistent cameras does not confirm the track
+    lost_after_frames: int = 15  # consecutive unconfirmed frame sets before the track is dropped
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.min_confidence <= 1.0:
+            raise ValueError(f"AssociationSettings.min_confidence: expected in [0, 1], got {self.min_confidence}")
+        for name in ("gate_px", "epipolar_gate_px"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"AssociationSettings.{name}: expected > 0, got {getattr(self, name)}")
+        for name in ("min_common_keypoints", "min_views", "lost_after_frames"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"AssociationSettings.{name}: expected >= 1, got {getattr(self, name)}")
+
+
+@dataclass(frozen=True, slots=True)
+class Detections:
+    """Every person of one frame set, padded to P per camera.
+
+    keypoints: (V, P, K, 2) float32, pixels; NaN where missing, below min confidence, or padding.
+    boxes: (V, P, 4) float32, pixels x0 y0 x1 y1; NaN for padding.
+    counts: (V,) int64, persons per camera (the rest is padding).
+    """
+
+    keypoints: np.ndarray
+    boxes: np.ndarray
+    counts: np.ndarray
+
+
+@dataclass(frozen=True, slots=True)
+class TrackState:
+    """points: (K, 3) metres, world frame, NaN where missing; None when there is no track."""
+
+    points: np.ndarray | None = None
+    frames_lost: int = 0
+
+
+def pack_detections(persons_per_camera: Sequence[Sequence], num_keypoints: int,
+                    min_confidence: float) -> Detections:
+    """Pad per-camera person lists (objects with .keypoints (K, 2), .confidence (K,), .box (4,))."""
+    n_views = len(persons_per_camera)
+    counts = np.array([len(p) for p in persons_per_camera], dtype=np.int64)
+    n_persons = max(1, int(counts.max(initial=0)))
+    keypoints = np.full((n_views, n_persons, num_keypoints, 2), np.nan, np.float32)
+    confidence = np.zeros((n_views, n_persons, num_keypoints), np.float32)
+    boxes = np.full((n_views, n_persons, 4), np.nan, np.float32)
+    for v, persons in enumerate(persons_per_camera):
+        for p, person in enumerate(persons):
+            kp = np.asarray(person.keypoints, np.float32)
+            if kp.shape != (num_keypoints, 2):
+                raise ValueError(f"pack_detections: camera {v} person {p}: keypoints shape {kp.shape}, "
+                                 f"expected ({num_keypoints}, 2)")
+            keypoints[v, p] = kp
+            confidence[v, p] = person.confidence
+            boxes[v, p] = person.box
+    weak = ~(confidence >= min_confidence) | ~np.isfinite(keypoints).all(-1)
+    keypoints[weak] = np.nan
+    return Detections(keypoints, boxes, counts)
+
+
+def _lower_median(values: np.ndarray, valid: np.ndarray, min_count: int) -> np.ndarray:
+    """Lower median over the last axis of `values` where `valid`; inf with fewer than min_count samples."""
+    ordered = np.sort(np.where(valid, values, np.inf), axis=-1)
+    count = valid.sum(-1)
+    middle = np.maximum((count - 1) // 2, 0)
+    median = np.take_along_axis(ordered, middle[..., None], -1)[..., 0]
+    return np.where(count >= min_count, median, np.inf)
+
+
+def _box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU of boxes (..., 4) x0 y0 x1 y1 (broadcast); 0 where either is NaN, infinite or empty."""
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        iw = np.minimum(a[..., 2], b[..., 2]) - np.maximum(a[..., 0], b[..., 0])
+        ih = np.minimum(a[..., 3], b[..., 3]) - np.maximum(a[..., 1], b[..., 1])
+        inter = np.clip(iw, 0, None) * np.clip(ih, 0, None)
+        area_a = (a[..., 2] - a[..., 0]) * (a[..., 3] - a[..., 1])
+        area_b = (b[..., 2] - b[..., 0]) * (b[..., 3] - b[..., 1])
+        iou = inter / (area_a + area_b - inter)
+    return np.where(np.isfinite(iou), iou, 0.0)
+
+
+def choose_by_track(track_px: np.ndarray, detections: Detections,
+                    settings: AssociationSettings = AssociationSettings()) -> tuple[np.ndarray, np.ndarray]:
+    """Per camera, the person nearest the projected track.
+
+    track_px: (V, K, 2) float, the track's keypoints projected into each camera, pixels; NaN
+    where missing or behind the camera. Returns chosen (V,) int64 person index or -1, and
+    distance_px (V,) the chosen person's median keypoint distance (inf where none).
+    """
+    kp = detections.keypoints
+    if track_px.shape != (kp.shape[0], kp.shape[2], 2):
+        raise ValueError(f"choose_by_track: track_px shape {track_px.shape}, expected {(kp.shape[0], kp.shape[2], 2)}")
+    difference = kp - track_px[:, None].astype(np.float32)  # (V, P, K, 2); NaN where either is missing
+    squared = np.einsum("vpki,vpki->vpk", difference, difference)
+    median = np.sqrt(_lower_median(squared, ~np.isnan(squared), settings.min_common_keypoints))  # (V, P)
+
+    low = np.fmin.reduce(track_px, axis=1)  # (V, 2); NaN only where nothing projects
+    high = np.fmax.reduce(track_px, axis=1)
+    track_box = np.concatenate([low, high], -1)  # (V, 4)
+    diagonal = np.hypot(high[:, 0] - low[:, 0], high[:, 1] - low[:, 1])
+    gate = np.fmax(settings.gate_px, settings.gate_body_fraction * diagonal)  # (V,)
+    iou = _box_iou(detections.boxes, track_box[:, None])  # (V, P)
+
+    cost = median / gate[:, None] + settings.box_weight * (1.0 - iou)
+    eligible = median <= gate[:, None]
+    cost = np.where(eligible, cost, np.inf)
+    chosen = np.argmin(cost, axis=1)
+    found = np.isfinite(cost[np.arange(len(chosen)), chosen])
+    distance_px = np.where(found, median[np.arange(len(chosen)), chosen], np.inf)
+    return np.where(found, chosen, NONE).astype(np.int64), distance_px
+
+
+def _cross_matrix(v: np.ndarray) -> np.ndarray:
+    x, y, z = v
+    return np.array([[0.0, -z, y], [z, 0.0, -x], [-y, x, 0.0]])
+
+
+def fundamental_matrices(K: np.ndarray, R: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """F[a, b] with x_b^T F[a, b] x_a = 0 for undistorted pixel points; (V, V, 3, 3).
+
+    K: (V, 3, 3) pixels; R: (V, 3, 3) and t: (V, 3) world->camera (camera_from_world), metres.
+    """
+    n = len(K)
+    F = np.zeros((n, n, 3, 3))
+    K_inv = np.linalg.inv(K)
+    for a in range(n):
+        for b in range(n):
+            if a == b:
+                continue
+            R_ba = R[b] @ R[a].T  # camera b from camera a
+            t_ba = t[b] - R_ba @ t[a]
+            essential = _cross_matrix(t_ba) @ R_ba
+            F[a, b] = K_inv[b].T @ essential @ K_inv[a]
+    return F
+
+
+def epipolar_distances(keypoints: np.ndarray, fundamental: np.ndarray, min_common: int) -> np.ndarray:
+    """Median symmetric epipolar distance between every pair of persons of every pair of cameras.
+
+    keypoints: (V, P, K, 2) undistorted pixels, NaN where missing. fundamental: (V, V, 3, 3).
+    Returns (V, P, V, P) pixels; inf on the diagonal cameras and with too few common keypoints.
+    """
+    n_views, n_persons, n_kp, _ = keypoints.shape
+    homog = np.concatenate([keypoints, np.ones((n_views, n_persons, n_kp, 1), keypoints.dtype)], -1)
+    homog = homog.astype(np.float64)
+    # lines_in_b[a, b, p, k] = F[a, b] @ x_a[p, k]
+    lines_in_b = np.einsum("abij,apkj->abpki", fundamental, homog)  # (V, V, P, K, 3)
+    # residual[a, p, b, q, k] = x_b[q, k] . line_in_b[a, b, p, k]
+    residual = np.einsum("bqki,abpki->apbqk", homog, lines_in_b)
+    norm_b = np.linalg.norm(lines_in_b[..., :2], axis=-1)  # (V_a, V_b, P, K)
+    # the line in a of x_b is F[a, b]^T x_b
+    lines_in_a = np.einsum("abji,bqkj->abqki", fundamental, homog)  # (V_a, V_b, P_q, K, 3)
+    norm_a = np.linalg.norm(lines_in_a[..., :2], axis=-1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        distance = 0.5 * np.abs(residual) * (
+            1.0 / norm_b.transpose(0, 2, 1, 3)[:, :, :, None, :] + 1.0 / norm_a[:, None, :, :, :])
+    valid = np.isfinite(distance)
+    median = _lower_median(distance, valid, min_common)
+    same = np.eye(n_views, dtype=bool)[:, None, :, None]
+    return np.where(same, np.inf, median)
+
+
+def bootstrap_persons(keypoints_undistorted: np.ndarray, counts: np.ndarray, fundamental: np.ndarray,
+                      settings: AssociationSettings = AssociationSettings()) -> np.ndarray:
+    """Choose one person per camera by multi-view epipolar consistency, with no track.
+
+    keypoints_undistorted: (V, P, K, 2) pixels, NaN where missing; counts: (V,) persons per camera.
+    Returns chosen (V,) int64 person index or -1. The seed is the (camera, person) with the most
+    cameras holding an epipolar-consistent person, then the smallest summed distance.
+    """
+    n_views, n_persons = keypoints_undistorted.shape[:2]
+    distance = epipolar_distances(keypoints_undistorted, fundamental, settings.min_common_keypoints)
+    real = np.arange(n_persons)[None, :] < counts[:, None]  # (V, P)
+    distance = np.where(real[:, :, None, None] & real[None, None, :, :], distance, np.inf)
+    gate = settings.epipolar_gate_px
+    best_per_camera = distance.min(axis=3)  # (V, P, V)
+    support = (best_per_camera <= gate).sum(-1)  # (V, P)
+    total = np.where(best_per_camera <= gate, best_per_camera, 0.0).sum(-1)
+    chosen = np.full(n_views, NONE, np.int64)
+    if not (support > 0).any():
+        return chosen
+    order = np.lexsort((total.ravel(), -support.ravel()))
+    seed_view, seed_person = np.unravel_index(order[0], support.shape)
+    chosen[seed_view] = seed_person
+    while True:
+        members = np.flatnonzero(chosen != NONE)
+        # mean distance of every (camera, person) to everyone chosen so far
+        to_members = distance[members, chosen[members]]  # (M, V, P)
+        worst = to_members.max(axis=0)
+        mean = to_members.mean(axis=0)
+        mean = np.where((worst <= gate) & (chosen == NONE)[:, None], mean, np.inf)
+        flat = int(np.argmin(mean))
+        if not np.isfinite(mean.ravel()[flat]):
+            return chosen
+        view, person = np.unravel_index(flat, mean.shape)
+        chosen[view] = person
+
+
+def advance_track(state: TrackState, points: np.ndarray | None, confirmed: bool,
+                  settings: AssociationSettings = AssociationSettings()) -> TrackState:
+    """The next track state: a confirmed frame set (enough consistent views, usable points) resets
+    the loss count and replaces the points; otherwise the count grows and past
+    `lost_after_frames` the track is dropped (points None), so the next set bootstraps."""
+    if confirmed and points is not None:
+        return TrackState(points=points, frames_lost=0)
+    if state.points is None:
+        return state
+    lost = state.frames_lost + 1
+    if lost > settings.lost_after_frames:
+        return TrackState(points=None, frames_lost=0)
+    return TrackState(points=state.points, frames_lost=lost)
