@@ -31,6 +31,7 @@ __all__ = [
     "epipolar_distances",
     "fundamental_matrices",
     "pack_detections",
+    "select_persons",
 ]
 
 NONE = -1
@@ -63,11 +64,13 @@ class Detections:
     """Every person of one frame set, padded to P per camera.
 
     keypoints: (V, P, K, 2) float32, pixels; NaN where missing, below min confidence, or padding.
+    confidence: (V, P, K) float32 in [0, 1]; 0 wherever keypoints is NaN.
     boxes: (V, P, 4) float32, pixels x0 y0 x1 y1; NaN for padding.
     counts: (V,) int64, persons per camera (the rest is padding).
     """
 
     keypoints: np.ndarray
+    confidence: np.ndarray
     boxes: np.ndarray
     counts: np.ndarray
 
@@ -100,7 +103,20 @@ def pack_detections(persons_per_camera: Sequence[Sequence], num_keypoints: int,
             boxes[v, p] = person.box
     weak = ~(confidence >= min_confidence) | ~np.isfinite(keypoints).all(-1)
     keypoints[weak] = np.nan
-    return Detections(keypoints, boxes, counts)
+    confidence[weak] = 0.0
+    return Detections(keypoints, confidence, boxes, counts)
+
+
+def select_persons(detections: Detections, chosen: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The chosen person of every camera: pixels (V, K, 2) NaN and confidence (V, K) 0 where none chosen."""
+    n_views, _, n_kp, _ = detections.keypoints.shape
+    views = np.arange(n_views)
+    index = np.maximum(chosen, 0)
+    pixels = detections.keypoints[views, index].copy()
+    confidence = detections.confidence[views, index].copy()
+    pixels[chosen < 0] = np.nan
+    confidence[chosen < 0] = 0.0
+    return pixels, confidence
 
 
 def _lower_median(values: np.ndarray, valid: np.ndarray, min_count: int) -> np.ndarray:

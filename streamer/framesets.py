@@ -177,6 +177,15 @@ class Assembler:
         self._max_pending = max(2, settings.buffer_ns // settings.frame_period_ns + 2)
         self._t_first_push_ns: int | None = None
 
+    def add_camera(self, camera: str) -> None:
+        """Expect frames from one more camera from now on (no-op when already known)."""
+        if camera in self._order:
+            return
+        self._order[camera] = len(self.cameras)
+        self.cameras = self.cameras + (camera,)
+        self._pending.append(deque())
+        self.counters[camera] = CameraCounters(period_ns=float(self.settings.frame_period_ns))
+
     # ------------------------------------------------------------------ input
 
     def push(self, camera: str, seq: int, t_capture_ns: int, now_ns: int, payload: Any = None) -> str:

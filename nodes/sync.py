@@ -1,0 +1,297 @@
+"""Node `sync`: kp2d of every camera -> frame sets by capture time -> the tracked person -> points3d.
+
+Subscribes `kp2d/<cam>` and the cameras' `calib` state; merges the cameras into one rig and
+republishes it as `calib` state downstream. Frames are assembled into sets by capture time
+(`streamer.framesets`: smallest spread, each frame used once, a partial set at the deadline
+when a camera is late or dead, never a set wider than `max_spread_ms`); in every set the
+tracked person is chosen per camera by consistency with the 3D track, or bootstrapped by
+epipolar consistency when there is none (`streamer.association`); the chosen keypoints are
+triangulated robustly with the previous frame's points as a temporal prior and published as
+`points3d` (usable only with at least `min_valid_points` valid points).
+
+Recovery: frames whose `calib_version` does not match the calibration received for their
+camera are counted (`calib_mismatch/<cam>`) and dropped, as are frames of cameras without a
+calibration yet (`no_calib/<cam>`); a dead camera only costs one deadline per set until it
+counts as stale, then sets complete without it; a lost track is re-acquired by bootstrap.
+"""
+from __future__ import annotations
+
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass
+
+import numpy as np
+
+from protocol import Keypoints2D, Points3D, RigCalibration
+from streamer.association import (
+    AssociationSettings,
+    TrackState,
+    advance_track,
+    bootstrap_persons,
+    choose_by_track,
+    fundamental_matrices,
+    pack_detections,
+    select_persons,
+)
+from streamer.calibration import Camera, Rig
+from streamer.framesets import Assembler, AssemblySettings, FrameSet, PushOutcome
+from streamer.node import Node, run_node
+from streamer.triangulation import TriangulationSettings, triangulate_robust
+
+__all__ = ["Settings", "Sync", "main"]
+
+_STATS_REFRESH_NS = 250_000_000
+
+
+@dataclass(frozen=True)
+class Settings:
+    cameras: tuple[str, ...] = ()  # camera ids of the rig, in V order; empty: every camera whose calib arrives
+    fps: float = 30.0  # nominal camera rate
+    max_spread_ms: float = 20.0  # a frame set never spans more than this (latest - earliest capture)
+    deadline_ms: float = 33.3  # wait at most this after a set's first frame arrived, then emit it partial
+    buffer_ms: float = 133.3  # per-camera buffer, by capture time (3-5 frame periods)
+    stale_after_ms: float = 100.0  # a camera silent this long is not waited for
+    min_cameras: int = 2  # smaller frame sets are not triangulated
+    min_valid_points: int = 6  # fewer valid 3D points: points3d.usable = False
+    threshold_px: float = 15.0  # triangulation inlier gate, pixels
+    min_confidence: float = 0.3  # keypoints below this detector confidence are ignored
+    use_prior: bool = True  # previous frame's points as the triangulation's temporal prior
+    gate_px: float = 25.0  # association: smallest reprojection gate to the track, pixels
+    epipolar_gate_px: float = 12.0  # association bootstrap: epipolar consistency gate, pixels
+    lost_after_frames: int = 15  # frame sets without a consistent person before re-acquiring
+    poll_interval_ms: float = 2.0  # how often deadlines are checked
+
+
+def _ns(ms: float) -> int:
+    return int(round(ms * 1e6))
+
+
+class Sync(Node):
+    """Frame sets, person choice and triangulation; state: rig, assembler, track."""
+
+    Settings = Settings
+    INPUT_TOPICS = ("kp2d/", "calib")
+
+    def setup(self) -> None:
+        s = self.settings
+        self.tick_interval_s = s.poll_interval_ms / 1e3
+        self.assembly_settings = AssemblySettings(
+            frame_period_ns=_ns(1e3 / s.fps), max_spread_ns=_ns(s.max_spread_ms), deadline_ns=_ns(s.deadline_ms),
+            buffer_ns=_ns(s.buffer_ms), stale_after_ns=_ns(s.stale_after_ms), min_cameras=s.min_cameras)
+        self.association_settings = AssociationSettings(
+            min_confidence=s.min_confidence, gate_px=s.gate_px, epipolar_gate_px=s.epipolar_gate_px,
+            lost_after_frames=s.lost_after_frames)
+        self.triangulation_settings = TriangulationSettings(threshold_px=s.threshold_px)
+        # without configured cameras the assembler is built when the first calibration names them
+        self.assembler = Assembler(list(s.cameras), self.assembly_settings) if s.cameras else None
+        self.cameras: dict[str, Camera] = {}
+        self.accepted_versions: dict[str, set[str]] = {}
+        self.rig: Rig | None = None
+        self.fundamental: np.ndarray | None = None
+        self.track = TrackState()
+        self.person_id = -1
+        self.local = Counter()
+        self.spreads_ns: list[int] = []
+        self.waits_ns: list[int] = []  # set decided - first member arrived
+        self.assembly_ns: list[int] = []  # push + poll
+        self.work_ns: list[int] = []  # person choice + triangulation + message
+        self.next_stats_refresh = 0
+
+    # ------------------------------------------------------------ inputs
+
+    def on_message(self, topic: str, msg) -> None:
+        if isinstance(msg, RigCalibration):
+            self._merge_calibration(msg)
+        elif isinstance(msg, Keypoints2D):
+            self._on_keypoints(msg)
+
+    def _merge_calibration(self, msg: RigCalibration) -> None:
+        configured = set(self.settings.cameras)
+        changed = False
+        for cal in msg.cameras:
+            if configured and cal.camera not in configured:
+                self.count("calib_ignored")
+                continue
+            try:
+                camera = Camera.from_message(cal)
+            except ValueError as error:
+                self.count("rejects/calib_invalid")
+                self.log.warning("calibration of camera %s rejected: %s", cal.camera, error)
+                continue
+            versions = self.accepted_versions.setdefault(cal.camera, set())
+            old = self.cameras.get(cal.camera)
+            if old is None or old.content_bytes() != camera.content_bytes():
+                self.cameras[cal.camera] = camera
+                versions.clear()
+                changed = True
+            versions.update({msg.version, Rig((camera,)).version})
+        if changed:
+            self._rebuild_rig()
+
+    def _rebuild_rig(self) -> None:
+        names = list(self.settings.cameras) or sorted(self.cameras)
+        present = [n for n in names if n in self.cameras]
+        self.rig = Rig(tuple(self.cameras[n] for n in present))
+        rig_version = self.rig.version
+        for versions in self.accepted_versions.values():
+            versions.add(rig_version)
+        self.fundamental = fundamental_matrices(self.rig.K, self.rig.R, self.rig.t) if len(self.rig) >= 2 else None
+        if self.assembler is None:
+            self.assembler = Assembler(present, self.assembly_settings)
+        else:
+            for name in present:
+                self.assembler.add_camera(name)
+        self.track = TrackState()
+        self.publish_state(self.rig.to_message())
+        self.log.info("rig %s: %d cameras (%s)", rig_version, len(present), ", ".join(present))
+
+    def _on_keypoints(self, msg: Keypoints2D) -> None:
+        camera = msg.camera
+        if camera not in self.cameras:
+            self.count(f"no_calib/{camera}")
+            return
+        if msg.calib_version not in self.accepted_versions[camera]:
+            self.count(f"calib_mismatch/{camera}")
+            return
+        now = time.monotonic_ns()
+        outcome = self.assembler.push(camera, msg.seq, msg.t_capture_ns, now, payload=msg)
+        if outcome == PushOutcome.UNKNOWN_CAMERA:
+            self.count("unknown_camera")
+        frame_sets = self.assembler.poll(now)
+        self.assembly_ns.append(time.monotonic_ns() - now)
+        self._emit(frame_sets, from_tick=False)
+
+    def on_tick(self, now_ns: int) -> None:
+        if self.assembler is None:
+            return
+        now = time.monotonic_ns()
+        due = self.assembler.next_deadline_ns()
+        if due is not None and due <= now:
+            self._emit(self.assembler.poll(now), from_tick=True)
+        if now >= self.next_stats_refresh:
+            self._refresh_stats()
+            self.next_stats_refresh = now + _STATS_REFRESH_NS
+
+    def teardown(self) -> None:
+        if self.assembler is not None:
+            self._emit(self.assembler.flush(time.monotonic_ns()), from_tick=True)
+            self._refresh_stats()
+
+    def queue_depth(self) -> int:
+        return self.assembler.pending_count() if self.assembler is not None else 0
+
+    # ------------------------------------------------------------ frame sets
+
+    def _emit(self, frame_sets: list[FrameSet], *, from_tick: bool) -> None:
+        for frame_set in frame_sets:
+            start = time.perf_counter_ns()
+            points = self._process(frame_set)
+            self.work_ns.append(time.perf_counter_ns() - start)
+            self.spreads_ns.append(frame_set.spread_ns)
+            self.waits_ns.append(frame_set.t_emit_ns - min(f.t_arrival_ns for f in frame_set.frames))
+            self.publish(points)
+            if from_tick:  # no receive in progress: latency from the newest member's arrival
+                newest = max(f.t_arrival_ns for f in frame_set.frames)
+                self.observe_latency_ns(time.monotonic_ns() - newest)
+            self.local["sets"] += 1
+            self.local[f"sets/{frame_set.reason}"] += 1
+
+    def _process(self, frame_set: FrameSet) -> Points3D:
+        rig, s = self.rig, self.association_settings
+        names = rig.names
+        messages = [frame_set.frame(name) for name in names]
+        persons = [[] if f is None else f.payload.persons for f in messages]
+        n_keypoints = next((len(p[0].keypoints) for p in persons if p), 70)
+        detections = pack_detections(persons, n_keypoints, s.min_confidence)
+        if self.track.points is not None and len(self.track.points) == n_keypoints:
+            chosen, _ = choose_by_track(rig.project(self.track.points), detections, s)
+        else:
+            self.track = TrackState()
+            chosen = self._bootstrap(detections)
+        n_chosen = int((chosen >= 0).sum())
+        for name, p, c in zip(names, persons, chosen):
+            self.local[f"detections/{name}"] += len(p)
+            self.local[f"chosen/{name}"] += int(c >= 0)
+        pixels, confidence = select_persons(detections, chosen)
+        prior = self.track.points if self.settings.use_prior else None
+        result = triangulate_robust(pixels, confidence, rig, self.triangulation_settings, prior=prior)
+        n_valid = int(result.valid.sum())
+        usable = n_valid >= self.settings.min_valid_points
+        had_track = self.track.points is not None
+        self.track = advance_track(self.track, result.points if usable else None,
+                                   usable and n_chosen >= s.min_views, s)
+        if had_track and self.track.points is None:
+            self.local["track_lost"] += 1
+        if not usable:
+            self.local["unusable"] += 1
+        frame_indices = [f.payload.frame_index for f in frame_set.frames]
+        return Points3D(
+            t_ns=frame_set.t_ns,
+            frame_index=int(Counter(frame_indices).most_common(1)[0][0]),
+            person_id=self.person_id,
+            calib_version=rig.version,
+            cameras=list(names),
+            sources_seq=np.array([-1 if f is None else f.seq for f in messages], np.int64),
+            sync_spread_ns=int(frame_set.spread_ns),
+            points=result.points.astype(np.float32),
+            n_views=result.n_views.astype(np.uint8),
+            inliers=result.inliers.astype(bool),
+            reproj_px=result.reproj_px.astype(np.float32),
+            confidence=np.clip(result.confidence, 0.0, 1.0).astype(np.float32),
+            mean_reproj_px=float(result.mean_reproj_px),
+            usable=bool(usable),
+        )
+
+    def _bootstrap(self, detections) -> np.ndarray:
+        """Choose persons without a track (epipolar consistency on undistorted pixels)."""
+        rig = self.rig
+        if self.fundamental is None or not (detections.counts > 0).any():
+            return np.full(len(rig), -1, np.int64)
+        V, P, K, _ = detections.keypoints.shape
+        normalised = rig.undistort(detections.keypoints.reshape(V, P * K, 2).astype(np.float64))
+        undistorted = np.einsum("vij,vnj->vni", rig.K[:, :2, :2], normalised) + rig.K[:, None, :2, 2]
+        chosen = bootstrap_persons(undistorted.reshape(V, P, K, 2), detections.counts, self.fundamental,
+                                   self.association_settings)
+        if (chosen >= 0).sum() >= self.association_settings.min_views:
+            self.person_id += 1
+            self.local["bootstraps"] += 1
+        return chosen
+
+    # ------------------------------------------------------------ stats
+
+    def _refresh_stats(self) -> None:
+        a = self.assembler
+        if a is None:
+            return
+        for name, cc in a.counters.items():
+            for field in ("received", "used", "late", "dropped", "duplicate", "seq_resets", "evicted", "unmatched"):
+                self.counters[f"{field}/{name}"] = getattr(cc, field)
+            self.gauge(f"sync_offset_ms/{name}", cc.offset_ns / 1e6)
+            self.gauge(f"sync_abs_offset_ms/{name}", cc.abs_offset_ns / 1e6)
+            self.gauge(f"used_share/{name}", cc.used / cc.received if cc.received else 0.0)
+            detections = self.local[f"detections/{name}"]
+            self.gauge(f"detections_used_share/{name}", self.local[f"chosen/{name}"] / detections if detections else 0.0)
+            self.gauge(f"period_ms/{name}", cc.period_ns / 1e6)
+        for key, value in self.local.items():
+            if not key.startswith(("detections/", "chosen/")):
+                self.counters[key] = value
+        self.counters["sets_partial"] = a.sets_partial
+        self.gauge("partial_rate", a.sets_partial / a.sets_emitted if a.sets_emitted else 0.0)
+        for label, samples in (("sync_spread_ms", self.spreads_ns), ("set_wait_ms", self.waits_ns),
+                               ("assembly_ms", self.assembly_ns), ("set_work_ms", self.work_ns)):
+            if samples:
+                values = np.asarray(samples, np.float64) / 1e6
+                self.gauge(f"{label}_p50", float(np.percentile(values, 50)))
+                self.gauge(f"{label}_p99", float(np.percentile(values, 99)))
+                self.gauge(f"{label}_max", float(values.max()))
+                del samples[:-512]
+        self.gauge("tracking", float(self.track.points is not None))
+
+
+def main(argv: list[str]) -> int:
+    return run_node(Sync, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
