@@ -18,7 +18,7 @@ from functools import cache
 import msgpack
 import numpy as np
 
-from protocol.messages import MESSAGE_TYPES
+from protocol.messages import MAX_CAMERAS, MAX_KEYPOINTS, MESSAGE_TYPES
 from protocol.schema import Arr, ArrMap, Bool, Float, Int, Seq, Str, StrSeq
 
 __all__ = [
@@ -166,51 +166,49 @@ def decode_envelope(frames: list) -> tuple[str, object, int | None]:
 
 
 def _decode(frames: list) -> tuple[str, object, int | None]:
-    if not isinstance(frames, (list, tuple)) or len(frames) < 2:
+    if type(frames) not in (list, tuple) or len(frames) < 2:
         raise DecodeError("frames", "expected [topic, header, payload...]")
     if len(frames) > MAX_ARRAYS + 2:
         raise DecodeError("frames", f"{len(frames)} frames > {MAX_ARRAYS + 2}")
-    frames = [bytes(f) for f in frames]
-    total = sum(len(f) for f in frames)
+    if not all(type(f) is bytes for f in frames):
+        try:
+            frames = [f if type(f) is bytes else bytes(f) for f in frames]  # zmq.Frame, memoryview
+        except TypeError:
+            raise DecodeError("frames", "frames must be bytes-like") from None
+    total = sum(map(len, frames))
     if total > MAX_MESSAGE_BYTES:
         raise DecodeError("size", f"{total} bytes > {MAX_MESSAGE_BYTES}")
-    topic_b, header_b, payloads = frames[0], frames[1], frames[2:]
+    header_b = frames[1]
     if len(header_b) > MAX_HEADER_BYTES:
         raise DecodeError("size", f"header {len(header_b)} bytes > {MAX_HEADER_BYTES}")
     try:
-        topic = topic_b.decode("utf-8")
+        topic = frames[0].decode("utf-8")
     except UnicodeDecodeError:
         raise DecodeError("topic", "not UTF-8") from None
     try:
         header = msgpack.unpackb(
-            header_b,
-            raw=False,
-            strict_map_key=True,
-            max_array_len=4096,
-            max_map_len=512,
-            ext_hook=_ext_hook,
+            header_b, raw=False, strict_map_key=True, max_array_len=4096, max_map_len=512, ext_hook=_ext_hook
         )
     except DecodeError:
         raise
     except Exception as exc:
         raise DecodeError("header", repr(exc)[:200]) from None
-    if not isinstance(header, dict):
+    if type(header) is not dict:
         raise DecodeError("header", "not a map")
     version = header.get("v")
-    if version != SCHEMA_VERSION or isinstance(version, bool):
+    if version != SCHEMA_VERSION or type(version) is not int:
         raise DecodeError("version", f"schema version {version!r}, expected {SCHEMA_VERSION}")
     kind = header.get("kind")
-    cls = MESSAGE_TYPES.get(kind) if isinstance(kind, str) else None
+    cls = MESSAGE_TYPES.get(kind) if type(kind) is str else None
     if cls is None:
         raise DecodeError("kind", f"unknown kind {kind!r}")
-    arrays = _decode_arrays(header.get("arrays"), payloads)
+    ctx = _Context(_decode_arrays(header.get("arrays"), frames))
     body = header.get("body")
-    if not isinstance(body, dict):
+    if type(body) is not dict:
         raise DecodeError("field", "body is not a map")
-    ctx = _Context(arrays)
-    msg = _decode_struct(cls, body, ctx, kind)
-    if ctx.used != len(arrays):
-        raise DecodeError("frames", f"{len(arrays) - ctx.used} payload frames not referenced")
+    msg = _decode_struct(_plan(cls), body, ctx, kind)
+    if len(ctx.seen) != len(ctx.arrays):
+        raise DecodeError("frames", f"{len(ctx.arrays) - len(ctx.seen)} payload frames not referenced")
     if topic != topic_of(msg):
         raise DecodeError("topic", f"topic {topic!r} does not match the message ({topic_of(msg)!r})")
     seq = header.get("seq")
@@ -232,125 +230,207 @@ def _ext_hook(code: int, data: bytes):
     return _ArrayRef(_INDEX.unpack(data)[0])
 
 
-def _decode_arrays(descs, payloads: list[bytes]) -> list[np.ndarray]:
-    if not isinstance(descs, list) or len(descs) != len(payloads):
+_DTYPES = {s: np.dtype(s) for s in ALLOWED_DTYPES}
+
+
+def _decode_arrays(descs, frames: list[bytes]) -> list[np.ndarray]:
+    """Arrays of payload frames 2.. as described in the header; read-only views, no copies."""
+    n = len(frames) - 2
+    if type(descs) is not list or len(descs) != n:
         raise DecodeError("frames", "array descriptors do not match payload frames")
     out = []
-    for i, (desc, payload) in enumerate(zip(descs, payloads)):
-        if not (isinstance(desc, list) and len(desc) == 2 and isinstance(desc[0], str) and isinstance(desc[1], list)):
+    for i, desc in enumerate(descs):
+        if type(desc) is not list or len(desc) != 2 or type(desc[1]) is not list:
             raise DecodeError("header", f"array {i}: descriptor must be [dtype, shape]")
         dtype, shape = desc
-        if dtype not in ALLOWED_DTYPES:
+        dt = _DTYPES.get(dtype) if type(dtype) is str else None
+        if dt is None:
             raise DecodeError("dtype", f"array {i}: dtype {dtype!r} not allowed")
         if len(shape) > MAX_NDIM or not all(type(d) is int and 0 <= d <= MAX_MESSAGE_BYTES for d in shape):
             raise DecodeError("shape", f"array {i}: bad shape {shape!r}")
-        dt = np.dtype(dtype)
+        payload = frames[i + 2]
         if math.prod(shape) * dt.itemsize != len(payload):
             raise DecodeError("length", f"array {i}: shape {shape} x {dt.itemsize} B != {len(payload)} B")
-        out.append(np.frombuffer(payload, dtype=dt).reshape(shape))
+        out.append(np.ndarray(shape, dt, payload))  # read-only view of the frame
     return out
 
 
 class _Context:
     """Per-message decode state: the arrays, which were used, and bound shape symbols."""
 
+    __slots__ = ("arrays", "seen", "symbols")
+
     def __init__(self, arrays: list[np.ndarray]):
         self.arrays = arrays
-        self.used = 0
         self.seen: set[int] = set()
         self.symbols: dict[str, int] = {}
 
-    def take(self, ref, where: str) -> np.ndarray:
-        if not isinstance(ref, _ArrayRef):
-            raise DecodeError("field", f"{where}: expected an array reference")
-        if ref.index >= len(self.arrays) or ref.index in self.seen:
-            raise DecodeError("field", f"{where}: bad array index {ref.index}")
-        self.seen.add(ref.index)
-        self.used += 1
-        return self.arrays[ref.index]
+    def take(self, ref) -> np.ndarray:
+        if type(ref) is not _ArrayRef:
+            raise DecodeError("field", "expected an array reference")
+        index = ref.index
+        if index >= len(self.arrays) or index in self.seen:
+            raise DecodeError("field", f"bad array index {index}")
+        self.seen.add(index)
+        return self.arrays[index]
 
 
-def _decode_struct(cls: type, body: dict, ctx: _Context, where: str):
-    if not isinstance(body, dict):
+_MISSING = object()
+
+
+def _decode_struct(plan, body, ctx: _Context, where: str):
+    """Decode one struct with its compiled plan `(cls, ((name, decoder, required), ...))`."""
+    cls, fields = plan
+    if type(body) is not dict:
         raise DecodeError("field", f"{where}: expected a map")
     kwargs = {}
-    for name, spec, has_default in _fields(cls):
-        path = f"{where}.{name}"
-        if name not in body:
-            if has_default:
-                continue
-            raise DecodeError("field", f"{path}: required field missing")
-        kwargs[name] = _decode_value(spec, body[name], ctx, path)
+    for name, decoder, required in fields:
+        value = body.get(name, _MISSING)
+        if value is _MISSING:
+            if required:
+                raise DecodeError("field", f"{where}.{name}: required field missing")
+            continue
+        try:
+            kwargs[name] = decoder(value, ctx)
+        except DecodeError as exc:  # prefix the path on the way out (errors are rare)
+            raise DecodeError(exc.reason, f"{where}.{name}{exc.detail if exc.detail.startswith(('.', '[')) else ': ' + exc.detail}") from None
     return cls(**kwargs)
 
 
-def _decode_value(spec, value, ctx: _Context, path: str):
+@cache
+def _plan(cls: type):
+    """Compiled decoders of a message class: one closure per field, specialised to its spec."""
+    return cls, tuple((name, _field_decoder(spec), not has_default) for name, spec, has_default in _fields(cls))
+
+
+def _field_decoder(spec):
     if isinstance(spec, Arr):
-        return _check_array(ctx.take(value, path), spec, ctx, path)
+        return _array_decoder(spec)
     if isinstance(spec, Int):
-        if type(value) is not int or not spec.lo <= value <= spec.hi:
-            raise DecodeError("field", f"{path}: expected int in [{spec.lo}, {spec.hi}]")
-        return value
+        lo, hi = spec.lo, spec.hi
+
+        def dec_int(v, ctx):
+            if type(v) is not int or not lo <= v <= hi:
+                raise DecodeError("field", f"expected int in [{lo}, {hi}]")
+            return v
+
+        return dec_int
     if isinstance(spec, Float):
-        if type(value) not in (float, int):
-            raise DecodeError("field", f"{path}: expected a number")
-        value = float(value)
-        if math.isinf(value) or (math.isnan(value) and not spec.allow_nan):
-            raise DecodeError("nonfinite", f"{path}: {value}")
-        return value
+        allow_nan = spec.allow_nan
+
+        def dec_float(v, ctx):
+            t = type(v)
+            if t is float:
+                if v - v != 0.0 and not (allow_nan and v != v):  # x - x is 0 only for finite x
+                    raise DecodeError("nonfinite", str(v))
+                return v
+            if t is int and -(2**63) <= v < 2**64:
+                return float(v)
+            raise DecodeError("field", "expected a number")
+
+        return dec_float
     if isinstance(spec, Bool):
-        if type(value) is not bool:
-            raise DecodeError("field", f"{path}: expected bool")
-        return value
+
+        def dec_bool(v, ctx):
+            if type(v) is not bool:
+                raise DecodeError("field", "expected bool")
+            return v
+
+        return dec_bool
     if isinstance(spec, Str):
-        if not isinstance(value, str) or len(value) > spec.max_len:
-            raise DecodeError("field", f"{path}: expected a string of <= {spec.max_len} chars")
-        return value
+        max_len = spec.max_len
+
+        def dec_str(v, ctx):
+            if type(v) is not str or len(v) > max_len:
+                raise DecodeError("field", f"expected a string of <= {max_len} chars")
+            return v
+
+        return dec_str
     if isinstance(spec, StrSeq):
-        if not isinstance(value, list) or len(value) > spec.max_items:
-            raise DecodeError("limit", f"{path}: expected a list of <= {spec.max_items} strings")
-        if not all(isinstance(s, str) and len(s) <= spec.max_len for s in value):
-            raise DecodeError("field", f"{path}: expected strings of <= {spec.max_len} chars")
-        return value
+        max_items, max_len = spec.max_items, spec.max_len
+
+        def dec_strseq(v, ctx):
+            if type(v) is not list or len(v) > max_items:
+                raise DecodeError("limit", f"expected a list of <= {max_items} strings")
+            for s in v:
+                if type(s) is not str or len(s) > max_len:
+                    raise DecodeError("field", f"expected strings of <= {max_len} chars")
+            return v
+
+        return dec_strseq
     if isinstance(spec, Seq):
-        if not isinstance(value, list) or len(value) > spec.max_items:
-            raise DecodeError("limit", f"{path}: expected a list of <= {spec.max_items} items")
-        return [_decode_struct(spec.item, v, ctx, f"{path}[{i}]") for i, v in enumerate(value)]
+        max_items, item = spec.max_items, spec.item
+
+        def dec_seq(v, ctx):
+            if type(v) is not list or len(v) > max_items:
+                raise DecodeError("limit", f"expected a list of <= {max_items} items")
+            plan = _plan(item)
+            return [_decode_struct(plan, x, ctx, f"[{i}]") for i, x in enumerate(v)]
+
+        return dec_seq
     if isinstance(spec, ArrMap):
-        if not isinstance(value, dict) or len(value) > spec.max_items:
-            raise DecodeError("limit", f"{path}: expected a map of <= {spec.max_items} arrays")
-        out = {}
-        for key, ref in value.items():
-            arr = ctx.take(ref, f"{path}.{key}")
-            if len(key) > 64 or arr.dtype.kind != "f" or arr.ndim > 2 or arr.size > spec.max_len:
-                raise DecodeError("shape", f"{path}.{key}: expected a float array of <= {spec.max_len} values")
-            if not np.isfinite(arr).all():
-                raise DecodeError("nonfinite", f"{path}.{key}")
-            out[key] = arr
-        return out
-    raise DecodeError("internal", f"{path}: no decoder for {spec!r}")  # pragma: no cover
+        max_items, max_len = spec.max_items, spec.max_len
+
+        def dec_arrmap(v, ctx):
+            if type(v) is not dict or len(v) > max_items:
+                raise DecodeError("limit", f"expected a map of <= {max_items} arrays")
+            out = {}
+            for key, ref in v.items():
+                arr = ctx.take(ref)
+                if len(key) > 64 or arr.dtype.kind != "f" or arr.ndim > 2 or arr.size > max_len:
+                    raise DecodeError("shape", f"{key}: expected a float array of <= {max_len} values")
+                if not _all_finite(arr):
+                    raise DecodeError("nonfinite", f"{key}: NaN or infinity")
+                out[key] = arr
+            return out
+
+        return dec_arrmap
+    raise TypeError(f"no decoder for {spec!r}")  # pragma: no cover
 
 
-def _check_array(arr: np.ndarray, spec: Arr, ctx: _Context, path: str) -> np.ndarray:
-    if arr.dtype.str not in spec.dtypes:
-        raise DecodeError("dtype", f"{path}: dtype {arr.dtype.str}, expected one of {spec.dtypes}")
-    if arr.ndim != len(spec.shape):
-        raise DecodeError("shape", f"{path}: {arr.ndim} dims, expected {len(spec.shape)}")
-    for size, want in zip(arr.shape, spec.shape):
-        if isinstance(want, int) and size != want:
-            raise DecodeError("shape", f"{path}: shape {arr.shape}, expected {spec.shape}")
-        if isinstance(want, str):
-            bound = ctx.symbols.setdefault(want, size)
+_SYMBOL_LIMITS = {"K": MAX_KEYPOINTS, "V": MAX_CAMERAS}
+
+
+def _array_decoder(spec: Arr):
+    dtypes = frozenset(spec.dtypes)
+    ndim = len(spec.shape)
+    exact = tuple((axis, want) for axis, want in enumerate(spec.shape) if type(want) is int)
+    symbols = tuple((axis, want, _SYMBOL_LIMITS.get(want, MAX_MESSAGE_BYTES))
+                    for axis, want in enumerate(spec.shape) if type(want) is str)
+    is_float = all(np.dtype(d).kind == "f" for d in spec.dtypes)
+    allow_nan = spec.allow_nan
+
+    def dec_array(ref, ctx):
+        arr = ctx.take(ref)
+        if arr.dtype.str not in dtypes:
+            raise DecodeError("dtype", f"dtype {arr.dtype.str}, expected one of {sorted(dtypes)}")
+        shape = arr.shape
+        if len(shape) != ndim:
+            raise DecodeError("shape", f"{len(shape)} dims, expected {ndim}")
+        for axis, want in exact:
+            if shape[axis] != want:
+                raise DecodeError("shape", f"shape {shape}, expected {spec.shape}")
+        for axis, sym, limit in symbols:
+            size = shape[axis]
+            bound = ctx.symbols.setdefault(sym, size)
             if bound != size:
-                raise DecodeError("shape", f"{path}: {want}={size} but {want}={bound} elsewhere")
-    if "K" in spec.shape and arr.shape[spec.shape.index("K")] > 256:
-        raise DecodeError("limit", f"{path}: more than 256 keypoints")
-    if "V" in spec.shape and arr.shape[spec.shape.index("V")] > 64:
-        raise DecodeError("limit", f"{path}: more than 64 views")
-    if arr.dtype.kind == "f":
-        if spec.allow_nan:
-            if np.isinf(arr).any():
-                raise DecodeError("nonfinite", f"{path}: infinity")
-        elif not np.isfinite(arr).all():
-            raise DecodeError("nonfinite", f"{path}: NaN or infinity")
-    return arr
+                raise DecodeError("shape", f"{sym}={size} but {sym}={bound} elsewhere")
+            if size > limit:
+                raise DecodeError("limit", f"{sym}={size} > {limit}")
+        if is_float:
+            if allow_nan:
+                if not _no_infinity(arr):
+                    raise DecodeError("nonfinite", "infinity")
+            elif not _all_finite(arr):
+                raise DecodeError("nonfinite", "NaN or infinity")
+        return arr
+
+    return dec_array
+
+
+def _all_finite(arr: np.ndarray) -> bool:
+    return arr.size == np.count_nonzero(np.isfinite(arr))
+
+
+def _no_infinity(arr: np.ndarray) -> bool:
+    return np.count_nonzero(np.isinf(arr)) == 0
