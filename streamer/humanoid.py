@@ -34,6 +34,7 @@ __all__ = [
     "PARENTS",
     "Skeleton",
     "forward_kinematics",
+    "tpose_direction",
     "joint_positions_yup",
     "retarget",
     "stage_to_yup",
@@ -87,6 +88,20 @@ _I = mhr70.index_of
 _FINGER_KP = {"Thumb": "thumb", "Index": "index", "Middle": "middle", "Ring": "ring", "Little": "pinky"}
 _SEG_KP = {"Proximal": ("third-joint", "second-joint"), "Intermediate": ("second-joint", "first-joint"),
            "Distal": ("first-joint", "tip")}
+
+
+
+def tpose_direction(bone: str) -> np.ndarray:
+    """(3,) unit vector, Y-up frame: where `bone` points in the T-pose (towards its child, or forward
+    for toes, eyes and jaw, up for the Hips and Head)."""
+    if bone not in _BONE_INDEX:
+        raise KeyError(f"unknown bone {bone!r}; known: {', '.join(BONES)}")
+    if bone in ("Hips", "Head"):
+        return np.array([0.0, 1.0, 0.0])
+    if _KIND[_BONE_INDEX[bone]] == "leaf":
+        return np.array([0.0, 0.0, 1.0])
+    return _D0[bone].copy()
+
 
 _STAGE_TO_YUP = np.array([[1.0, 0, 0], [0, 0, 1], [0, -1, 0]])
 
