@@ -27,7 +27,7 @@ class Settings:
     height_px: int = 720
 
 
-def test_card_calibration(camera: str, width_px: int, height_px: int) -> RigCalibration:
+def pattern_calibration(camera: str, width_px: int, height_px: int) -> RigCalibration:
     """A one-camera rig: pinhole camera 3 m in front of the origin looking at it (world->camera R, t)."""
     cam = CameraCalibration(
         camera=camera,
@@ -41,7 +41,7 @@ def test_card_calibration(camera: str, width_px: int, height_px: int) -> RigCali
     return RigCalibration(version=version, cameras=[cam])
 
 
-def test_card_person(frame_index: int, rate_hz: float, n_keypoints: int, width_px: int, height_px: int) -> Person2D:
+def pattern_person(frame_index: int, rate_hz: float, n_keypoints: int, width_px: int, height_px: int) -> Person2D:
     """K keypoints on a circle of radius height/4 around the image centre, turning at 1 rev/s."""
     phase = 2 * math.pi * frame_index / rate_hz
     angles = phase + np.linspace(0, 2 * math.pi, n_keypoints, endpoint=False)
@@ -62,7 +62,7 @@ class Pulse(Node):
         if s.rate_hz <= 0 or not 0 < s.n_keypoints <= 256:
             raise ValueError(f"pulse {self.name}: rate_hz must be > 0 and n_keypoints in 1..256")
         self.tick_interval_s = 1.0 / s.rate_hz
-        self.calib = test_card_calibration(s.camera, s.width_px, s.height_px)
+        self.calib = pattern_calibration(s.camera, s.width_px, s.height_px)
         self.publish_state(self.calib)
         self.frame_index = 0
 
@@ -75,7 +75,7 @@ class Pulse(Node):
             t_capture_ns=now_ns,
             image_size=np.array([s.width_px, s.height_px], np.int32),
             calib_version=self.calib.version,
-            persons=[test_card_person(self.frame_index, s.rate_hz, s.n_keypoints, s.width_px, s.height_px)],
+            persons=[pattern_person(self.frame_index, s.rate_hz, s.n_keypoints, s.width_px, s.height_px)],
         )
         self.publish(msg)
         self.observe_latency_ns(self.clock.now_ns() - now_ns)
