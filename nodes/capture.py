@@ -1,0 +1,227 @@
+"""Node `capture`: camera frames -> estimator -> `kp2d/<cam>`, one process for one or several cameras.
+
+Per camera a source (video file, V4L2 webcam, image folder with timestamps, or a recorded take) is
+read by a latest-frame grabber thread: when the estimator is slower than the cameras, stale frames
+are dropped and counted (`dropped/<cam>`), never queued. Each tick the newest frame of every camera
+goes to the estimator as one batch (SAM-3D Body on a GPU, MediaPipe on the CPU), and every person
+found is published on `kp2d/<cam>` with the capture time on the stage clock. Replayed takes carry
+their persons already (estimator `replay`). The node publishes its cameras' calibration as
+last-value state on `calib` and, in stats, per camera: fps, drops, estimator latency.
+
+Recovery: a camera whose source fails ends its stream (counted as `source_errors/<cam>`, logged);
+the others continue. With `stop_at_end` the node stops once every file source has ended.
+"""
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from protocol import Keypoints2D, RigCalibration
+from streamer.calibration import Rig
+from streamer.capture.boxes import BoxPolicy
+from streamer.capture.estimator import Estimator, View
+from streamer.capture.latest import LatestFrameGrabber
+from streamer.capture.sources import (
+    Frame,
+    FrameSource,
+    ImageFolderSource,
+    ReplaySource,
+    VideoFileSource,
+    WebcamSource,
+)
+from streamer.node import Node, run_node
+
+__all__ = ["Capture", "Settings", "build_estimator", "main", "open_source"]
+
+
+@dataclass(frozen=True)
+class Settings:
+    cameras: tuple[str, ...] = ("cam0",)  # camera ids (topics kp2d/<id>); must match the calibration's names
+    source: Literal["video", "webcam", "images", "replay"] = "video"
+    sources: tuple[str, ...] = ()  # one per camera: video file, webcam device ("0", "/dev/video0"), image folder, take
+    sources_dir: str = ""  # relative entries of `sources` are resolved against this folder
+    calibration_file: str = ""  # rig calibration (any format streamer.calibration_io reads); required for sam3d
+    estimator: Literal["mediapipe", "sam3d", "replay"] = "mediapipe"
+    pace: bool = True  # file sources released at their own frame times (like a camera); False: every frame
+    stop_at_end: bool = True  # stop the node when every file source has ended
+    webcam_width_px: int = 0  # 0: the driver's default
+    webcam_height_px: int = 0
+    webcam_fps: float = 0.0
+    sam3d_checkpoint_path: str = ""  # <hf download>/model.ckpt (model_config.yaml beside it)
+    sam3d_mhr_path: str = ""  # <hf download>/assets/mhr_model.pt
+    sam3d_device: str = "cuda"
+    sam3d_inference: Literal["full", "body"] = "full"
+    detector: Literal["none", "onnx"] = "none"  # finds persons when no track hint is fresh (none: the estimator's own search)
+    detector_onnx_path: str = ""  # user-supplied ONNX person detector (see streamer/capture/onnx_detector.py)
+    detector_device: str = "cpu"  # "cuda" uses onnxruntime-gpu when installed
+    detector_score: float = 0.5
+    use_track_hints: bool = False  # boxes from the sync node's 3D track (hint/<cam>, proposed; off until it exists)
+    max_hint_age_s: float = 0.2
+    redetect_interval_s: float = 2.0
+    mediapipe_min_visibility: float = 0.1
+
+
+def open_source(kind: str, spec: str, camera: str, *, t0_ns: int, clock_ns, settings: Settings) -> FrameSource:
+    """The frame source of one camera (`spec` as in `Settings.sources`)."""
+    if kind == "webcam":
+        device: int | str = int(spec) if spec.isdigit() else spec
+        return WebcamSource(device, width=settings.webcam_width_px, height=settings.webcam_height_px,
+                            fps=settings.webcam_fps, clock_ns=clock_ns)
+    path = Path(spec)
+    if not path.is_absolute() and settings.sources_dir:
+        path = Path(settings.sources_dir) / path
+    if kind == "video":
+        return VideoFileSource(path, t0_ns=t0_ns)
+    if kind == "images":
+        return ImageFolderSource(path, t0_ns=t0_ns)
+    if kind == "replay":
+        return ReplaySource(path, camera, t0_ns=t0_ns)
+    raise ValueError(f"capture: unknown source kind {kind!r}")
+
+
+def build_estimator(settings: Settings) -> tuple[Estimator | None, object | None]:
+    """(estimator, ONNX detector or None) for the settings; None estimator for replayed keypoints."""
+    detector = None
+    if settings.detector == "onnx":
+        from streamer.capture.onnx_detector import OnnxPersonDetector
+
+        detector = OnnxPersonDetector(settings.detector_onnx_path, device=settings.detector_device,
+                                      score_threshold=settings.detector_score)
+    if settings.estimator == "replay":
+        return None, detector
+    if settings.estimator == "mediapipe":
+        from streamer.capture.mediapipe_pose import MediaPipeEstimator
+
+        return MediaPipeEstimator(min_visibility=settings.mediapipe_min_visibility), detector
+    from streamer.capture.sam3d import Sam3dEstimator, build_sam3d_body
+
+    # upstream's own detector (ViTDet, built by its repo's tools/build_detector.py) can be given to
+    # build_sam3d_body(human_detector=...) by code that builds the estimator itself
+    upstream = build_sam3d_body(settings.sam3d_checkpoint_path, settings.sam3d_mhr_path, device=settings.sam3d_device)
+    return Sam3dEstimator(upstream, inference_type=settings.sam3d_inference,
+                          bbox_thr=settings.detector_score), detector
+
+
+class Capture(Node):
+    """See module docstring."""
+
+    Settings = Settings
+    INPUT_TOPICS = ()
+
+    def setup(self) -> None:
+        s = self.settings
+        if not s.cameras or len(s.sources) != len(s.cameras):
+            raise ValueError(f"capture {self.name}: give one entry of `sources` per camera "
+                             f"({len(s.cameras)} cameras, {len(s.sources)} sources)")
+        if (s.estimator == "replay") != (s.source == "replay"):
+            raise ValueError(f"capture {self.name}: estimator 'replay' goes with source 'replay' (and only with it)")
+        self.rig: Rig | None = None
+        self.calib: RigCalibration | None = None
+        if s.calibration_file:
+            from streamer.calibration_io import load_rig
+
+            self.rig = load_rig(s.calibration_file).subset(list(s.cameras))
+            self.calib = self.rig.to_message()
+            self.publish_state(self.calib)
+        elif s.estimator == "sam3d":
+            raise ValueError(f"capture {self.name}: estimator 'sam3d' needs calibration_file (its K goes to the model)")
+        self.estimator, self.detector = build_estimator(s)
+        self.policy = BoxPolicy(use_hints=s.use_track_hints, max_hint_age_s=s.max_hint_age_s,
+                                redetect_interval_s=s.redetect_interval_s)
+        t0_ns = self.clock.now_ns()
+        self.grabbers: dict[str, LatestFrameGrabber] = {}
+        for camera, spec in zip(s.cameras, s.sources):
+            source = open_source(s.source, spec, camera, t0_ns=t0_ns, clock_ns=self.clock.now_ns, settings=s)
+            self.grabbers[camera] = LatestFrameGrabber(source, pace=s.pace or source.live).start()
+        self.seq = dict.fromkeys(s.cameras, 0)
+        self.published = dict.fromkeys(s.cameras, 0)
+        self.window_start_ns = time.monotonic_ns()
+        self.tick_interval_s = 0.002
+
+    def _default_K(self, view_size: tuple[int, int]) -> np.ndarray:
+        width, height = view_size
+        return np.array([[max(width, height), 0, width / 2], [0, max(width, height), height / 2], [0, 0, 1.0]])
+
+    def _view(self, camera: str, frame: Frame) -> View:
+        K = self.rig.camera(camera).K if self.rig is not None else self._default_K(frame.image_size)
+        hinted, run_detector = self.policy.plan(camera, frame.t_capture_ns, None, frame.image_size)
+        if hinted is not None:
+            boxes, scores, track_ids = hinted
+        elif self.detector is not None and run_detector:
+            boxes, scores = self.detector.detect(frame.image)
+            track_ids = np.full(len(boxes), -1, np.int64)
+        else:
+            boxes = scores = track_ids = None
+        return View(camera, frame.image, K, boxes=boxes, box_scores=scores, track_ids=track_ids)
+
+    def on_tick(self, now_ns: int) -> None:
+        frames = {}
+        for camera, grabber in self.grabbers.items():
+            frame = grabber.latest(timeout_s=0)
+            if frame is not None:
+                frames[camera] = frame
+        image_frames = {c: f for c, f in frames.items() if f.image is not None}
+        persons = {c: f.persons for c, f in frames.items() if f.image is None}
+        if image_frames:
+            start = time.monotonic_ns()
+            views = [self._view(c, f) for c, f in image_frames.items()]
+            for camera, found in zip(image_frames, self.estimator.estimate(views)):
+                persons[camera] = found
+            self.gauge("estimator_ms", (time.monotonic_ns() - start) / 1e6)
+            self.gauge("estimator_batch", len(views))
+        for camera, frame in frames.items():
+            self._publish(camera, frame, persons[camera] or [])
+        self._report(now_ns)
+        if self.settings.stop_at_end and all(g.ended for g in self.grabbers.values()):
+            self.log.info("every source has ended: stopping")
+            self.stop()
+
+    def _publish(self, camera: str, frame: Frame, persons: list) -> None:
+        msg = Keypoints2D(camera=camera, seq=self.seq[camera], frame_index=frame.index,
+                          t_capture_ns=frame.t_capture_ns, image_size=np.array(frame.image_size, np.int32),
+                          calib_version=self.calib.version if self.calib is not None else "", persons=persons)
+        self.publish(msg)
+        self.observe_latency_ns(max(0, self.clock.now_ns() - frame.t_capture_ns))
+        self.seq[camera] += 1
+        self.published[camera] += 1
+        self.count(f"persons/{camera}", len(persons))
+
+    def _report(self, now_ns: int) -> None:
+        elapsed_ns = time.monotonic_ns() - self.window_start_ns
+        if elapsed_ns < 1_000_000_000:
+            return
+        for camera, grabber in self.grabbers.items():
+            self.gauge(f"fps/{camera}", self.published[camera] * 1e9 / elapsed_ns)
+            self.counters[f"dropped/{camera}"] = grabber.dropped
+            self.counters[f"grabbed/{camera}"] = grabber.grabbed
+            if grabber.error is not None:
+                self.counters[f"source_errors/{camera}"] = 1
+            self.published[camera] = 0
+        self.counters["detector_frames"] = self.policy.detector_frames
+        self.counters["hinted_frames"] = self.policy.hinted_frames
+        self.window_start_ns = time.monotonic_ns()
+
+    def queue_depth(self) -> int:
+        return sum(g.backlog for g in getattr(self, "grabbers", {}).values())
+
+    def teardown(self) -> None:
+        self._report(self.clock.now_ns())
+        for camera, grabber in self.grabbers.items():
+            grabber.stop()
+            self.counters[f"dropped/{camera}"] = grabber.dropped
+            self.counters[f"grabbed/{camera}"] = grabber.grabbed
+        if self.estimator is not None:
+            self.estimator.close()
+
+
+def main(argv: list[str]) -> int:
+    return run_node(Capture, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
