@@ -30,6 +30,7 @@ from streamer.association import (
     advance_track,
     bootstrap_persons,
     choose_by_track,
+    consistent_with_track,
     fundamental_matrices,
     pack_detections,
     select_persons,
@@ -60,6 +61,7 @@ class Settings:
     gate_px: float = 25.0  # association: smallest reprojection gate to the track, pixels
     epipolar_gate_px: float = 12.0  # association bootstrap: epipolar consistency gate, pixels
     lost_after_frames: int = 15  # frame sets without a consistent person before re-acquiring
+    max_jump_m: float = 0.3  # a body whose median point moved farther from the track is not the subject
     poll_interval_ms: float = 2.0  # how often deadlines are checked
 
 
@@ -81,7 +83,7 @@ class Sync(Node):
             buffer_ns=_ns(s.buffer_ms), stale_after_ns=_ns(s.stale_after_ms), min_cameras=s.min_cameras)
         self.association_settings = AssociationSettings(
             min_confidence=s.min_confidence, gate_px=s.gate_px, epipolar_gate_px=s.epipolar_gate_px,
-            lost_after_frames=s.lost_after_frames)
+            lost_after_frames=s.lost_after_frames, max_jump_m=s.max_jump_m)
         self.triangulation_settings = TriangulationSettings(threshold_px=s.threshold_px)
         # without configured cameras the assembler is built when the first calibration names them
         self.assembler = Assembler(list(s.cameras), self.assembly_settings) if s.cameras else None
@@ -218,6 +220,9 @@ class Sync(Node):
         result = triangulate_robust(pixels, confidence, rig, self.triangulation_settings, prior=prior)
         n_valid = int(result.valid.sum())
         usable = n_valid >= self.settings.min_valid_points
+        if usable and not consistent_with_track(self.track, result.points, s):
+            usable = False  # someone else (e.g. one behind the other in the chosen views): not the subject
+            self.local["track_jump"] += 1
         had_track = self.track.points is not None
         self.track = advance_track(self.track, result.points if usable else None,
                                    usable and n_chosen >= s.min_views, s)

@@ -11,8 +11,10 @@ Letters: V cameras, P persons (padded to the most any camera saw), K keypoints.
   Every (camera, person) hypothesis is scored by how many other cameras hold a person whose
   keypoints lie on its epipolar lines; the best seed grows greedily, adding the camera and
   person most consistent with everyone chosen so far.
-- The track is lost after `lost_after_frames` consecutive frame sets without at least
-  `min_views` consistent cameras, which sends the next frame set back to bootstrap.
+- A triangulated body confirms the track only when seen by at least `min_views` consistent cameras
+  and its median point stays within `max_jump_m` of the track (`consistent_with_track`). The
+  track is lost after `lost_after_frames` consecutive unconfirmed frame sets, which sends the
+  next frame set back to bootstrap.
 """
 from __future__ import annotations
 
@@ -28,6 +30,7 @@ __all__ = [
     "advance_track",
     "bootstrap_persons",
     "choose_by_track",
+    "consistent_with_track",
     "epipolar_distances",
     "fundamental_matrices",
     "pack_detections",
@@ -47,11 +50,12 @@ class AssociationSettings:
     epipolar_gate_px: float = 12.0  # bootstrap: median symmetric epipolar distance, pixels
     min_views: int = 2  # a frame set with fewer consistent cameras does not confirm the track
     lost_after_frames: int = 15  # consecutive unconfirmed frame sets before the track is dropped
+    max_jump_m: float = 0.3  # a new 3D body whose median point moved farther from the track is someone else
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.min_confidence <= 1.0:
             raise ValueError(f"AssociationSettings.min_confidence: expected in [0, 1], got {self.min_confidence}")
-        for name in ("gate_px", "epipolar_gate_px"):
+        for name in ("gate_px", "epipolar_gate_px", "max_jump_m"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"AssociationSettings.{name}: expected > 0, got {getattr(self, name)}")
         for name in ("min_common_keypoints", "min_views", "lost_after_frames"):
@@ -255,6 +259,18 @@ def bootstrap_persons(keypoints_undistorted: np.ndarray, counts: np.ndarray, fun
             return chosen
         view, person = np.unravel_index(flat, mean.shape)
         chosen[view] = person
+
+
+def consistent_with_track(state: TrackState, points: np.ndarray,
+                          settings: AssociationSettings = AssociationSettings()) -> bool:
+    """Whether new 3D points continue the track: no track yet, or the median distance of the points
+    valid in both is within `max_jump_m` (a view that sees two people one behind the other cannot
+    tell them apart; this check can). points: (K, 3) metres, world, NaN where missing."""
+    if state.points is None:
+        return True
+    jump = np.linalg.norm(np.asarray(points, np.float64) - state.points, axis=-1)
+    jump = jump[np.isfinite(jump)]
+    return bool(len(jump) >= settings.min_common_keypoints and np.median(jump) <= settings.max_jump_m)
 
 
 def advance_track(state: TrackState, points: np.ndarray | None, confirmed: bool,
