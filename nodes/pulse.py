@@ -15,7 +15,7 @@ import numpy as np
 from protocol import CameraCalibration, Keypoints2D, Person2D, RigCalibration
 from streamer.node import Node, run_node
 
-__all__ = ["Pulse", "Settings", "main"]
+__all__ = ["Pulse", "Settings", "load_still", "main", "pattern_calibration", "pattern_person"]
 
 
 @dataclass(frozen=True)
@@ -25,6 +25,7 @@ class Settings:
     n_keypoints: int = 70  # K, MHR-70 by default
     width_px: int = 1280
     height_px: int = 720
+    keypoints_file: str = ""  # optional .npy, (K, 2) float32 pixels (NaN = missing): shown still instead of the circle
 
 
 def pattern_calibration(camera: str, width_px: int, height_px: int) -> RigCalibration:
@@ -51,6 +52,22 @@ def pattern_person(frame_index: int, rate_hz: float, n_keypoints: int, width_px:
     return Person2D(box=box, score=1.0, keypoints=kp, confidence=np.ones(n_keypoints, np.float32))
 
 
+def load_still(path: str) -> Person2D:
+    """A person from a (K, 2) float .npy of pixel keypoints (no pickles); ValueError names the file."""
+    try:
+        kp = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{path}: not a readable .npy array ({exc})") from None
+    if kp.ndim != 2 or kp.shape[1] != 2 or kp.dtype.kind != "f" or not 0 < len(kp) <= 256:
+        raise ValueError(f"{path}: expected (K, 2) float keypoints with K in 1..256, got {kp.shape} {kp.dtype}")
+    kp = kp.astype(np.float32)
+    seen = np.isfinite(kp).all(axis=1)
+    if not seen.any():
+        raise ValueError(f"{path}: no finite keypoint")
+    box = np.array([*np.nanmin(kp[seen], axis=0), *np.nanmax(kp[seen], axis=0)], np.float32)
+    return Person2D(box=box, score=1.0, keypoints=kp, confidence=seen.astype(np.float32))
+
+
 class Pulse(Node):
     """Publishes the test card every 1/rate_hz s."""
 
@@ -62,6 +79,7 @@ class Pulse(Node):
         if s.rate_hz <= 0 or not 0 < s.n_keypoints <= 256:
             raise ValueError(f"pulse {self.name}: rate_hz must be > 0 and n_keypoints in 1..256")
         self.tick_interval_s = 1.0 / s.rate_hz
+        self.still = load_still(s.keypoints_file) if s.keypoints_file else None
         self.calib = pattern_calibration(s.camera, s.width_px, s.height_px)
         self.publish_state(self.calib)
         self.frame_index = 0
@@ -75,7 +93,8 @@ class Pulse(Node):
             t_capture_ns=now_ns,
             image_size=np.array([s.width_px, s.height_px], np.int32),
             calib_version=self.calib.version,
-            persons=[pattern_person(self.frame_index, s.rate_hz, s.n_keypoints, s.width_px, s.height_px)],
+            persons=[self.still if self.still is not None
+                     else pattern_person(self.frame_index, s.rate_hz, s.n_keypoints, s.width_px, s.height_px)],
         )
         self.publish(msg)
         self.observe_latency_ns(self.clock.now_ns() - now_ns)

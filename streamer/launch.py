@@ -293,8 +293,8 @@ def load_graph(path: str | Path) -> Graph:
 
 def _resolve_paths(settings: dict, base: Path, fail) -> dict:
     for key, value in settings.items():
-        if not isinstance(value, str) or not key.endswith(("_path", "_file", "_dir")):
-            continue
+        if not isinstance(value, str) or not value or not key.endswith(("_path", "_file", "_dir")):
+            continue  # "" means unset
         resolved = (base / value).resolve()
         if key.endswith(("_path", "_file")) and not resolved.exists():
             fail(f"settings.{key}", f"file not found: {resolved}")

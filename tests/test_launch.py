@@ -1,0 +1,173 @@
+"""streamer/launch.py: graph validation names file, node and field; node commands; CLI listing."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from streamer.launch import GraphError, Supervisor, list_nodes_main, load_graph, node_command
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "graph.toml"
+    path.write_text(text)
+    return path
+
+
+GOOD = """
+[graph]
+name = "t"
+base_port = 6100
+clock_master = "cam0"
+clock_port = 6099
+
+[hosts.a]
+address = "127.0.0.1"
+[hosts.b]
+address = "127.0.0.2"
+
+[nodes.cam0]
+kind = "pulse"
+host = "a"
+settings = { camera = "cam0", rate_hz = 30 }
+
+[nodes.cam1]
+kind = "pulse"
+host = "b"
+port = 6100
+settings = { camera = "cam1" }
+
+[nodes.relay]
+kind = "relay"
+host = "a"
+inputs = ["cam0", "cam1"]
+delivery = "latest"
+restart = "always"
+"""
+
+
+def test_good_graph_loads_with_ports_endpoints_and_commands(tmp_path):
+    g = load_graph(write(tmp_path, GOOD))
+    assert g.nodes["cam0"].bind == "tcp://127.0.0.1:6100"
+    assert g.nodes["cam1"].bind == "tcp://127.0.0.2:6100"  # same port, other host: no clash
+    assert g.nodes["relay"].bind == "tcp://127.0.0.1:6101"
+    assert g.nodes["cam0"].settings == {"camera": "cam0", "rate_hz": 30}
+    cmd = node_command(g, g.nodes["relay"])
+    assert cmd[1:6] == ["-m", "streamer", "node", "relay", "--name"]
+    assert "--latest" in cmd and "--clock-connect" in cmd and "tcp://127.0.0.1:6099" in cmd
+    assert cmd.count("--input") == 2 and "cam1=tcp://127.0.0.2:6100" in cmd
+    assert "--clock-serve" in node_command(g, g.nodes["cam0"])
+    assert set(Supervisor(g, host="a").procs) == {"cam0", "relay"}
+    with pytest.raises(GraphError, match="'c'"):
+        Supervisor(g, host="c")
+
+
+def error(tmp_path, text: str) -> str:
+    with pytest.raises(GraphError) as info:
+        load_graph(write(tmp_path, text))
+    return str(info.value)
+
+
+def test_unknown_kind_names_node_and_field(tmp_path):
+    msg = error(tmp_path, '[nodes.cam0]\nkind = "camera"\n')
+    assert "graph.toml" in msg and "node 'cam0' field 'kind'" in msg and "unknown kind 'camera'" in msg and "pulse" in msg
+
+
+def test_port_clash_names_both_nodes(tmp_path):
+    msg = error(tmp_path, '[nodes.a]\nkind = "pulse"\nport = 6200\n[nodes.b]\nkind = "pulse"\nport = 6200\n')
+    assert "node 'b' field 'port'" in msg and "6200" in msg and "node 'a'" in msg
+
+
+def test_port_clash_with_the_clock_port(tmp_path):
+    msg = error(tmp_path, '[graph]\nclock_master = "a"\nclock_port = 6300\n[nodes.a]\nkind = "pulse"\nport = 6300\n')
+    assert "node 'a' field 'port'" in msg and "stage clock" in msg
+
+
+def test_ipc_endpoint_clash(tmp_path):
+    msg = error(tmp_path, '[nodes.a]\nkind = "pulse"\nendpoint = "ipc:///tmp/x"\n[nodes.b]\nkind = "pulse"\nendpoint = "ipc:///tmp/x"\n')
+    assert "node 'b' field 'endpoint'" in msg
+
+
+def test_missing_input_file_names_node_and_setting(tmp_path):
+    msg = error(tmp_path, '[nodes.a]\nkind = "pulse"\nsettings = { keypoints_file = "nope.npy" }\n')
+    assert "node 'a' field 'settings.keypoints_file'" in msg and str(tmp_path / "nope.npy") in msg
+
+
+def test_input_file_is_resolved_relative_to_the_graph(tmp_path):
+    np.save(tmp_path / "still.npy", np.zeros((70, 2), np.float32))
+    g = load_graph(write(tmp_path, '[nodes.a]\nkind = "pulse"\nsettings = { keypoints_file = "still.npy" }\n'))
+    assert g.nodes["a"].settings["keypoints_file"] == str(tmp_path / "still.npy")
+
+
+@pytest.mark.parametrize(
+    "text,expected",
+    [
+        ('[nodes.a]\nkind = "relay"\ninputs = ["b"]\n', "node 'a' field 'inputs'"),
+        ('[nodes.a]\nkind = "pulse"\nsettings = { fps = 3 }\n', "node 'a' field settings: unknown setting(s) ['fps']"),
+        ('[nodes.a]\nkind = "pulse"\nsettings = { rate_hz = "fast" }\n', "node 'a' field settings.rate_hz: expected a number"),
+        ('[nodes.a]\nkind = "pulse"\nrestart = "sometimes"\n', "node 'a' field 'restart'"),
+        ('[nodes.a]\nkind = "pulse"\ndelivery = "newest"\n', "node 'a' field 'delivery'"),
+        ('[nodes.a]\nkind = "pulse"\nport = 80\n', "node 'a' field 'port'"),
+        ('[nodes.a]\nkind = "pulse"\ncolour = "red"\n', "node 'a': unknown field(s) ['colour']"),
+        ('[nodes.a]\nkind = "pulse"\nhost = "x"\n', "node 'a' field 'host'"),
+        ('[graph]\nkeys_dir = "keys"\n[nodes.a]\nkind = "pulse"\n', "[graph] field 'keys_dir'"),
+        ('[graph]\nclock_master = "zz"\nclock_port = 6000\n[nodes.a]\nkind = "pulse"\n', "[graph] field 'clock_master'"),
+        ('[nodes.a]\nkind = "pulse"\n[nodes.a.settings]\n', "graph.toml"),
+        ("[graph]\n", "at least one [nodes.NAME]"),
+        ("[nodes.a\n", "not valid TOML"),
+    ],
+)
+def test_invalid_graphs_are_rejected_with_node_and_field(tmp_path, text, expected):
+    if expected == "graph.toml":  # a valid edge case: empty settings table
+        load_graph(write(tmp_path, text))
+        return
+    assert expected in error(tmp_path, text)
+
+
+def test_missing_graph_file(tmp_path):
+    with pytest.raises(GraphError, match="graph file not found"):
+        load_graph(tmp_path / "none.toml")
+
+
+def test_curve_keys_required_per_node(tmp_path):
+    (tmp_path / "keys").mkdir()
+    msg = error(tmp_path, '[graph]\nkeys_dir = "keys"\n[nodes.a]\nkind = "pulse"\n')
+    assert "node 'a'" in msg and "a.key_secret" in msg and "streamer.transport.curve" in msg
+
+
+def test_example_graphs_in_launch_are_valid():
+    graphs = sorted((REPO / "launch").glob("*.toml"))
+    assert graphs
+    for path in graphs:
+        try:
+            load_graph(path)
+        except GraphError as exc:
+            if "cannot be imported" not in str(exc):  # kinds other helpers are still writing
+                raise
+
+
+def test_streamer_nodes_lists_kinds_with_settings(capsys):
+    assert list_nodes_main(["--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    pulse = {s["name"]: s for s in out["pulse"]["settings"]}
+    assert pulse["rate_hz"]["default"] == 60.0 and pulse["rate_hz"]["type"] == "float"
+    assert out["relay"]["settings"][0]["type"] == "tuple[str, ...]"
+
+
+def test_run_cli_reports_graph_errors_with_exit_2(tmp_path):
+    path = write(tmp_path, '[nodes.a]\nkind = "camera"\n')
+    done = subprocess.run([sys.executable, "-m", "streamer", "run", str(path)], capture_output=True, text=True,
+                          cwd=REPO, timeout=60)
+    assert done.returncode == 2 and "node 'a' field 'kind'" in done.stderr
+
+
+def test_node_cli_rejects_bad_settings_with_exit_2():
+    done = subprocess.run([sys.executable, "-m", "streamer", "node", "pulse", "--settings-json", '{"rate": 1}'],
+                          capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert done.returncode == 2 and "unknown setting(s) ['rate']" in done.stderr
