@@ -1,0 +1,538 @@
+"""`AnnyBody`: the embedded default body model (PyPI `anny`, NAVER; code Apache-2.0, assets CC0).
+
+Frame (model world = stage world): right-handed, Z up, metres. With zero global rotation the body
+faces -Y and its left side is at +X (Anny's own axes, unchanged). `transl` is the world position of
+Anny's root bone head (the pelvis centre); `default_params` puts the soles of the average body on z = 0.
+
+Parameter vector (P = 162 with the default posed bones), named by `groups`:
+
+| group | dims | meaning |
+|---|---|---|
+| `global_rot` | 3 | axis-angle of the root bone, radians, world axes |
+| `transl` | 3 | root (pelvis) position, metres, world |
+| `pose` | 3 per posed bone (150) | axis-angle per bone relative to Anny's reference pose, in world-aligned axes (Anny's "local-ref") |
+| `shape` | 6 | Anny phenotypes gender, age, muscle, weight, height, proportions in [0, 1]; 0.5 = average |
+
+Each posed bone also has its own group `pose:<bone>` (e.g. `pose:lowerarm01.L`), and `pose_body`,
+`pose_hands` cover the body and finger bones. Posed bones (`POSED_BONES`): spine04..01, neck01,
+head; per side clavicle, upperarm01 (shoulder), lowerarm01 (elbow), wrist, upperleg01 (hip),
+lowerleg01 (knee), foot (ankle), and the three phalanx bones of each finger. The other 54 Anny bones
+(twist bones, toes, metacarpals, eyes, pelvis) keep the reference pose.
+
+`movable` (the dims a fitter moves by default): everything except the shape dims gender, age,
+muscle, weight. Shape dims get gradients only while they are marked movable; with every shape dim
+frozen (`movable[groups["shape"]] = False`), `keypoints` uses tables cached per shape (the fast path).
+
+## Speed: keypoints without skinning
+
+Linear blend skinning is linear, so a keypoint that is a fixed linear combination of vertices (or a
+bone head) is `sum_b T_b @ p_b` with `p_b = sum_v w_v W_vb [x_v; 1]` (W = skin weights, x = rest
+vertices). The rest vertices and bone heads are linear in Anny's blendshape coefficients, so the
+tables `p` are exactly `p0 + c @ dp`, precomputed once (`build_anny_tables`) and stored in a
+content-keyed cache. An evaluation is then: phenotypes -> coefficients -> rest bone frames (only when
+the shape changes or needs gradients), forward kinematics of the 104 bones, one small contraction.
+The full 13,718-vertex mesh is never skinned. Once the cache exists, construction does not even
+build `anny.Anny()` (0.1 s, ~10 MB instead of ~1.4 GB).
+
+## MHR-70 from Anny (see `MAPPING`)
+
+| MHR-70 | Anny source | difference from the MHR-70 definition |
+|---|---|---|
+| 0-16 COCO body (incl. wrists 62/41) | Anny's COCO keypoint regressor (surface-vertex blends) | MHR shoulders/hips are joint centres; Anny's regressor points are close to joint centres too (few cm, see README table) |
+| 15-20 feet | regressor big toe, small toe, heel | same landmarks |
+| finger third joint | thumb: `finger1-1` head (CMC); others: `fingerN-1` head (MCP) | joint centres, as MHR |
+| finger second / first joint | `fingerN-2` / `fingerN-3` heads (PIP / DIP; thumb MCP / IP) | joint centres |
+| fingertips | mean of the 3 rest vertices of `fingerN-3` furthest along the phalanx | surface tip, MHR tip is ~same |
+| 63/64 olecranon | mean of 3 skin vertices behind the elbow (against the flexion side) | surface point, MHR's is ~3.5 cm from the elbow point |
+| 65/66 cubital fossa | mean of 3 skin vertices in front of the elbow (flexion side) | surface point |
+| 67/68 acromion | mean of 3 skin vertices on top of the shoulder | MHR's is ~5 cm from the shoulder point |
+| 69 neck | midpoint of the `clavicle.L/R` heads (base of the neck, 4.5 cm above the shoulder line) | MHR's neck is ~3 cm from its `c_neck` joint |
+
+Measured residuals after fitting Anny to real SAM-3D Body MHR-70 outputs: README "Anny vs MHR-70".
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import importlib.metadata
+import json
+import logging
+import threading
+import time
+from pathlib import Path
+
+import roma
+import torch
+
+from streamer.body import mhr70
+from streamer.body.model import BodyModel
+
+__all__ = [
+    "ANNY_SHAPE_NAMES",
+    "AnnyBody",
+    "MAPPING_VERSION",
+    "POSED_BONES",
+    "build_anny_tables",
+    "default_table_cache_dir",
+    "load_or_build_tables",
+]
+
+logger = logging.getLogger(__name__)
+
+MAPPING_VERSION = 1  # bump when the MHR-70 mapping or the table layout changes (part of the cache key)
+ANNY_SHAPE_NAMES = ("gender", "age", "muscle", "weight", "height", "proportions")
+MOVABLE_SHAPE_NAMES = ("height", "proportions")
+
+_SIDES = ("L", "R")
+_BODY_BONES = (
+    "spine04", "spine03", "spine02", "spine01", "neck01", "head",
+    *(f"{b}.{s}" for s in _SIDES for b in (
+        "clavicle", "upperarm01", "lowerarm01", "wrist", "upperleg01", "lowerleg01", "foot")),
+)
+_HAND_BONES = tuple(f"finger{f}-{p}.{s}" for s in _SIDES for f in range(1, 6) for p in range(1, 4))
+POSED_BONES: tuple[str, ...] = _BODY_BONES + _HAND_BONES
+
+# MHR-70 finger names -> Anny finger number (finger1 = thumb).
+_FINGERS = {"thumb": 1, "index": 2, "middle": 3, "ring": 4, "pinky": 5}
+_COCO_TO_MHR = {
+    "nose": "nose", "left_eye": "left-eye", "right_eye": "right-eye", "left_ear": "left-ear",
+    "right_ear": "right-ear", "left_shoulder": "left-shoulder", "right_shoulder": "right-shoulder",
+    "left_elbow": "left-elbow", "right_elbow": "right-elbow", "left_wrist": "left-wrist",
+    "right_wrist": "right-wrist", "left_hip": "left-hip", "right_hip": "right-hip",
+    "left_knee": "left-knee", "right_knee": "right-knee", "left_ankle": "left-ankle",
+    "right_ankle": "right-ankle", "left_big_toe": "left-big-toe-tip", "right_big_toe": "right-big-toe-tip",
+    "left_small_toe": "left-small-toe-tip", "right_small_toe": "right-small-toe-tip",
+    "left_heel": "left-heel", "right_heel": "right-heel",
+}
+
+
+def _mapping() -> dict[str, tuple[str, str]]:
+    """MHR-70 name -> (kind, argument): ("coco", label), ("head", bone), ("tip", bone), ("extra", name)."""
+    out: dict[str, tuple[str, str]] = {mhr: ("coco", coco) for coco, mhr in _COCO_TO_MHR.items()}
+    for side_name, s in (("left", "L"), ("right", "R")):
+        for finger, n in _FINGERS.items():
+            out[f"{side_name}-{finger}-tip"] = ("tip", f"finger{n}-3.{s}")
+            out[f"{side_name}-{finger}-first-joint"] = ("head", f"finger{n}-3.{s}")
+            out[f"{side_name}-{finger}-second-joint"] = ("head", f"finger{n}-2.{s}")
+            out[f"{side_name}-{finger}-third-joint"] = ("head", f"finger{n}-1.{s}")
+        for extra in ("olecranon", "cubital-fossa", "acromion"):
+            out[f"{side_name}-{extra}"] = ("extra", f"{extra}.{s}")
+    out["neck"] = ("neck", "clavicle")
+    assert set(out) == set(mhr70.NAMES), set(mhr70.NAMES) ^ set(out)
+    return out
+
+
+MAPPING: dict[str, tuple[str, str]] = _mapping()
+
+
+# ----------------------------------------------------------------------------------------------
+# Table building (needs anny.Anny(); run once, then cached)
+
+
+def _settings_key(posed_bones: tuple[str, ...]) -> str:
+    content = {
+        "anny": importlib.metadata.version("anny"),
+        "mapping_version": MAPPING_VERSION,
+        "posed_bones": list(posed_bones),
+        "anny_config": {"rig": "anny", "topology": "anny", "phenotypes": "default",
+                        "pose_parameterization": "local-ref", "phenotype_blendshapes": "compact"},
+    }
+    return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()[:24]
+
+
+def default_table_cache_dir() -> Path:
+    """`<anny cache>/streamer`: anny's cache folder honours the ANNY_CACHE_DIR environment variable."""
+    from anny.paths import get_anny_cache_path
+
+    return Path(get_anny_cache_path()) / "streamer"
+
+
+@contextlib.contextmanager
+def _progress(what: str, every_s: float = 10.0):
+    """Log `what` now, then every `every_s` seconds until the block ends, then the time it took."""
+    t0 = time.monotonic()
+    done = threading.Event()
+
+    def beat() -> None:
+        while not done.wait(every_s):
+            logger.info("%s: still working (%.0f s)", what, time.monotonic() - t0)
+
+    logger.info("%s ...", what)
+    thread = threading.Thread(target=beat, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        logger.info("%s: done in %.1f s", what, time.monotonic() - t0)
+
+
+def _top_vertices_mean(rest: torch.Tensor, candidates: torch.Tensor, score: torch.Tensor, n: int = 3) -> torch.Tensor:
+    """(V,) regression weights: equal weights on the `n` best-scoring candidate vertices."""
+    best = candidates[torch.topk(score, n).indices]
+    weights = torch.zeros(rest.shape[0], dtype=rest.dtype)
+    weights[best] = 1.0 / n
+    return weights
+
+
+def build_anny_tables(posed_bones: tuple[str, ...] = POSED_BONES) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """Build every shape-independent table `AnnyBody` needs from `anny.Anny()` (float64, CPU); also
+    returns the bone labels.
+
+    Keys: bone_parents (J,), template_heads (J,3), heads_blendshapes (A,J,3), orient_template (J,3,3),
+    orient_blendshapes (A,J,3,3), reference_orientations (J,3,3), phenotype_mask, phenotype_projection,
+    posed_bone_index (N,), kp_bones (70,S) long, kp_p0 (70,S,4), kp_dp (A,70,S,3), floor_offset ().
+    """
+    import anny
+
+    with _progress("Loading anny (first run builds anny's ~790 MB cache in ANNY_CACHE_DIR, 45-110 s)"):
+        model = anny.Anny(rig="anny", topology="anny", phenotypes="default",
+                          pose_parameterization="local-ref", phenotype_blendshapes="compact")
+    if list(model.phenotype_labels) != list(ANNY_SHAPE_NAMES):
+        raise ValueError(f"anny phenotypes {model.phenotype_labels} != expected {ANNY_SHAPE_NAMES}")
+    if model.bone_orientation != "cached" or model.rest_orientation_refiner is not None:
+        raise ValueError(f"unsupported anny bone orientation {model.bone_orientation!r}")
+    labels = list(model.bone_labels)
+    missing = [b for b in posed_bones if b not in labels]
+    if missing:
+        raise ValueError(f"posed bones not in anny's rig: {missing}")
+    bone = {name: i for i, name in enumerate(labels)}
+    num_bones = len(labels)
+    dtype = torch.float64
+
+    with _progress("Building Anny -> MHR-70 keypoint tables"):
+        mean_coeffs = model.get_phenotype_blendshape_coefficients()  # (1, A) at phenotypes 0.5
+        rest = model.get_rest_model(mean_coeffs)
+        rest_vertices = rest["rest_vertices"][0].to(dtype)  # (V, 3) A-pose, mean shape
+        skin = torch.zeros(rest_vertices.shape[0], num_bones, dtype=dtype)
+        skin.scatter_add_(1, model.vertex_bone_indices.long(), model.vertex_bone_weights.to(dtype))
+
+        # Vertex regressors: the COCO-23 regressor, fingertips and the extra surface points.
+        coco = anny.KeypointsRegressor.coco(model)
+        coco_weights = {lab: coco.regression_weights[i].to(dtype) for i, lab in enumerate(coco.labels)}
+        coco_rest = {lab: w @ rest_vertices for lab, w in coco_weights.items()}
+        vertex_rows: dict[str, torch.Tensor] = {}
+        head_rows: dict[str, list[tuple[int, float]]] = {}
+        heads = rest["rest_bone_heads"][0].to(dtype)
+        for name, (kind, arg) in MAPPING.items():
+            if kind == "coco":
+                vertex_rows[name] = coco_weights[arg]
+            elif kind == "head":
+                head_rows[name] = [(bone[arg], 1.0)]
+            elif kind == "neck":
+                head_rows[name] = [(bone["clavicle.L"], 0.5), (bone["clavicle.R"], 0.5)]
+            elif kind == "tip":
+                b = bone[arg]
+                parent = model.bone_parents[b]
+                direction = heads[b] - heads[parent]
+                candidates = torch.nonzero(skin[:, b] > 0.5).squeeze(1)
+                score = (rest_vertices[candidates] - heads[b]) @ (direction / direction.norm())
+                vertex_rows[name] = _top_vertices_mean(rest_vertices, candidates, score)
+            else:  # extra surface points around the elbow and the shoulder
+                extra, s = arg.split(".")
+                side = "left" if s == "L" else "right"
+                shoulder, elbow, wrist = (coco_rest[f"{side}_{j}"] for j in ("shoulder", "elbow", "wrist"))
+                if extra == "acromion":
+                    mid = 0.5 * (coco_rest["left_shoulder"] + coco_rest["right_shoulder"])
+                    lateral = shoulder - mid
+                    lateral[2] = 0.0
+                    lateral = lateral / lateral.norm()
+                    offset = rest_vertices - shoulder
+                    candidates = torch.nonzero((offset.norm(dim=1) < 0.08) & (offset @ lateral > -0.01)).squeeze(1)
+                    score = offset[candidates, 2] + 0.3 * (offset[candidates] @ lateral)
+                else:
+                    upper = (elbow - shoulder) / (elbow - shoulder).norm()
+                    fore = (wrist - elbow) / (wrist - elbow).norm()
+                    flexion = fore - (fore @ upper) * upper
+                    flexion = flexion / flexion.norm()
+                    offset = rest_vertices - elbow
+                    arm = skin[:, [bone[f"upperarm02.{s}"], bone[f"lowerarm01.{s}"], bone[f"upperarm01.{s}"],
+                                   bone[f"lowerarm02.{s}"]]].sum(1) > 0.5
+                    candidates = torch.nonzero(arm & (offset.norm(dim=1) < 0.07)
+                                               & ((offset @ upper).abs() < 0.015)).squeeze(1)
+                    sign = 1.0 if extra == "cubital-fossa" else -1.0
+                    score = sign * (offset[candidates] @ flexion)
+                vertex_rows[name] = _top_vertices_mean(rest_vertices, candidates, score)
+
+        # Per keypoint, per bone homogeneous tables: p0 (K,J,4) and dp (A,K,J,3).
+        blendshapes = model.blendshapes.to(dtype)  # (A, V, 3)
+        template = model.template_vertices.to(dtype)
+        heads_template = model.template_bone_heads.to(dtype)
+        heads_blend = model.bone_heads_blendshapes.to(dtype)  # (A, J, 3)
+        num_kp = mhr70.NUM_KEYPOINTS
+        num_coeffs = blendshapes.shape[0]
+        p0 = torch.zeros(num_kp, num_bones, 4, dtype=dtype)
+        dp = torch.zeros(num_coeffs, num_kp, num_bones, 3, dtype=dtype)
+        for k, name in enumerate(mhr70.NAMES):
+            if name in vertex_rows:
+                w = vertex_rows[name]
+                support = torch.nonzero(w).squeeze(1)
+                wv = w[support, None] * skin[support]  # (n, J)
+                p0[k, :, :3] = wv.T @ template[support]
+                p0[k, :, 3] = wv.sum(0)
+                dp[:, k] = torch.einsum("nj,anc->ajc", wv, blendshapes[:, support])
+            else:
+                for b, weight in head_rows[name]:
+                    p0[k, b, :3] += weight * heads_template[b]
+                    p0[k, b, 3] += weight
+                    dp[:, k, b] += weight * heads_blend[:, b]
+        # Pack sparsely: the bones each keypoint depends on, padded with weight-0 entries.
+        used = (p0[..., 3].abs() > 1e-9) | (dp.abs().amax(dim=(0, 3)) > 1e-12)
+        width = int(used.sum(1).max())
+        kp_bones = torch.zeros(num_kp, width, dtype=torch.long)
+        for k in range(num_kp):
+            idx = torch.nonzero(used[k]).squeeze(1)
+            kp_bones[k, : len(idx)] = idx
+            kp_bones[k, len(idx):] = idx[0]
+        gathered_p0 = torch.gather(p0, 1, kp_bones[..., None].expand(-1, -1, 4)).clone()
+        gathered_dp = torch.gather(dp, 2, kp_bones[None, ..., None].expand(num_coeffs, -1, -1, 3)).clone()
+        pad = torch.arange(width)[None] >= used.sum(1)[:, None]
+        gathered_p0[pad] = 0.0
+        gathered_dp[:, pad] = 0.0
+
+        # Soles of the average body on z = 0 with the root at the origin in the reference pose.
+        out = model(None)
+        floor_offset = -out["vertices"][0, :, 2].min().to(dtype)
+
+    return {
+        "bone_parents": torch.tensor(model.bone_parents, dtype=torch.long),
+        "template_heads": heads_template,
+        "heads_blendshapes": heads_blend,
+        "orient_template": model.bone_template_orientation_matrices.to(dtype),
+        "orient_blendshapes": model.bone_orientation_blendshapes.to(dtype),
+        "reference_orientations": model.reference_bone_orientations.to(dtype),
+        "phenotype_mask": model.stacked_phenotype_blend_shapes_mask.to(dtype),
+        "phenotype_projection": model.phenotype_blendshape_projection.to(dtype),
+        "posed_bone_index": torch.tensor([bone[b] for b in posed_bones], dtype=torch.long),
+        "kp_bones": kp_bones,
+        "kp_p0": gathered_p0,
+        "kp_dp": gathered_dp,
+        "floor_offset": floor_offset,
+    }, labels
+
+
+def load_or_build_tables(
+    posed_bones: tuple[str, ...] = POSED_BONES, cache_dir: Path | None = None
+) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """The tables of `build_anny_tables`, from `cache_dir` (default `default_table_cache_dir()`) when a
+    file with the same content key exists (anny version, mapping version, posed bones), else built
+    and saved there. Returns (tables, bone labels)."""
+    from safetensors.torch import load_file, save_file
+
+    cache_dir = Path(cache_dir) if cache_dir is not None else default_table_cache_dir()
+    path = cache_dir / f"anny_mhr70_{_settings_key(posed_bones)}.safetensors"
+    labels_path = path.with_suffix(".json")
+    if path.exists() and labels_path.exists():
+        logger.debug("loading Anny MHR-70 tables from %s", path)
+        return load_file(str(path)), json.loads(labels_path.read_text())["bone_labels"]
+    logger.info("Anny MHR-70 tables not cached at %s: building them once", path)
+    tables, labels = build_anny_tables(posed_bones)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    save_file({k: v.contiguous() for k, v in tables.items()}, str(tmp))
+    labels_path.write_text(json.dumps({"bone_labels": labels, "posed_bones": list(posed_bones)}))
+    tmp.replace(path)  # the tables appear atomically, after the labels
+    logger.info("saved Anny MHR-70 tables to %s", path)
+    return tables, labels
+
+
+# ----------------------------------------------------------------------------------------------
+# The model
+
+
+def _homogeneous(rotation: torch.Tensor, translation: torch.Tensor) -> torch.Tensor:
+    """(..., 3, 3), (..., 3) -> (..., 4, 4)."""
+    top = torch.cat([rotation, translation[..., None]], dim=-1)
+    bottom = torch.zeros_like(top[..., :1, :])
+    bottom[..., 0, 3] = 1.0
+    return torch.cat([top, bottom], dim=-2)
+
+
+@dataclasses.dataclass(frozen=True)
+class _ShapeTables:
+    """Everything that depends on the shape only (batch B or 1).
+
+    shape: (B, 6) the phenotypes these were computed for.
+    rest_links: (B, J, 4, 4) parent_from_bone transforms of the reference pose (the FK links K_c).
+    kp_local: (B, 70, S, 4) keypoint tables in the rest bone frames (P_b^-1 p), homogeneous.
+    """
+
+    shape: torch.Tensor
+    rest_links: torch.Tensor
+    kp_local: torch.Tensor
+
+
+class AnnyBody(BodyModel):
+    """Anny behind the `BodyModel` interface (see the module docstring for layout and frame).
+
+    posed_bones: Anny bones with 3 pose dims each (default `POSED_BONES`).
+    cache_dir: where the keypoint tables are cached (default `<ANNY_CACHE_DIR>/streamer`).
+    """
+
+    name = "anny"
+
+    def __init__(
+        self,
+        *,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype = torch.float32,
+        posed_bones: tuple[str, ...] = POSED_BONES,
+        cache_dir: Path | str | None = None,
+    ) -> None:
+        from anny.models.phenotype import make_phenotype_anchors
+        from anny.utils.kinematics import get_kinematic_chain
+
+        self.device = torch.device(device)
+        self.dtype = dtype
+        tables, labels = load_or_build_tables(tuple(posed_bones), Path(cache_dir) if cache_dir else None)
+        t = {k: v.to(device=self.device, dtype=dtype if v.is_floating_point() else v.dtype)
+             for k, v in tables.items()}
+        self._t = t
+        self.joint_names = tuple(labels)
+        self.joint_parents = tuple(int(p) for p in t["bone_parents"].tolist())
+        self.posed_bones = tuple(posed_bones)
+        levels, (local, order, inverse, _) = get_kinematic_chain(list(self.joint_parents))
+        self._levels = levels
+        self._level_parents = [local[first:last].to(self.device) for first, last in levels]
+        self._level_parents = self._level_parents[1:]
+        self._order = order.to(self.device)
+        self._inverse_order = inverse.to(self.device)
+        self._parents = torch.tensor([max(p, 0) for p in self.joint_parents], device=self.device)
+        ref = t["reference_orientations"]
+        self._posed_left = ref[self._parents[t["posed_bone_index"]]].transpose(-1, -2)
+        self._posed_right = ref[t["posed_bone_index"]]
+        self._anchors = make_phenotype_anchors(dtype, self.device)
+        self._posed = t["posed_bone_index"]
+        self._floor_offset = float(t["floor_offset"])
+
+        n_pose = 3 * len(self.posed_bones)
+        self.groups = {
+            "global_rot": slice(0, 3),
+            "transl": slice(3, 6),
+            "pose": slice(6, 6 + n_pose),
+            "shape": slice(6 + n_pose, 6 + n_pose + len(ANNY_SHAPE_NAMES)),
+        }
+        for i, b in enumerate(self.posed_bones):
+            self.groups[f"pose:{b}"] = slice(6 + 3 * i, 9 + 3 * i)
+        n_body = 3 * sum(1 for b in self.posed_bones if not b.startswith("finger"))
+        body_first = [b for b in self.posed_bones if not b.startswith("finger")]
+        if list(self.posed_bones[: len(body_first)]) == body_first:
+            self.groups["pose_body"] = slice(6, 6 + n_body)
+            self.groups["pose_hands"] = slice(6 + n_body, 6 + n_pose)
+        shape0 = self.groups["shape"].start
+        for i, s in enumerate(ANNY_SHAPE_NAMES):
+            self.groups[f"shape:{s}"] = slice(shape0 + i, shape0 + i + 1)
+        self.num_params = self.groups["shape"].stop
+        self.movable = torch.ones(self.num_params, dtype=torch.bool, device=self.device)
+        for s in ANNY_SHAPE_NAMES:
+            if s not in MOVABLE_SHAPE_NAMES:
+                self.movable[self.groups[f"shape:{s}"]] = False
+        self.keypoint_defined = torch.ones(mhr70.NUM_KEYPOINTS, dtype=torch.bool, device=self.device)
+        self._cache: _ShapeTables | None = None
+
+    # -- parameters ------------------------------------------------------------------------
+
+    def default_params(self, batch: int = 1) -> torch.Tensor:
+        """(B, P): reference pose, average shape (0.5), facing -Y, soles on z = 0."""
+        params = torch.zeros(batch, self.num_params, device=self.device, dtype=self.dtype)
+        params[:, self.groups["transl"].start + 2] = self._floor_offset
+        params[:, self.groups["shape"]] = 0.5
+        return params
+
+    def _check(self, params: torch.Tensor) -> torch.Tensor:
+        if params.ndim != 2 or params.shape[1] != self.num_params:
+            raise ValueError(f"params: expected (B, {self.num_params}), got {tuple(params.shape)}")
+        return params
+
+    # -- shape -----------------------------------------------------------------------------
+
+    def _compute_shape_tables(self, shape: torch.Tensor) -> _ShapeTables:
+        from anny.models.phenotype import phenotype_blendshape_weights
+
+        t = self._t
+        weights = phenotype_blendshape_weights(shape, list(ANNY_SHAPE_NAMES), self._anchors,
+                                               t["phenotype_mask"], extrapolate=False)
+        coeffs = weights @ t["phenotype_projection"]  # (B, A)
+        heads = t["template_heads"] + (coeffs @ t["heads_blendshapes"].flatten(1)).unflatten(1, (-1, 3))
+        rest_rot = roma.special_procrustes(
+            t["orient_template"] + (coeffs @ t["orient_blendshapes"].flatten(1)).unflatten(1, (-1, 3, 3)))
+        # Reference-pose links (Anny "local-ref" FK with identity deltas): K_c = [U_p^T U_c | U_p^T q_c],
+        # q_c = A_p (h_c - h_p), A = U R^T (A_root = I), U the reference orientations.
+        ref = t["reference_orientations"]
+        parents = self._parents
+        a = ref @ rest_rot.transpose(-1, -2)
+        a = torch.cat([torch.eye(3, dtype=a.dtype, device=a.device).expand_as(a[:, :1]), a[:, 1:]], dim=1)
+        offsets = (a[:, parents] @ (heads - heads[:, parents])[..., None])[..., 0]
+        up_t = ref[parents].transpose(-1, -2)
+        links = _homogeneous((up_t @ ref).expand(offsets.shape[0], -1, -1, -1), (up_t @ offsets[..., None])[..., 0])
+        # Keypoint tables in rest bone frames: [R^T (x - w h); w].
+        dp = (coeffs @ t["kp_dp"].flatten(1)).unflatten(1, t["kp_dp"].shape[1:])  # (B, 70, S, 3)
+        p0 = t["kp_p0"]
+        bones = t["kp_bones"]
+        w = p0[..., 3:]
+        xyz = p0[..., :3] + dp - w * heads[:, bones]
+        local = (rest_rot[:, bones].transpose(-1, -2) @ xyz[..., None])[..., 0]
+        kp_local = torch.cat([local, w.expand(*local.shape[:-1], 1)], dim=-1)
+        return _ShapeTables(shape=shape, rest_links=links, kp_local=kp_local)
+
+    def _shape_tables(self, params: torch.Tensor) -> _ShapeTables:
+        shape = params[:, self.groups["shape"]]
+        if bool(self.movable[self.groups["shape"]].any()) and params.requires_grad:
+            frozen = ~self.movable[self.groups["shape"]]
+            if frozen.any():
+                shape = torch.where(frozen, shape.detach(), shape)
+            return self._compute_shape_tables(shape)
+        shape = shape.detach()
+        cache = self._cache
+        if cache is not None and cache.shape.shape == shape.shape and torch.equal(cache.shape, shape):
+            return cache
+        if shape.shape[0] > 1 and bool((shape == shape[:1]).all()):
+            shape_one = shape[:1]
+            if cache is not None and cache.shape.shape == shape_one.shape and torch.equal(cache.shape, shape_one):
+                return cache
+            shape = shape_one
+        with torch.no_grad():
+            self._cache = self._compute_shape_tables(shape.clone())
+        return self._cache
+
+    # -- kinematics ------------------------------------------------------------------------
+
+    def bone_poses(self, params: torch.Tensor) -> torch.Tensor:
+        """(B, P) -> (B, J, 4, 4) world_from_bone poses (Anny bone frames, heads at the joints)."""
+        params = self._check(params)
+        return self._bone_poses(params, self._shape_tables(params))
+
+    def _bone_poses(self, params: torch.Tensor, tables: _ShapeTables) -> torch.Tensor:
+        batch = params.shape[0]
+        rotations = roma.rotvec_to_rotmat(
+            torch.cat([params[:, None, 0:3], params[:, self.groups["pose"]].reshape(batch, -1, 3)], dim=1))
+        root_ref = self._t["reference_orientations"][0]
+        root = _homogeneous(root_ref.T @ rotations[:, 0] @ root_ref, params[:, 3:6] @ root_ref)
+        posed_rot = self._posed_left @ rotations[:, 1:] @ self._posed_right  # U_p^T D_c U_c
+        links = tables.rest_links.expand(batch, -1, -1, -1)
+        rot = links[..., :3, :3].index_copy(1, self._posed, posed_rot)
+        links = torch.cat([torch.cat([rot, links[..., :3, 3:]], dim=-1), links[..., 3:, :]], dim=-2)
+        links = links[:, self._order]
+        chain = [root[:, None]]
+        for (first, last), local in zip(self._levels[1:], self._level_parents):
+            chain.append(chain[-1][:, local] @ links[:, first:last])
+        return torch.cat(chain, dim=1)[:, self._inverse_order]
+
+    def keypoints(self, params: torch.Tensor) -> torch.Tensor:
+        """(B, P) -> (B, 70, 3) MHR-70 keypoints, metres, world frame (Z up); differentiable."""
+        params = self._check(params)
+        tables = self._shape_tables(params)
+        poses = self._bone_poses(params, tables)[..., :3, :]  # (B, J, 3, 4)
+        gathered = poses[:, self._t["kp_bones"]]  # (B, 70, S, 3, 4)
+        return (gathered @ tables.kp_local[..., None]).sum(dim=2)[..., 0]
+
+    def joint_positions(self, params: torch.Tensor) -> torch.Tensor:
+        """(B, P) -> (B, J, 3) Anny bone heads, metres, world frame."""
+        return self.bone_poses(params)[..., :3, 3]
+
+    def joint_rotations(self, params: torch.Tensor) -> torch.Tensor:
+        """(B, P) -> (B, J, 3, 3) local rotations parent_from_joint (root: world_from_root)."""
+        world = self.bone_poses(params)[..., :3, :3]
+        local = world[:, self._parents].transpose(-1, -2) @ world
+        return torch.cat([world[:, :1], local[:, 1:]], dim=1)
