@@ -106,3 +106,104 @@ def body_points(rng: np.random.Generator, n_keypoints: int = 70, at=(0.0, 0.0)) 
     pts[:, 0] += at[0]
     pts[:, 1] += at[1]
     return pts
+
+
+# ---------------------------------------------------------------- a camera publisher process
+
+def scene_camera(scene: Scene, view: int, name: str):
+    from streamer.calibration import Camera
+
+    return Camera(name, scene.image_size, scene.K[view], np.zeros(5), scene.R[view], scene.t[view])
+
+
+def subject_at(frame_index: int) -> np.ndarray:
+    """Where the simulated subject stands at a frame: (3,) metres offset, a slow circle."""
+    phase = 2 * np.pi * frame_index / 90
+    return np.array([0.3 * np.sin(phase), 0.2 * np.cos(phase), 0.0])
+
+
+SUBJECT_SEED = 1234
+DISTRACTOR_AT = np.array([1.1, -0.9, 0.0])
+
+
+def true_subject(frame_index: int) -> np.ndarray:
+    """The simulated subject's (K, 3) keypoints at a frame, metres, world."""
+    return body_points(np.random.default_rng(SUBJECT_SEED)) + subject_at(frame_index)
+
+
+def persons_for(scene: Scene, view: int, frame_index: int, rng: np.random.Generator, noise_px: float = 1.0):
+    """Person2D list for one camera and frame, in random order: the subject, and in views 0 and 1 a
+    distractor of the same build (someone at the edge of the stage, seen by two cameras)."""
+    from protocol import Person2D
+
+    body = body_points(np.random.default_rng(SUBJECT_SEED))
+    persons = []
+    for offset in (subject_at(frame_index), DISTRACTOR_AT) if view < 2 else (subject_at(frame_index),):
+        px = scene.project(body + offset)[view] + rng.normal(0.0, noise_px, (len(body), 2))
+        seen = np.isfinite(px).all(-1)
+        if seen.sum() < 4:
+            continue
+        box = np.r_[np.nanmin(px, 0), np.nanmax(px, 0)].astype(np.float32)
+        persons.append(Person2D(box=box, score=0.9, keypoints=px.astype(np.float32),
+                                confidence=np.where(seen, 0.9, 0.0).astype(np.float32)))
+    return [persons[i] for i in rng.permutation(len(persons))]
+
+
+def publish_main(argv: list[str]) -> int:
+    """A camera process: binds a Publisher, serves its calibration as `calib` state and sends
+    `kp2d/<camera>` on a shared frame grid with a clock offset, capture jitter, delivery jitter
+    and dropped frames."""
+    import argparse
+    import time
+
+    from protocol import Keypoints2D
+    from streamer.calibration import Rig
+    from streamer.transport import Publisher
+
+    parser = argparse.ArgumentParser(prog="python -m tests.sync_sim publish")
+    parser.add_argument("--endpoint", required=True)
+    parser.add_argument("--camera", required=True)
+    parser.add_argument("--view", type=int, required=True, help="index of this camera in the scene")
+    parser.add_argument("--views", type=int, required=True, help="cameras in the scene")
+    parser.add_argument("--anchor-ns", type=int, required=True, help="wall-clock time of frame 0, ns")
+    parser.add_argument("--fps", type=float, default=30.0)
+    parser.add_argument("--frames", type=int, default=600)
+    parser.add_argument("--offset-ms", type=float, default=0.0, help="this camera's clock offset")
+    parser.add_argument("--jitter-ms", type=float, default=0.0, help="capture-time jitter (std)")
+    parser.add_argument("--delay-ms", type=float, default=0.0, help="max extra delivery delay (uniform)")
+    parser.add_argument("--drop-every", type=int, default=0, help="drop frames with index %% N == N-1")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+
+    scene = make_scene(args.views)
+    camera = scene_camera(scene, args.view, args.camera)
+    calibration = Rig((camera,)).to_message()
+    rng = np.random.default_rng(args.seed)
+    period_ns = 1e9 / args.fps
+    publisher = Publisher(args.endpoint, name=args.camera)
+    publisher.publish_state(calibration)
+    try:
+        for k in range(args.frames):
+            due = args.anchor_ns + k * period_ns + rng.uniform(0.0, args.delay_ms) * 1e6
+            while (left := due - time.time_ns()) > 0:
+                publisher.service()
+                time.sleep(min(left / 1e9, 0.005))
+            if args.drop_every and k % args.drop_every == args.drop_every - 1:
+                continue
+            t_capture = int(args.anchor_ns + k * period_ns + (args.offset_ms + rng.normal(0, args.jitter_ms)) * 1e6)
+            publisher.publish(Keypoints2D(
+                camera=args.camera, seq=k, frame_index=k, t_capture_ns=t_capture,
+                image_size=np.array(scene.image_size, np.int32), calib_version=calibration.version,
+                persons=persons_for(scene, args.view, k, rng)))
+            publisher.service()
+    finally:
+        publisher.close(flush_ms=200)
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    if len(sys.argv) < 2 or sys.argv[1] != "publish":
+        sys.exit("usage: python -m tests.sync_sim publish --help")
+    sys.exit(publish_main(sys.argv[2:]))
