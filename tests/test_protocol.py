@@ -271,7 +271,10 @@ def test_nan_score_is_rejected():
 @pytest.mark.parametrize(
     "edit,reason",
     [
-        (lambda h: h.update(v=2), "version"),
+        (lambda h: h.update(v=99), "version"),
+        (lambda h: h.update(v=True), "version"),
+        (lambda h: h["body"].update(image_size=99), "field"),
+        (lambda h: h["body"].update(image_size=msgpack.ExtType(1, b"\0\0\0\0")), "header"),
         (lambda h: h.update(kind="nope"), "kind"),
         (lambda h: h["body"].pop("camera"), "field"),
         (lambda h: h["body"].update(seq=-1), "field"),
