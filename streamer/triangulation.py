@@ -53,7 +53,7 @@ class TriangulationSettings:
     threshold_px: float = 15.0
     min_confidence: float = 0.0
     huber_px: float = 4.0
-    lm_iterations: int = 3
+    lm_iterations: int = 2
     prior_gate_m: float = 0.2
     prior_weight: float = 1.0
 
@@ -301,11 +301,12 @@ def _refine_lm(
         used = mask > 0
         small = norm <= delta
         huber = np.where(small, 0.5 * norm * norm, delta * (norm - 0.5 * delta))
-        cost = np.sum(np.where(used, mask * huber, 0.0), axis=0)
-        robust = np.where(used, mask * np.where(small, 1.0, delta / np.maximum(norm, 1e-12)), 0.0)  # (V, k)
+        cost = np.sum(mask * np.where(used, huber, 0.0), axis=0)
+        robust = mask * np.where(used & small, 1.0, np.where(used, delta / np.maximum(norm, delta), 0.0))  # (V, k)
         robust = np.concatenate([robust, robust])  # (2V, k)
-        J = np.nan_to_num((uv[:, 1:] - uv[:, :1]) * (1.0 / _FD_STEP_M), nan=0.0, posinf=0.0, neginf=0.0)
-        Jw = J * robust[:, None]  # (2V, 3, k)
+        J = (uv[:, 1:] - uv[:, :1]) * (1.0 / _FD_STEP_M)  # (2V, 3, k)
+        J[~np.isfinite(J)] = 0.0
+        Jw = J * robust[:, None]
         JtJ = np.sum(Jw[:, _SYM_ROWS] * J[:, _SYM_COLS], axis=0)  # (6, k)
         Jtr = np.sum(Jw * np.where(robust > 0, resid, 0.0)[:, None], axis=0)  # (3, k)
         return cost, JtJ, Jtr
