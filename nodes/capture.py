@@ -49,6 +49,7 @@ class Settings:
     estimator: Literal["mediapipe", "sam3d", "replay"] = "mediapipe"
     pace: bool = True  # file sources released at their own frame times (like a camera); False: every frame
     stop_at_end: bool = True  # stop the node when every file source has ended
+    start_delay_s: float = 0.0  # wait this long before the first frame (lets subscribers of file sources connect)
     webcam_width_px: int = 0  # 0: the driver's default
     webcam_height_px: int = 0
     webcam_fps: float = 0.0
@@ -123,9 +124,9 @@ class Capture(Node):
         self.rig: Rig | None = None
         self.calib: RigCalibration | None = None
         if s.calibration_file:
-            from streamer.calibration_io import load_rig
+            from streamer.calibration_io import load_calibration
 
-            self.rig = load_rig(s.calibration_file).subset(list(s.cameras))
+            self.rig = load_calibration(s.calibration_file).subset(list(s.cameras))
             self.calib = self.rig.to_message()
             self.publish_state(self.calib)
         elif s.estimator == "sam3d":
@@ -133,10 +134,16 @@ class Capture(Node):
         self.estimator, self.detector = build_estimator(s)
         self.policy = BoxPolicy(use_hints=s.use_track_hints, max_hint_age_s=s.max_hint_age_s,
                                 redetect_interval_s=s.redetect_interval_s)
+        if s.start_delay_s > 0:
+            time.sleep(s.start_delay_s)
         t0_ns = self.clock.now_ns()
         self.grabbers: dict[str, LatestFrameGrabber] = {}
         for camera, spec in zip(s.cameras, s.sources):
             source = open_source(s.source, spec, camera, t0_ns=t0_ns, clock_ns=self.clock.now_ns, settings=s)
+            if self.calib is None and isinstance(source, ReplaySource) and source.calibration is not None:
+                self.rig = Rig.from_message(source.calibration).subset(list(s.cameras))
+                self.calib = self.rig.to_message()
+                self.publish_state(self.calib)
             self.grabbers[camera] = LatestFrameGrabber(source, pace=s.pace or source.live).start()
         self.seq = dict.fromkeys(s.cameras, 0)
         self.published = dict.fromkeys(s.cameras, 0)
@@ -189,6 +196,7 @@ class Capture(Node):
         self.observe_latency_ns(max(0, self.clock.now_ns() - frame.t_capture_ns))
         self.seq[camera] += 1
         self.published[camera] += 1
+        self.count(f"frames/{camera}")
         self.count(f"persons/{camera}", len(persons))
 
     def _report(self, now_ns: int) -> None:

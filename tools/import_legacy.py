@@ -174,10 +174,10 @@ def main(argv: list[str]) -> int:
     if not args.trust_pickle:
         print(f"streamer import legacy: {_PICKLE_WARNING}. Refusing without --trust-pickle.", file=sys.stderr)
         return 2
-    from streamer.calibration_io import load_rig
+    from streamer.calibration_io import load_calibration
 
     try:
-        rig = load_rig(args.calibration)
+        rig = load_calibration(args.calibration)
         report = import_legacy(args.root, args.out, rig, fps=args.fps, trust_pickle=True, model_k=args.model_k)
     except (LegacyImportError, ValueError, OSError) as exc:
         print(f"streamer import legacy: {exc}", file=sys.stderr)

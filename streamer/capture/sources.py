@@ -298,7 +298,8 @@ class ReplaySource(FrameSource):
     """Recorded `kp2d/<camera>` messages of a take (streamer/recording.py), as keypoint frames.
 
     t_capture_ns = t0_ns + recorded capture time - first recorded capture time (so a replay
-    can be re-timed to now); frame index and persons as recorded.
+    can be re-timed to now); frame index and persons as recorded. `calibration`: the take's first
+    `calib` message (RigCalibration) or None.
     """
 
     def __init__(self, path: str | Path, camera: str, *, t0_ns: int | None = None):
@@ -307,6 +308,7 @@ class ReplaySource(FrameSource):
         self.path = Path(path)
         self.camera = camera
         topic = f"kp2d/{camera}"
+        self.calibration = next((msg for _, _, msg in read_take(self.path, topics=["calib"])), None)
         self._messages = iter(msg for _, _, msg in read_take(self.path, topics=[topic]))
         self.t0_ns = t0_ns
         self._first_ns: int | None = None
