@@ -203,10 +203,7 @@ class Subscriber:
     def recv(self, timeout_ms: int = 0) -> tuple[str, object] | None:
         """The next decoded message `(topic, msg)`, waiting up to timeout_ms; None when none came."""
         if not self._pending:
-            self._fill()
-            if not self._pending and timeout_ms:
-                if self._poller.poll(timeout_ms):
-                    self._fill()
+            self._fill(timeout_ms)
         if not self._pending:
             return None
         peer, topic, msg = self._pending.popleft()
@@ -240,9 +237,11 @@ class Subscriber:
         for sock in self.sockets:
             sock.close(linger=0)
 
-    def _fill(self) -> None:
+    def _fill(self, timeout_ms: int) -> None:
+        ready = self._poller.poll(timeout_ms)
         now = time.monotonic_ns()
-        for sock, peer in self.sockets.items():
+        for sock, _ in ready:
+            peer = self.sockets[sock]
             for _ in range(_MAX_BURST):
                 try:
                     frames = sock.recv_multipart(zmq.NOBLOCK)
