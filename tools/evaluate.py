@@ -28,7 +28,15 @@ from protocol import Points3D
 from streamer.body.mhr70 import NUM_KEYPOINTS
 from streamer.calibration import Rig
 from streamer.calibration_io import load_calibration
-from streamer.importing.openpose import BODY25B_NAMES, LAYOUTS, camera_folders, frame_files, read_frame, to_mhr70
+from streamer.importing.openpose import (
+    BODY25B_NAMES,
+    LAYOUTS,
+    camera_folders,
+    frame_files,
+    match_cameras,
+    read_frame,
+    to_mhr70,
+)
 from streamer.triangulation import Triangulation, TriangulationSettings, triangulate_dlt, triangulate_robust
 
 __all__ = [
@@ -37,7 +45,6 @@ __all__ = [
     "evaluate_pose2sim",
     "kabsch",
     "main",
-    "match_cameras",
     "pose2sim_trial",
     "read_trc",
     "trial_points3d",
@@ -57,22 +64,6 @@ def kabsch(source: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, np.ndarr
     D = np.diag([1.0, 1.0, np.sign(np.linalg.det(Vt.T @ U.T))])
     R = Vt.T @ D @ U.T
     return R, mu_t - R @ mu_s
-
-
-def match_cameras(names: list[str], rig: Rig) -> list[str]:
-    """Rig camera name for each data camera name: the exact name, else the one rig name with the same number
-    (Pose2Sim's `cam01` folder <-> `cam_01` calibration). Raises ValueError when none or several match."""
-    out = []
-    for name in names:
-        if name in rig.names:
-            out.append(name)
-            continue
-        digits = "".join(ch for ch in name if ch.isdigit())
-        same = [n for n in rig.names if digits and "".join(ch for ch in n if ch.isdigit()).lstrip("0") == digits.lstrip("0")]
-        if len(same) != 1:
-            raise ValueError(f"camera {name!r}: no unique calibration camera with number {digits!r} in {rig.names}")
-        out.append(same[0])
-    return out
 
 
 def _percentile(values: np.ndarray, q: float) -> float:
@@ -221,7 +212,7 @@ def pose2sim_trial(
     trial = Path(trial)
     rig = load_calibration(calibration or _default_calibration(trial)).posed()
     folders = camera_folders(trial / source)
-    names = match_cameras(list(folders), rig)
+    names = match_cameras(list(folders), rig.names)
     rig = rig.subset(names)
     num_joints, mapping = LAYOUTS[layout]
     per_camera = [dict(frame_files(folder)) for folder in folders.values()]

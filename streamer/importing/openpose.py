@@ -27,6 +27,7 @@ __all__ = [
     "PersonKeypoints",
     "camera_folders",
     "frame_files",
+    "match_cameras",
     "read_frame",
     "to_mhr70",
 ]
@@ -65,6 +66,27 @@ class PersonKeypoints:
 
     keypoints: np.ndarray
     confidence: np.ndarray
+
+
+def match_cameras(names: list[str], rig_names: list[str]) -> list[str]:
+    """Rig camera name for each data camera name: the exact name, else the one rig name with the same number
+    (Pose2Sim's `cam01` folder <-> `cam_01` calibration). Raises ValueError when none or several match."""
+    out = []
+    for name in names:
+        if name in rig_names:
+            out.append(name)
+            continue
+        digits = "".join(ch for ch in name if ch.isdigit())
+        same = [n for n in rig_names if digits and _number(n) == _number(name)]
+        if len(same) != 1:
+            raise ValueError(f"camera {name!r}: no unique calibration camera with number {digits!r} in {rig_names}")
+        out.append(same[0])
+    return out
+
+
+def _number(name: str) -> int | None:
+    digits = "".join(ch for ch in name if ch.isdigit())
+    return int(digits) if digits else None
 
 
 def camera_folders(pose_dir) -> dict[str, Path]:
