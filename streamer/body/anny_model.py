@@ -351,16 +351,22 @@ def _homogeneous(rotation: torch.Tensor, translation: torch.Tensor) -> torch.Ten
 
 @dataclasses.dataclass(frozen=True)
 class _ShapeTables:
-    """Everything that depends on the shape only (batch B or 1).
+    """Everything that depends on the shape only (batch B or 1). The FK runs on a reduced tree whose
+    nodes are the root and the posed bones; every other bone hangs rigidly off its nearest posed
+    ancestor (its "anchor") in the reference pose.
 
     shape: (B, 6) the phenotypes these were computed for.
-    rest_links: (B, J, 4, 4) parent_from_bone transforms of the reference pose (the FK links K_c).
-    kp_local: (B, 70, S, 4) keypoint tables in the rest bone frames (P_b^-1 p), homogeneous.
+    node_left: (B, N, 3, 3) and node_trans (B, N, 3): the link of posed bone n from its parent node
+        is [node_left D_n U_n | node_trans], D_n its pose rotation.
+    anchor_from_bone: (B, J, 4, 4) each bone's rest frame in its anchor's frame.
+    kp_anchor: (B, 70, S, 4) keypoint tables in anchor frames, homogeneous (see `_kp_anchor_nodes`).
     """
 
     shape: torch.Tensor
-    rest_links: torch.Tensor
-    kp_local: torch.Tensor
+    node_left: torch.Tensor
+    node_trans: torch.Tensor
+    anchor_from_bone: torch.Tensor
+    kp_anchor: torch.Tensor
 
 
 class AnnyBody(BodyModel):
@@ -392,18 +398,10 @@ class AnnyBody(BodyModel):
         self.joint_names = tuple(labels)
         self.joint_parents = tuple(int(p) for p in t["bone_parents"].tolist())
         self.posed_bones = tuple(posed_bones)
-        levels, (local, order, inverse, _) = get_kinematic_chain(list(self.joint_parents))
-        self._levels = levels
-        self._level_parents = [local[first:last].to(self.device) for first, last in levels]
-        self._level_parents = self._level_parents[1:]
-        self._order = order.to(self.device)
-        self._inverse_order = inverse.to(self.device)
         self._parents = torch.tensor([max(p, 0) for p in self.joint_parents], device=self.device)
-        ref = t["reference_orientations"]
-        self._posed_left = ref[self._parents[t["posed_bone_index"]]].transpose(-1, -2)
-        self._posed_right = ref[t["posed_bone_index"]]
-        self._anchors = make_phenotype_anchors(dtype, self.device)
         self._posed = t["posed_bone_index"]
+        self._init_reduced_tree(get_kinematic_chain)
+        self._anchors = make_phenotype_anchors(dtype, self.device)
         self._floor_offset = float(t["floor_offset"])
 
         n_pose = 3 * len(self.posed_bones)
@@ -430,6 +428,45 @@ class AnnyBody(BodyModel):
                 self.movable[self.groups[f"shape:{s}"]] = False
         self.keypoint_defined = torch.ones(mhr70.NUM_KEYPOINTS, dtype=torch.bool, device=self.device)
         self._cache: _ShapeTables | None = None
+
+    def _init_reduced_tree(self, get_kinematic_chain) -> None:
+        """Constants of the reduced FK tree (root + posed bones) and of the per-bone anchoring."""
+        num_bones = len(self.joint_names)
+        node_bones = [0] + self._posed.tolist()
+        if len(set(node_bones)) != len(node_bones):
+            raise ValueError("posed bones must be distinct and must not include the root")
+        node_of_bone = {b: n for n, b in enumerate(node_bones)}
+        anchor = [0] * num_bones  # node index of each bone's nearest posed ancestor-or-self
+        for b in range(num_bones):  # parents come before children in Anny's bone order
+            anchor[b] = node_of_bone[b] if b in node_of_bone else anchor[self.joint_parents[b]]
+        node_parent = [-1] + [anchor[self.joint_parents[b]] for b in node_bones[1:]]
+        levels, (local, order, inverse, _) = get_kinematic_chain(node_parent)
+        full_levels, (full_local, full_order, full_inverse, _) = get_kinematic_chain(list(self.joint_parents))
+        dev = self.device
+        self._node_bones = torch.tensor(node_bones, device=dev)
+        self._bone_anchor = torch.tensor(anchor, device=dev)
+        self._levels = levels
+        self._level_parents = [local[first:last].to(dev) for first, last in levels[1:]]
+        self._order = order[1:].to(dev) - 1  # posed links in depth order (node index - 1)
+        self._inverse_order = inverse.to(dev)
+        self._full_levels = full_levels
+        self._full_level_parents = [full_local[first:last].to(dev) for first, last in full_levels[1:]]
+        self._full_order = full_order.to(dev)
+        self._full_inverse_order = full_inverse.to(dev)
+        self._is_node_ordered = torch.zeros(num_bones, dtype=torch.bool, device=dev)
+        self._is_node_ordered[torch.tensor([int(full_inverse[b]) for b in node_bones])] = True
+        self._posed_parent = self._parents[self._posed]
+        self._posed_right = self._t["reference_orientations"][self._posed]
+        # Keypoint entries (k, s) on bone b move with node anchor[b]; entries sharing an anchor merge.
+        kp_anchor = self._bone_anchor[self._t["kp_bones"]]  # (70, S)
+        merged = [sorted(set(row.tolist())) for row in kp_anchor]
+        width = max(len(m) for m in merged)
+        self._kp_nodes = torch.tensor([m + [m[0]] * (width - len(m)) for m in merged], device=dev)
+        merge = torch.zeros(len(merged), width, kp_anchor.shape[1], dtype=self.dtype, device=dev)
+        for k, m in enumerate(merged):
+            for s_, node in enumerate(kp_anchor[k].tolist()):
+                merge[k, m.index(node), s_] = 1.0
+        self._kp_merge = merge  # (70, S', S)
 
     # -- parameters ------------------------------------------------------------------------
 
@@ -466,15 +503,31 @@ class AnnyBody(BodyModel):
         offsets = (a[:, parents] @ (heads - heads[:, parents])[..., None])[..., 0]
         up_t = ref[parents].transpose(-1, -2)
         links = _homogeneous((up_t @ ref).expand(offsets.shape[0], -1, -1, -1), (up_t @ offsets[..., None])[..., 0])
-        # Keypoint tables in rest bone frames: [R^T (x - w h); w].
+        # Each bone's reference frame in its anchor's: C_c = I at nodes, else C_p K_c.
+        links_ordered = links[:, self._full_order]
+        eye = torch.eye(4, dtype=links.dtype, device=links.device)
+        chain = [eye.expand(links.shape[0], 1, 4, 4)]
+        for (first, last), local in zip(self._full_levels[1:], self._full_level_parents):
+            step = chain[-1][:, local] @ links_ordered[:, first:last]
+            chain.append(torch.where(self._is_node_ordered[first:last, None, None], eye, step))
+        anchor_from_bone = torch.cat(chain, dim=1)[:, self._full_inverse_order]
+        # Posed links from the parent node: C_p K_c(D) = [C_p.R U_p^T D U_c | (C_p K_c(I)).t].
+        parent_c = anchor_from_bone[:, self._posed_parent]
+        node_left = parent_c[..., :3, :3] @ up_t[self._posed]
+        node_trans = (parent_c @ links[:, self._posed])[..., :3, 3]
+        # Keypoint tables: T_b p = W_b P_b^-1 p, so in bone frames [R^T (x - w h); w] (R, h the rest
+        # frame), then in anchor frames, merged per anchor.
         dp = (coeffs @ t["kp_dp"].flatten(1)).unflatten(1, t["kp_dp"].shape[1:])  # (B, 70, S, 3)
         p0 = t["kp_p0"]
         bones = t["kp_bones"]
         w = p0[..., 3:]
         xyz = p0[..., :3] + dp - w * heads[:, bones]
         local = (rest_rot[:, bones].transpose(-1, -2) @ xyz[..., None])[..., 0]
-        kp_local = torch.cat([local, w.expand(*local.shape[:-1], 1)], dim=-1)
-        return _ShapeTables(shape=shape, rest_links=links, kp_local=kp_local)
+        kp_bone = torch.cat([local, w.expand(*local.shape[:-1], 1)], dim=-1)
+        kp_anchor = (anchor_from_bone[:, bones] @ kp_bone[..., None])[..., 0]
+        kp_anchor = self._kp_merge @ kp_anchor
+        return _ShapeTables(shape=shape, node_left=node_left, node_trans=node_trans,
+                            anchor_from_bone=anchor_from_bone, kp_anchor=kp_anchor)
 
     def _shape_tables(self, params: torch.Tensor) -> _ShapeTables:
         shape = params[:, self.groups["shape"]]
@@ -503,29 +556,31 @@ class AnnyBody(BodyModel):
         params = self._check(params)
         return self._bone_poses(params, self._shape_tables(params))
 
-    def _bone_poses(self, params: torch.Tensor, tables: _ShapeTables) -> torch.Tensor:
+    def _node_poses(self, params: torch.Tensor, tables: _ShapeTables) -> torch.Tensor:
+        """(B, N + 1, 4, 4) world poses of the reduced tree's nodes (root, then posed bones)."""
         batch = params.shape[0]
         rotations = roma.rotvec_to_rotmat(
             torch.cat([params[:, None, 0:3], params[:, self.groups["pose"]].reshape(batch, -1, 3)], dim=1))
         root_ref = self._t["reference_orientations"][0]
         root = _homogeneous(root_ref.T @ rotations[:, 0] @ root_ref, params[:, 3:6] @ root_ref)
-        posed_rot = self._posed_left @ rotations[:, 1:] @ self._posed_right  # U_p^T D_c U_c
-        links = tables.rest_links.expand(batch, -1, -1, -1)
-        rot = links[..., :3, :3].index_copy(1, self._posed, posed_rot)
-        links = torch.cat([torch.cat([rot, links[..., :3, 3:]], dim=-1), links[..., 3:, :]], dim=-2)
-        links = links[:, self._order]
+        links = _homogeneous(tables.node_left @ rotations[:, 1:] @ self._posed_right,
+                             tables.node_trans.expand(batch, -1, -1))[:, self._order]
         chain = [root[:, None]]
         for (first, last), local in zip(self._levels[1:], self._level_parents):
-            chain.append(chain[-1][:, local] @ links[:, first:last])
+            chain.append(chain[-1][:, local] @ links[:, first - 1:last - 1])
         return torch.cat(chain, dim=1)[:, self._inverse_order]
+
+    def _bone_poses(self, params: torch.Tensor, tables: _ShapeTables) -> torch.Tensor:
+        nodes = self._node_poses(params, tables)
+        return nodes[:, self._bone_anchor] @ tables.anchor_from_bone
 
     def keypoints(self, params: torch.Tensor) -> torch.Tensor:
         """(B, P) -> (B, 70, 3) MHR-70 keypoints, metres, world frame (Z up); differentiable."""
         params = self._check(params)
         tables = self._shape_tables(params)
-        poses = self._bone_poses(params, tables)[..., :3, :]  # (B, J, 3, 4)
-        gathered = poses[:, self._t["kp_bones"]]  # (B, 70, S, 3, 4)
-        return (gathered @ tables.kp_local[..., None]).sum(dim=2)[..., 0]
+        nodes = self._node_poses(params, tables)[..., :3, :]  # (B, N + 1, 3, 4)
+        gathered = nodes[:, self._kp_nodes]  # (B, 70, S', 3, 4)
+        return (gathered @ tables.kp_anchor[..., None]).sum(dim=2)[..., 0]
 
     def joint_positions(self, params: torch.Tensor) -> torch.Tensor:
         """(B, P) -> (B, J, 3) Anny bone heads, metres, world frame."""
