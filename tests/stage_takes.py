@@ -13,7 +13,7 @@ from streamer.calibration import Camera, Rig
 from streamer.recording import TakeWriter
 from tests.humanoid_poses import posed_keypoints_stage
 
-__all__ = ["ring_rig", "stage_frames", "write_stage_take"]
+__all__ = ["bumped", "ring_rig", "stage_frames", "write_stage_take"]
 
 T0_NS = 1_800_000_000_000_000_000
 W, H = 1280, 720
@@ -48,11 +48,25 @@ def stage_frames(n_frames: int, seed: int = 0) -> np.ndarray:
     return np.stack(out)
 
 
+def bumped(camera: Camera, rotvec: tuple[float, float, float]) -> Camera:
+    """The camera physically turned by `rotvec` (radians, camera frame) after calibration."""
+    R = Rotation.from_rotvec(rotvec).as_matrix() @ camera.R
+    center = camera.center
+    return Camera(camera.name, camera.image_size, camera.K, camera.dist, R, -R @ center)
+
+
 def write_stage_take(path, n_frames: int = 60, fps: float = 30.0, *, seed: int = 0, noise_px: float = 0.5,
-                     rig: Rig | None = None, with_truth: bool = True) -> tuple[Rig, np.ndarray]:
+                     rig: Rig | None = None, with_truth: bool = True, bump: dict | None = None,
+                     dead_from: dict | None = None) -> tuple[Rig, np.ndarray]:
     """A take of `n_frames` frame sets: calib first, then kp2d per camera (capture jitter, +2 ms
-    transport) and truth. Returns (rig, keypoints (n, 70, 3))."""
+    transport) and truth. Returns (rig, keypoints (n, 70, 3)).
+
+    bump: {camera: (from_frame, rotvec)}: that camera is turned from that frame on (calib unchanged).
+    dead_from: {camera: frame}: that camera sends nothing from that frame on.
+    """
     rig = rig or ring_rig()
+    bump, dead_from = bump or {}, dead_from or {}
+    turned = {name: bumped(rig.camera(name), rv) for name, (_, rv) in bump.items()}
     rng = np.random.default_rng(seed)
     truth = stage_frames(n_frames, seed)
     period = int(1e9 / fps)
@@ -64,7 +78,10 @@ def write_stage_take(path, n_frames: int = 60, fps: float = 30.0, *, seed: int =
                 take.write(Truth(t_ns=t, frame_index=f, persons=[PersonTruth(
                     person_id=0, keypoints=truth[f].astype(np.float32), params=np.zeros(0, np.float32))]), t)
             for v, cam in enumerate(rig):
-                px = cam.project(truth[f]) + rng.normal(0, noise_px, (70, 2))
+                if f >= dead_from.get(cam.name, n_frames):
+                    continue
+                physical = turned[cam.name] if f >= bump.get(cam.name, (n_frames,))[0] else cam
+                px = physical.project(truth[f]) + rng.normal(0, noise_px, (70, 2))
                 t_cap = t + int(rng.integers(-2_000_000, 2_000_000))
                 person = Person2D(
                     box=np.array([*px.min(0), *px.max(0)], np.float32), score=0.95,
