@@ -25,7 +25,7 @@ from protocol import Keypoints2D, RigCalibration
 from streamer.calibration import Rig
 from streamer.capture.boxes import BoxPolicy
 from streamer.capture.estimator import Estimator, View
-from streamer.capture.latest import LatestFrameGrabber
+from streamer.capture.latest import LatestFrameGrabber, SequentialReader
 from streamer.capture.sources import (
     Frame,
     FrameSource,
@@ -47,7 +47,7 @@ class Settings:
     sources_dir: str = ""  # relative entries of `sources` are resolved against this folder
     calibration_file: str = ""  # rig calibration (any format streamer.calibration_io reads); required for sam3d
     estimator: Literal["mediapipe", "sam3d", "replay"] = "mediapipe"
-    pace: bool = True  # file sources released at their own frame times (like a camera); False: every frame
+    pace: bool = True  # file sources released at their own frame times (like a camera); False: every frame, in order, as fast as the estimator goes
     stop_at_end: bool = True  # stop the node when every file source has ended
     start_delay_s: float = 0.0  # wait this long before the first frame (lets subscribers of file sources connect)
     webcam_width_px: int = 0  # 0: the driver's default
@@ -137,14 +137,17 @@ class Capture(Node):
         if s.start_delay_s > 0:
             time.sleep(s.start_delay_s)
         t0_ns = self.clock.now_ns()
-        self.grabbers: dict[str, LatestFrameGrabber] = {}
+        self.grabbers: dict[str, LatestFrameGrabber | SequentialReader] = {}
         for camera, spec in zip(s.cameras, s.sources):
             source = open_source(s.source, spec, camera, t0_ns=t0_ns, clock_ns=self.clock.now_ns, settings=s)
             if self.calib is None and isinstance(source, ReplaySource) and source.calibration is not None:
                 self.rig = Rig.from_message(source.calibration).subset(list(s.cameras))
                 self.calib = self.rig.to_message()
                 self.publish_state(self.calib)
-            self.grabbers[camera] = LatestFrameGrabber(source, pace=s.pace or source.live).start()
+            if s.pace or source.live:
+                self.grabbers[camera] = LatestFrameGrabber(source, pace=not source.live).start()
+            else:
+                self.grabbers[camera] = SequentialReader(source)
         self.seq = dict.fromkeys(s.cameras, 0)
         self.published = dict.fromkeys(s.cameras, 0)
         self.window_start_ns = time.monotonic_ns()

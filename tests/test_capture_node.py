@@ -75,20 +75,24 @@ def test_replay_capture_node_republishes_the_take(tmp_path):
     assert proc.returncode == 0, proc.stdout.read()
     kp = [m for t, m in received if t == "kp2d/a"]
     stats = [m for t, m in received if t.startswith("stats/")]
-    assert len(kp) >= 55  # 60 frames at 30 fps; a late subscription may miss the first few
-    indices = [m.frame_index for m in kp]
-    assert indices == list(range(60 - len(kp), 60)), (str(indices), [t for t, m in received][-8:])
+    final = stats[-1]
+    counters = dict(zip(final.counter_names, final.counter_values.tolist()))
+    # every recorded frame was published (and received) or, if the node fell behind the take's 30 fps
+    # (a loaded machine), dropped and counted: never queued, never reordered
+    assert counters["grabbed/a"] == 60 and counters["frames/a"] == len(kp)
+    assert counters["frames/a"] + counters["dropped/a"] == 60 and counters["dropped/a"] <= 10
+    indices = np.array([m.frame_index for m in kp])
+    assert np.all(np.diff(indices) > 0) and indices[-1] == 59
     # re-timed to the node's start on the stage clock, spacing preserved (1/30 s)
-    recorded = np.round(np.array(indices) * 1e9 / 30).astype(np.int64)
+    recorded = np.round(indices * 1e9 / 30).astype(np.int64)
     np.testing.assert_array_equal(np.diff([m.t_capture_ns for m in kp]), np.diff(recorded))
     for m in kp:
         src = outs[m.frame_index % 4]
         np.testing.assert_array_equal(m.persons[0].params["body_pose"], src["body_pose_params"])
         np.testing.assert_allclose(m.persons[0].keypoints, src["pred_keypoints_2d"], atol=0.02)
         assert m.calib_version == rig.version
-    final = stats[-1]
-    counters = dict(zip(final.counter_names, final.counter_values.tolist()))
-    assert counters["grabbed/a"] == 60 and counters["dropped/a"] == 0
+    calibs = [m for t, m in received if t == "calib"]
+    assert calibs and calibs[0].version == rig.version  # the take's rig, republished as state
 
 
 @pytest.mark.slow

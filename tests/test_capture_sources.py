@@ -176,3 +176,17 @@ def test_timestamp_file_with_integer_ns(tmp_path):
 def test_missing_video_is_a_clear_error(tmp_path):
     with pytest.raises(SourceError, match="does not exist"):
         VideoFileSource(tmp_path / "nope.mp4")
+
+
+@pytest.mark.data
+def test_sequential_reader_gives_every_frame_to_a_slow_consumer(videos):
+    from streamer.capture.latest import SequentialReader
+
+    with SequentialReader(VideoFileSource(videos / "cam04.mp4")) as reader:
+        indices = []
+        while (frame := reader.latest()) is not None:
+            indices.append(frame.index)
+            if len(indices) % 25 == 0:
+                time.sleep(0.05)
+    assert indices == list(range(100)) and reader.counts == {"grabbed": 100, "delivered": 100, "dropped": 0}
+    assert reader.ended and reader.error is None

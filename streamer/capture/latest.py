@@ -23,7 +23,7 @@ import time
 
 from streamer.capture.sources import Frame, FrameSource
 
-__all__ = ["LatestFrameGrabber"]
+__all__ = ["LatestFrameGrabber", "SequentialReader"]
 
 log = logging.getLogger(__name__)
 
@@ -132,3 +132,49 @@ class LatestFrameGrabber:
             with self._cond:
                 self._ended = True
                 self._cond.notify_all()
+
+
+class SequentialReader:
+    """Offline counterpart of `LatestFrameGrabber` (same consumer interface, no thread): every frame of a
+    file source, in order, read on demand, never dropped. For replays that must process every frame."""
+
+    def __init__(self, source: FrameSource):
+        self.source = source
+        self.grabbed = 0
+        self.delivered = 0
+        self.dropped = 0
+        self.backlog = 0
+        self.error: BaseException | None = None
+        self.ended = False
+
+    def start(self) -> SequentialReader:
+        return self
+
+    def stop(self) -> None:
+        self.source.close()
+
+    def __enter__(self) -> SequentialReader:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    @property
+    def counts(self) -> dict[str, int]:
+        return {"grabbed": self.grabbed, "delivered": self.delivered, "dropped": self.dropped}
+
+    def latest(self, timeout_s: float | None = None) -> Frame | None:
+        """The next frame (timeout_s is ignored: reading a file does not wait); None at the end."""
+        if self.ended:
+            return None
+        try:
+            frame = self.source.read()
+        except Exception as exc:
+            log.error("frame source %r stopped: %s", self.source, exc)
+            self.error, frame = exc, None
+        if frame is None:
+            self.ended = True
+            return None
+        self.grabbed += 1
+        self.delivered += 1
+        return frame
