@@ -131,7 +131,7 @@ class Pose:
     params: (P,) float32, the body model's parameter vector (layout named by body_model).
     keypoints: (K, 3) float32, metres, world frame (right-handed; the rig's up axis).
     joint_rotations: (J, 4) float32, local joint rotations, quaternion XYZW.
-    root_from_model: (4, 4) float32, world_from_root rigid transform, metres.
+    world_from_root: (4, 4) float32, rigid transform of the model root into the world, metres.
     flags: (K,) uint8 PoseFlag per keypoint.
     """
 

@@ -12,8 +12,20 @@ from dataclasses import dataclass
 __all__ = ["Arr", "ArrMap", "Bool", "Float", "Int", "Seq", "Str", "StrSeq", "Spec"]
 
 
+def _bound(v: int) -> str:
+    for base in (64, 63, 32, 31):
+        if v == 2**base - 1:
+            return f"2^{base}-1"
+        if v == -(2**base):
+            return f"-2^{base}"
+    return str(v)
+
+
 class Spec:
-    """Base of all field specs."""
+    """Base of all field specs. `describe()` is the wire type as protocol/SPEC.md writes it."""
+
+    def describe(self) -> str:
+        raise NotImplementedError
 
 
 @dataclass(frozen=True)
@@ -23,6 +35,9 @@ class Int(Spec):
     lo: int = -(2**63)
     hi: int = 2**64 - 1
 
+    def describe(self) -> str:
+        return f"int [{_bound(self.lo)}, {_bound(self.hi)}]"
+
 
 @dataclass(frozen=True)
 class Float(Spec):
@@ -30,10 +45,16 @@ class Float(Spec):
 
     allow_nan: bool = False
 
+    def describe(self) -> str:
+        return "float, finite or NaN" if self.allow_nan else "float, finite"
+
 
 @dataclass(frozen=True)
 class Bool(Spec):
     """A bool."""
+
+    def describe(self) -> str:
+        return "bool"
 
 
 @dataclass(frozen=True)
@@ -42,6 +63,9 @@ class Str(Spec):
 
     max_len: int = 256
 
+    def describe(self) -> str:
+        return f"str <= {self.max_len}"
+
 
 @dataclass(frozen=True)
 class StrSeq(Spec):
@@ -49,6 +73,9 @@ class StrSeq(Spec):
 
     max_items: int = 64
     max_len: int = 256
+
+    def describe(self) -> str:
+        return f"list <= {self.max_items} of str <= {self.max_len}"
 
 
 @dataclass(frozen=True)
@@ -64,6 +91,12 @@ class Arr(Spec):
     shape: tuple[int | str | None, ...]
     allow_nan: bool = False
 
+    def describe(self) -> str:
+        dims = ", ".join("*" if d is None else str(d) for d in self.shape)
+        floats = self.dtypes[0][1] == "f"
+        nan = (", finite or NaN" if self.allow_nan else ", finite") if floats else ""
+        return f"array {'|'.join(self.dtypes)} [{dims}]{nan}"
+
 
 @dataclass(frozen=True)
 class ArrMap(Spec):
@@ -72,6 +105,9 @@ class ArrMap(Spec):
     max_items: int = 16
     max_len: int = 4096
 
+    def describe(self) -> str:
+        return f"map <= {self.max_items} of str <= 64 -> array <f4|<f8 1-D or 2-D <= {self.max_len} values, finite"
+
 
 @dataclass(frozen=True)
 class Seq(Spec):
@@ -79,3 +115,6 @@ class Seq(Spec):
 
     item: type
     max_items: int = 16
+
+    def describe(self) -> str:
+        return f"list <= {self.max_items} of {self.item.__name__}"
