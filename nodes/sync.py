@@ -28,6 +28,7 @@ from streamer.association import (
     AssociationSettings,
     TrackState,
     advance_track,
+    association_keypoints,
     bootstrap_persons,
     choose_by_track,
     consistent_with_track,
@@ -207,7 +208,8 @@ class Sync(Node):
         n_keypoints = next((len(p[0].keypoints) for p in persons if p), 70)
         detections = pack_detections(persons, n_keypoints, s.min_confidence)
         if self.track.points is not None and len(self.track.points) == n_keypoints:
-            chosen, _ = choose_by_track(rig.project(self.track.points), detections, s)
+            subset = association_keypoints(n_keypoints)
+            chosen, _ = choose_by_track(rig.project(self.track.points[subset]), detections, s, subset)
         else:
             self.track = TrackState()
             chosen = self._bootstrap(detections)
@@ -253,8 +255,9 @@ class Sync(Node):
         rig = self.rig
         if self.fundamental is None or not (detections.counts > 0).any():
             return np.full(len(rig), -1, np.int64)
-        V, P, K, _ = detections.keypoints.shape
-        normalised = rig.undistort(detections.keypoints.reshape(V, P * K, 2).astype(np.float64))
+        keypoints = detections.keypoints[:, :, association_keypoints(detections.keypoints.shape[2])]
+        V, P, K, _ = keypoints.shape
+        normalised = rig.undistort(keypoints.reshape(V, P * K, 2).astype(np.float64))
         undistorted = np.einsum("vij,vnj->vni", rig.K[:, :2, :2], normalised) + rig.K[:, None, :2, 2]
         chosen = bootstrap_persons(undistorted.reshape(V, P, K, 2), detections.counts, self.fundamental,
                                    self.association_settings)

@@ -23,11 +23,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from streamer.body import mhr70
+
 __all__ = [
     "AssociationSettings",
     "Detections",
     "TrackState",
     "advance_track",
+    "association_keypoints",
     "bootstrap_persons",
     "choose_by_track",
     "consistent_with_track",
@@ -96,19 +99,33 @@ def pack_detections(persons_per_camera: Sequence[Sequence], num_keypoints: int,
     keypoints = np.full((n_views, n_persons, num_keypoints, 2), np.nan, np.float32)
     confidence = np.zeros((n_views, n_persons, num_keypoints), np.float32)
     boxes = np.full((n_views, n_persons, 4), np.nan, np.float32)
-    for v, persons in enumerate(persons_per_camera):
-        for p, person in enumerate(persons):
-            kp = np.asarray(person.keypoints, np.float32)
-            if kp.shape != (num_keypoints, 2):
-                raise ValueError(f"pack_detections: camera {v} person {p}: keypoints shape {kp.shape}, "
-                                 f"expected ({num_keypoints}, 2)")
-            keypoints[v, p] = kp
-            confidence[v, p] = person.confidence
-            boxes[v, p] = person.box
-    weak = ~(confidence >= min_confidence) | ~np.isfinite(keypoints).all(-1)
+    flat = [person for persons in persons_per_camera for person in persons]
+    if flat:
+        shapes_ok = all(np.ndim(person.keypoints) == 2 and len(person.keypoints) == num_keypoints
+                        and len(person.confidence) == num_keypoints for person in flat)
+        stacked = np.array([person.keypoints for person in flat], np.float32) if shapes_ok else None
+        if stacked is None or stacked.shape[1:] != (num_keypoints, 2):
+            raise ValueError(f"pack_detections: expected keypoints ({num_keypoints}, 2) and confidence "
+                             f"({num_keypoints},) for every person, got " + ", ".join(
+                                 f"camera {v} person {p}: {np.shape(person.keypoints)}/{np.shape(person.confidence)}"
+                                 for v, persons in enumerate(persons_per_camera) for p, person in enumerate(persons)))
+        view_index = np.repeat(np.arange(n_views), counts)
+        person_index = np.arange(len(flat)) - np.repeat(np.cumsum(counts) - counts, counts)
+        keypoints[view_index, person_index] = stacked
+        confidence[view_index, person_index] = np.array([person.confidence for person in flat], np.float32)
+        boxes[view_index, person_index] = np.array([person.box for person in flat], np.float32)
+    weak = ~(confidence >= min_confidence) | np.isnan(keypoints[..., 0] + keypoints[..., 1])
     keypoints[weak] = np.nan
     confidence[weak] = 0.0
     return Detections(keypoints, confidence, boxes, counts)
+
+
+def association_keypoints(num_keypoints: int) -> np.ndarray:
+    """Keypoints used to tell people apart: for MHR-70 the body, wrists and arm/neck extras (28 of 70;
+    fingers add cost, not evidence); for any other layout all of them."""
+    if num_keypoints == mhr70.NUM_KEYPOINTS:
+        return np.concatenate([mhr70.BODY, [41, 62], mhr70.EXTRA])
+    return np.arange(num_keypoints)
 
 
 def select_persons(detections: Detections, chosen: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -123,56 +140,61 @@ def select_persons(detections: Detections, chosen: np.ndarray) -> tuple[np.ndarr
     return pixels, confidence
 
 
-def _lower_median(values: np.ndarray, valid: np.ndarray, min_count: int) -> np.ndarray:
-    """Lower median over the last axis of `values` where `valid`; inf with fewer than min_count samples."""
-    ordered = np.sort(np.where(valid, values, np.inf), axis=-1)
-    count = valid.sum(-1)
-    middle = np.maximum((count - 1) // 2, 0)
-    median = np.take_along_axis(ordered, middle[..., None], -1)[..., 0]
+def _lower_median(values: np.ndarray, min_count: int) -> np.ndarray:
+    """Lower median over the last axis, ignoring NaN; inf with fewer than min_count finite samples."""
+    ordered = np.sort(values, axis=-1)  # NaN sorts last
+    count = np.count_nonzero(values == values, axis=-1)
+    flat = ordered.reshape(-1, ordered.shape[-1])
+    middle = np.maximum(count.ravel() - 1, 0) // 2
+    median = flat[np.arange(len(flat)), middle].reshape(count.shape)
     return np.where(count >= min_count, median, np.inf)
 
 
-def _box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """IoU of boxes (..., 4) x0 y0 x1 y1 (broadcast); 0 where either is NaN, infinite or empty."""
+def _box_iou(boxes: np.ndarray, box: np.ndarray) -> np.ndarray:
+    """IoU of boxes (V, P, 4) with one box per view (V, 4), x0 y0 x1 y1; 0 where NaN, infinite or empty."""
     with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
-        iw = np.minimum(a[..., 2], b[..., 2]) - np.maximum(a[..., 0], b[..., 0])
-        ih = np.minimum(a[..., 3], b[..., 3]) - np.maximum(a[..., 1], b[..., 1])
-        inter = np.clip(iw, 0, None) * np.clip(ih, 0, None)
-        area_a = (a[..., 2] - a[..., 0]) * (a[..., 3] - a[..., 1])
-        area_b = (b[..., 2] - b[..., 0]) * (b[..., 3] - b[..., 1])
-        iou = inter / (area_a + area_b - inter)
-    return np.where(np.isfinite(iou), iou, 0.0)
+        low = np.maximum(boxes[..., :2], box[:, None, :2])
+        high = np.minimum(boxes[..., 2:], box[:, None, 2:])
+        size = np.maximum(high - low, 0.0)
+        inter = size[..., 0] * size[..., 1]
+        extent = boxes[..., 2:] - boxes[..., :2]
+        track_extent = box[:, 2:] - box[:, :2]
+        union = extent[..., 0] * extent[..., 1] + (track_extent[:, 0] * track_extent[:, 1])[:, None] - inter
+        iou = inter / union
+    return np.where(iou > 0, iou, 0.0)  # NaN and -inf compare false
 
 
 def choose_by_track(track_px: np.ndarray, detections: Detections,
-                    settings: AssociationSettings = AssociationSettings()) -> tuple[np.ndarray, np.ndarray]:
+                    settings: AssociationSettings = AssociationSettings(),
+                    keypoints: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Per camera, the person nearest the projected track.
 
-    track_px: (V, K, 2) float, the track's keypoints projected into each camera, pixels; NaN
-    where missing or behind the camera. Returns chosen (V,) int64 person index or -1, and
-    distance_px (V,) the chosen person's median keypoint distance (inf where none).
+    track_px: (V, J, 2) float, the track's keypoints projected into each camera, pixels; NaN
+    where missing or behind the camera. keypoints: (J,) indices into the detections' K axis of
+    the projected keypoints (None: all, J = K; see `association_keypoints`). Returns chosen (V,)
+    int64 person index or -1, and distance_px (V,) the chosen person's median keypoint distance
+    (inf where none).
     """
-    kp = detections.keypoints
+    kp = detections.keypoints if keypoints is None else detections.keypoints[:, :, keypoints]
     if track_px.shape != (kp.shape[0], kp.shape[2], 2):
         raise ValueError(f"choose_by_track: track_px shape {track_px.shape}, expected {(kp.shape[0], kp.shape[2], 2)}")
-    difference = kp - track_px[:, None].astype(np.float32)  # (V, P, K, 2); NaN where either is missing
-    squared = np.einsum("vpki,vpki->vpk", difference, difference)
-    median = np.sqrt(_lower_median(squared, ~np.isnan(squared), settings.min_common_keypoints))  # (V, P)
+    track_xy = np.ascontiguousarray(track_px.transpose(0, 2, 1), dtype=np.float32)  # (V, 2, J)
+    dx = kp[..., 0] - track_xy[:, None, 0]
+    dy = kp[..., 1] - track_xy[:, None, 1]
+    median = np.sqrt(_lower_median(dx * dx + dy * dy, settings.min_common_keypoints))  # (V, P)
 
-    low = np.fmin.reduce(track_px, axis=1)  # (V, 2); NaN only where nothing projects
-    high = np.fmax.reduce(track_px, axis=1)
-    track_box = np.concatenate([low, high], -1)  # (V, 4)
-    diagonal = np.hypot(high[:, 0] - low[:, 0], high[:, 1] - low[:, 1])
-    gate = np.fmax(settings.gate_px, settings.gate_body_fraction * diagonal)  # (V,)
-    iou = _box_iou(detections.boxes, track_box[:, None])  # (V, P)
+    low = np.fmin.reduce(track_xy, axis=2)  # (V, 2); NaN only where nothing projects
+    high = np.fmax.reduce(track_xy, axis=2)
+    extent = high - low
+    gate = np.fmax(settings.gate_px, settings.gate_body_fraction * np.hypot(extent[:, 0], extent[:, 1]))  # (V,)
+    iou = _box_iou(detections.boxes, np.concatenate([low, high], -1))  # (V, P)
 
-    cost = median / gate[:, None] + settings.box_weight * (1.0 - iou)
-    eligible = median <= gate[:, None]
-    cost = np.where(eligible, cost, np.inf)
+    gated = median / gate[:, None]
+    cost = np.where(gated <= 1.0, gated + settings.box_weight * (1.0 - iou), np.inf)
     chosen = np.argmin(cost, axis=1)
-    found = np.isfinite(cost[np.arange(len(chosen)), chosen])
-    distance_px = np.where(found, median[np.arange(len(chosen)), chosen], np.inf)
-    return np.where(found, chosen, NONE).astype(np.int64), distance_px
+    views = np.arange(len(chosen))
+    found = cost[views, chosen] < np.inf
+    return np.where(found, chosen, NONE), np.where(found, median[views, chosen], np.inf)
 
 
 def _cross_matrix(v: np.ndarray) -> np.ndarray:
@@ -219,8 +241,7 @@ def epipolar_distances(keypoints: np.ndarray, fundamental: np.ndarray, min_commo
     with np.errstate(invalid="ignore", divide="ignore"):
         distance = 0.5 * np.abs(residual) * (
             1.0 / norm_b.transpose(0, 2, 1, 3)[:, :, :, None, :] + 1.0 / norm_a[:, None, :, :, :])
-    valid = np.isfinite(distance)
-    median = _lower_median(distance, valid, min_common)
+    median = _lower_median(np.where(np.isfinite(distance), distance, np.nan), min_common)
     same = np.eye(n_views, dtype=bool)[:, None, :, None]
     return np.where(same, np.inf, median)
 

@@ -233,5 +233,5 @@ def test_pack_detections_rejects_wrong_shapes_and_masks_weak_keypoints():
     assert packed.keypoints.shape == (2, 1, 70, 2) and np.isnan(packed.keypoints).all()
     assert np.all(packed.confidence == 0) and packed.counts.tolist() == [1, 0]
     bad = SimpleNamespace(keypoints=np.zeros((17, 2)), confidence=np.ones(17), box=np.zeros(4))
-    with pytest.raises(ValueError, match=r"camera 0 person 0.*\(70, 2\)"):
+    with pytest.raises(ValueError, match=r"\(70, 2\).*camera 0 person 0: \(17, 2\)"):
         pack_detections([[bad]], 70, 0.3)
