@@ -156,6 +156,7 @@ class Sync(Node):
             return
         if msg.calib_version not in self.accepted_versions[camera]:
             self.count(f"calib_mismatch/{camera}")
+            self.assembler.note_rejected(camera, msg.seq)
             return
         now = time.monotonic_ns()
         outcome = self.assembler.push(camera, msg.seq, msg.t_capture_ns, now, payload=msg)

@@ -233,6 +233,15 @@ class Assembler:
             cc.last_used_t_ns = max(cc.last_used_t_ns or evicted.t_capture_ns, evicted.t_capture_ns)
         return PushOutcome.PENDING
 
+    def note_rejected(self, camera: str, seq: int) -> None:
+        """A frame of `camera` arrived but was rejected upstream of the assembler (e.g. calibration
+        mismatch): remember its seq so it is not also counted as dropped."""
+        cc = self.counters.get(camera)
+        if cc is not None and (cc.last_seq is None or seq > cc.last_seq):
+            if cc.last_seq is not None:
+                cc.dropped += seq - cc.last_seq - 1
+            cc.last_seq = seq
+
     def _is_late(self, cc: CameraCounters, t_capture_ns: int) -> bool:
         if cc.last_used_t_ns is not None and t_capture_ns <= cc.last_used_t_ns:
             return True

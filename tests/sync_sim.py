@@ -172,6 +172,8 @@ def publish_main(argv: list[str]) -> int:
     parser.add_argument("--jitter-ms", type=float, default=0.0, help="capture-time jitter (std)")
     parser.add_argument("--delay-ms", type=float, default=0.0, help="max extra delivery delay (uniform)")
     parser.add_argument("--drop-every", type=int, default=0, help="drop frames with index %% N == N-1")
+    parser.add_argument("--bad-calib-every", type=int, default=0,
+                        help="frames with index %% N == N-1 carry a calib_version that matches nothing")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
 
@@ -191,9 +193,11 @@ def publish_main(argv: list[str]) -> int:
             if args.drop_every and k % args.drop_every == args.drop_every - 1:
                 continue
             t_capture = int(args.anchor_ns + k * period_ns + (args.offset_ms + rng.normal(0, args.jitter_ms)) * 1e6)
+            stale = args.bad_calib_every and k % args.bad_calib_every == args.bad_calib_every - 1
             publisher.publish(Keypoints2D(
                 camera=args.camera, seq=k, frame_index=k, t_capture_ns=t_capture,
-                image_size=np.array(scene.image_size, np.int32), calib_version=calibration.version,
+                image_size=np.array(scene.image_size, np.int32),
+                calib_version="0123456789abcdef" if stale else calibration.version,
                 persons=persons_for(scene, args.view, k, rng)))
             publisher.service()
     finally:

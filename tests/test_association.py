@@ -235,3 +235,36 @@ def test_pack_detections_rejects_wrong_shapes_and_masks_weak_keypoints():
     bad = SimpleNamespace(keypoints=np.zeros((17, 2)), confidence=np.ones(17), box=np.zeros(4))
     with pytest.raises(ValueError, match=r"\(70, 2\).*camera 0 person 0: \(17, 2\)"):
         pack_detections([[bad]], 70, 0.3)
+
+
+# ---------------------------------------------------------------- fuzz: NaN-laden, degenerate input never raises
+
+from hypothesis import given, settings as hyp_settings, strategies as st  # noqa: E402
+from hypothesis.extra import numpy as hnp  # noqa: E402
+
+_coordinates = st.one_of(st.floats(-1e4, 1e4, width=32), st.just(float("nan")), st.just(float("inf")))
+
+
+@hyp_settings(max_examples=60, deadline=None)
+@given(data=st.data(), n_views=st.integers(1, 4), n_persons=st.integers(0, 3), n_keypoints=st.integers(1, 8))
+def test_choice_and_bootstrap_never_raise_on_garbage(scene, data, n_views, n_persons, n_keypoints):
+    persons = []
+    for _ in range(n_views):
+        here = []
+        for _ in range(data.draw(st.integers(0, n_persons))):
+            kp = data.draw(hnp.arrays(np.float32, (n_keypoints, 2), elements=_coordinates))
+            conf = data.draw(hnp.arrays(np.float32, (n_keypoints,), elements=st.floats(0, 1, width=32)))
+            box = data.draw(hnp.arrays(np.float32, (4,), elements=_coordinates))
+            here.append(SimpleNamespace(keypoints=kp, confidence=conf, box=box))
+        persons.append(here)
+    packed = pack_detections(persons, n_keypoints, 0.3)
+    track = data.draw(hnp.arrays(np.float64, (n_views, n_keypoints, 2), elements=_coordinates))
+    with np.errstate(all="ignore"):  # garbage may overflow; it must not raise or choose a non-person
+        chosen, distance = choose_by_track(track, packed, AssociationSettings(min_common_keypoints=1))
+        assert chosen.shape == (n_views,) and np.all(chosen < np.maximum(packed.counts, 1))
+        assert np.all((chosen == -1) | (chosen < packed.counts))
+        F = fundamental_matrices(scene.K[:n_views], scene.R[:n_views], scene.t[:n_views])
+        boot = bootstrap_persons(packed.keypoints, packed.counts, F, AssociationSettings(min_common_keypoints=1))
+    assert np.all((boot == -1) | (boot < packed.counts))
+    pixels, confidence = select_persons(packed, chosen)
+    assert np.all(np.isnan(pixels[chosen == -1])) and np.all(confidence[chosen == -1] == 0)

@@ -165,6 +165,10 @@ def test_push_outcomes_duplicate_restart_unknown_and_late():
     assert a.push("a", 2, 1_034 * MS, 5) == PushOutcome.PENDING  # seq went back: restart, not late
     assert a.counters["a"].seq_resets == 1 and a.counters["a"].duplicate == 1
     assert a.counters["b"].late == 1
+    a.note_rejected("b", 9)  # rejected upstream: neither a gap now nor at the next frame
+    assert a.push("b", 10, 1_036 * MS, 6) == PushOutcome.PENDING and a.counters["b"].dropped == 0
+    a.note_rejected("b", 12)
+    assert a.counters["b"].dropped == 1
 
 
 def test_bad_settings_name_the_field():
@@ -174,3 +178,33 @@ def test_bad_settings_name_the_field():
         AssemblySettings(buffer_ns=SETTINGS.frame_period_ns)
     with pytest.raises(ValueError, match="distinct camera ids"):
         Assembler(["a", "a"])
+
+
+# ---------------------------------------------------------------- fuzz: any push sequence keeps the invariants
+
+from hypothesis import given, settings as hyp_settings, strategies as st  # noqa: E402
+
+_push = st.tuples(
+    st.sampled_from(["a", "b", "c", "zz"]),  # "zz" is not a camera of the assembler
+    st.integers(0, 40),  # seq: gaps, repeats and restarts
+    st.integers(-200, 200),  # capture time, ms around a base (out of order, far jumps)
+    st.integers(0, 60),  # ms of the caller's clock since the previous push
+)
+
+
+@hyp_settings(max_examples=150, deadline=None)
+@given(st.lists(_push, max_size=80))
+def test_any_push_sequence_keeps_the_invariants(pushes):
+    assembler = Assembler(["a", "b", "c"], SETTINGS)
+    now = 0
+    sets = []
+    for camera, seq, t_ms, step_ms in pushes:
+        now += step_ms * MS
+        outcome = assembler.push(camera, seq, 10_000 * MS + t_ms * MS, now)
+        assert outcome in (PushOutcome.PENDING, PushOutcome.LATE, PushOutcome.DUPLICATE, PushOutcome.UNKNOWN_CAMERA)
+        sets += assembler.poll(now)
+        due = assembler.next_deadline_ns()
+        assert due is None or assembler.pending_count() > 0
+    sets += assembler.flush(now)
+    check_invariants(sets, assembler)
+    assert assembler.unknown_camera == sum(1 for p in pushes if p[0] == "zz")

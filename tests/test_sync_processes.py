@@ -21,11 +21,11 @@ from tests.sync_sim import make_scene, scene_camera, true_subject
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[1]
-CAMERAS = {  # name: (clock offset ms, capture jitter ms, delivery delay ms, drop every N)
-    "c0": (0.0, 1.5, 6.0, 0),
-    "c1": (6.0, 1.5, 6.0, 10),
-    "c2": (-5.0, 1.5, 6.0, 0),
-    "c3": (3.0, 1.5, 6.0, 0),
+CAMERAS = {  # name: (clock offset ms, capture jitter ms, delivery delay ms, drop every N, stale calib every N)
+    "c0": (0.0, 1.5, 6.0, 0, 0),
+    "c1": (6.0, 1.5, 6.0, 10, 0),
+    "c2": (-5.0, 1.5, 6.0, 0, 15),
+    "c3": (3.0, 1.5, 6.0, 0, 0),
 }
 MAX_SPREAD_MS = 20.0
 DEADLINE_MS = 33.3
@@ -49,12 +49,12 @@ def test_sync_node_with_camera_processes():
     endpoints = {name: f"tcp://127.0.0.1:{free_port()}" for name in CAMERAS}
     sync_endpoint = f"tcp://127.0.0.1:{free_port()}"
     cameras = {}
-    for view, (name, (offset, jitter, delay, drop)) in enumerate(CAMERAS.items()):
+    for view, (name, (offset, jitter, delay, drop, stale)) in enumerate(CAMERAS.items()):
         cameras[name] = spawn([
             "-m", "tests.sync_sim", "publish", "--endpoint", endpoints[name], "--camera", name, "--view", str(view),
             "--views", str(len(CAMERAS)), "--anchor-ns", str(anchor_ns), "--fps", str(FPS), "--frames", "600",
             "--offset-ms", str(offset), "--jitter-ms", str(jitter), "--delay-ms", str(delay),
-            "--drop-every", str(drop), "--seed", str(view)])
+            "--drop-every", str(drop), "--bad-calib-every", str(stale), "--seed", str(view)])
     settings = ('{"cameras": ["c0", "c1", "c2", "c3"], "fps": 30.0, "max_spread_ms": %s, "deadline_ms": %s}'
                 % (MAX_SPREAD_MS, DEADLINE_MS))
     sync = spawn(["-m", "streamer", "node", "sync", "--name", "sync", "--bind", sync_endpoint,
@@ -116,19 +116,21 @@ def test_sync_node_with_camera_processes():
         assert m.sync_spread_ns <= MAX_SPREAD_MS * 1e6, "never a set wider than the limit"
         if m.frame_index % 10 == 9:
             assert m.sources_seq[names.index("c1")] == -1  # c1 drops these frames at the source
+        if m.frame_index % 15 == 14:
+            assert m.sources_seq[names.index("c2")] == -1  # c2 sends these with a calib_version of nothing
 
     last_c3 = max(m.frame_index for m in messages if m.sources_seq[c3] >= 0)
     assert killed_at_frame - 3 <= last_c3 <= killed_at_frame + 15
     before = [m for m in messages if first + 5 <= m.frame_index <= killed_at_frame - 5]
     after = [m for m in messages if m.frame_index > last_c3]
-    full = [m for m in before if m.frame_index % 10 != 9]
+    full = [m for m in before if m.frame_index % 10 != 9 and m.frame_index % 15 != 14]
     assert sum(bool(np.all(m.sources_seq >= 0)) for m in full) >= 0.8 * len(full)
     assert all(m.sources_seq[c3] == -1 for m in after)
     # the stream goes on without the dead camera: partial sets, about one per frame
     span = after[-1].frame_index - after[0].frame_index + 1
     assert len(after) >= 0.8 * span
-    assert sum(int((m.sources_seq >= 0).sum()) == 3 for m in after if m.frame_index % 10 != 9) >= 0.7 * len(
-        [m for m in after if m.frame_index % 10 != 9])
+    regular = [m for m in after if m.frame_index % 10 != 9 and m.frame_index % 15 != 14]
+    assert sum(int((m.sources_seq >= 0).sum()) == 3 for m in regular) >= 0.7 * len(regular)
 
     # the tracked subject (not the distractor seen by c0 and c1) is triangulated
     usable = [m for m in messages if m.usable]
@@ -142,6 +144,10 @@ def test_sync_node_with_camera_processes():
     c1_drops = sum(1 for k in range(first, killed_at_frame + 45) if k % 10 == 9)
     assert c1_drops - 3 <= counters["dropped/c1"] <= c1_drops + 3
     assert counters.get("dropped/c0", 0) == 0
+    c2_stale = sum(1 for m in messages if m.frame_index % 15 == 14)
+    assert c2_stale - 1 <= counters["calib_mismatch/c2"] <= c2_stale + 3
+    assert "calib_mismatch/c0" not in counters
+    assert counters["dropped/c2"] == 0  # rejected frames are not also counted as dropped
     assert counters.get("sets/deadline", 0) >= 1  # the dead camera was waited for up to the deadline
     assert counters.get("sets/resolved", 0) >= 10  # ... then counted stale, not waited for
     assert gauges["sync_spread_ms_max"] <= MAX_SPREAD_MS
