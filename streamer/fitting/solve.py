@@ -1,0 +1,187 @@
+"""Levenberg-Marquardt fit of a `BodyModel` to one frame's targets (Huber data term by IRLS).
+
+Per iteration: one Jacobian of the valid keypoints with respect to the free dims
+(forward-mode autodiff, or one batched forward pass of finite differences), the
+Gauss-Newton normal equations of the IRLS-weighted data term plus the diagonal priors,
+Marquardt damping, and a step accepted only if the true objective drops. The best
+parameters are kept, cast to float32 (the wire type), and every reported number is then
+recomputed at exactly those parameters by `objective.evaluate` (ARCHITECTURE.md §4.3).
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import torch
+
+from streamer.body.model import BodyModel
+from streamer.fitting.objective import FitEvaluation, FitSettings, Prior, evaluate, huber, prior_terms
+from streamer.fitting.targets import FitTargets
+
+__all__ = ["FitResult", "fit_frame", "jacobian_method"]
+
+logger = logging.getLogger(__name__)
+
+_MAX_DAMPING_RETRIES = 6
+
+
+@dataclass(frozen=True)
+class FitResult:
+    """One frame's fit. params: (P,) float32, the shipped parameters (always finite).
+    evaluation: every loss, error and the verdict, computed at `params`. iterations: Jacobian
+    evaluations used; start_loss: the objective at the start point (NaN when not fitted)."""
+
+    params: np.ndarray
+    evaluation: FitEvaluation
+    iterations: int
+    start_loss: float
+
+
+def jacobian_method(model: BodyModel, requested: str = "auto", num_free: int | None = None) -> str:
+    """The Jacobian method to use with `model`: `requested` unless "auto"; for "auto", the faster of
+    "jacfwd" (when forward-mode autodiff runs through `model.keypoints`) and "difference", timed
+    here on the rest pose with `num_free` free dims (default: all movable)."""
+    if requested != "auto":
+        return requested
+    x = model.default_params(1)[0]
+    n = int(model.movable.sum()) if num_free is None else num_free
+    free_idx = torch.nonzero(model.movable, as_tuple=True)[0][:n].to(model.device)
+    rows = torch.nonzero(model.keypoint_defined, as_tuple=True)[0].to(model.device)
+    timings = {}
+    for method in ("difference", "jacfwd"):
+        jac = _keypoint_jacobian(model, x, free_idx, rows, method)
+        try:
+            jac(x[free_idx])  # warm-up (and a support check for jacfwd)
+            t0 = time.perf_counter()
+            for _ in range(3):
+                jac(x[free_idx])
+            timings[method] = time.perf_counter() - t0
+        except Exception as exc:  # a backend without forward-mode support: say so once
+            logger.info("jacfwd not usable with %s (%s)", model.name, exc)
+    logger.info("Jacobian timings for %s (3 runs, s): %s", model.name, timings)
+    return min(timings, key=timings.get)
+
+
+def _keypoint_jacobian(
+    model: BodyModel, base: torch.Tensor, free_idx: torch.Tensor, rows: torch.Tensor, method: str
+) -> Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+    """x_free (n,) -> (jacobian (R, 3, n), keypoints (R, 3)) of the keypoint rows `rows`, in model dtype."""
+
+    def points(x_free: torch.Tensor) -> torch.Tensor:
+        x = base.index_put((free_idx,), x_free)
+        return model.keypoints(x[None])[0, rows]
+
+    if method == "jacfwd":
+        def jac_fwd(x_free: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            def both(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+                p = points(x)
+                return p, p
+            return torch.func.jacfwd(both, has_aux=True)(x_free)
+        return jac_fwd
+
+    step = 1e-6 if model.dtype == torch.float64 else 1e-3
+
+    def jac_diff(x_free: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        n = len(x_free)
+        batch = base.expand(n + 1, -1).clone()
+        batch[:, free_idx] = x_free
+        batch[torch.arange(1, n + 1), free_idx] += step
+        with torch.no_grad():
+            kp = model.keypoints(batch)[:, rows]
+        return ((kp[1:] - kp[:1]) / step).permute(1, 2, 0), kp[0]
+
+    return jac_diff
+
+
+def fit_frame(
+    model: BodyModel,
+    targets: FitTargets,
+    start: np.ndarray,
+    free: np.ndarray,
+    prior: Prior,
+    settings: FitSettings,
+    *,
+    cold: bool = False,
+    method: str | None = None,
+) -> FitResult:
+    """Fit `model` to `targets` from `start` (P,), moving only dims where `free` (P,) is True.
+
+    cold: a fresh start (allows `max_iterations_cold`). method: a `jacobian_method` result
+    (computed once per model by the caller; "auto" here when None). Unusable targets are
+    not fitted: the start is returned, judged "unusable"."""
+    start = np.asarray(start, dtype=np.float64)
+    free = np.asarray(free, bool)
+    if start.shape != (model.num_params,) or free.shape != (model.num_params,):
+        raise ValueError(f"start, free: expected shape ({model.num_params},), got {start.shape}, {free.shape}")
+    if not np.isfinite(start).all():
+        raise ValueError("start: parameters must be finite")
+    if not targets.usable or not free.any():
+        shipped = start.astype(np.float32)
+        return FitResult(shipped, evaluate(model, shipped, targets, free, prior, settings), 0, np.nan)
+
+    method = method or jacobian_method(model, settings.jacobian)
+    dev, dtype = model.device, model.dtype
+    defined = model.keypoint_defined.cpu().numpy()
+    rows_np = np.flatnonzero(targets.valid & defined)
+    rows = torch.as_tensor(rows_np, device=dev)
+    target = torch.as_tensor(targets.points[rows_np], dtype=torch.float64)
+    weights = torch.as_tensor(targets.weights[rows_np], dtype=torch.float64)
+    weights = weights / weights.sum()
+    free_idx = torch.as_tensor(np.flatnonzero(free), device=dev)
+    base = torch.as_tensor(start, device=dev).to(dtype)
+    terms = prior_terms(model, free, prior, settings)
+    jacobian = _keypoint_jacobian(model, base, free_idx, rows, method)
+
+    def objective(x_free: torch.Tensor) -> float:
+        with torch.no_grad():
+            x = base.index_put((free_idx,), x_free.to(dev, dtype))
+            kp = model.keypoints(x[None])[0, rows].to(torch.float64).cpu()
+        dist = torch.linalg.vector_norm(kp - target, dim=1)
+        return float(weights @ huber(dist, settings.huber_m) + terms.value(x_free))
+
+    x = torch.as_tensor(start[free], dtype=torch.float64)
+    loss = start_loss = objective(x)
+    damping = settings.lm_damping
+    iterations = 0
+    max_iterations = settings.max_iterations_cold if cold else settings.max_iterations
+    while iterations < max_iterations and np.isfinite(loss):
+        jac, kp = jacobian(x.to(dev, dtype))
+        iterations += 1
+        jac, kp = jac.to(torch.float64).cpu(), kp.to(torch.float64).cpu()
+        resid = kp - target  # (R, 3)
+        dist = torch.linalg.vector_norm(resid, dim=1)
+        irls = torch.where(dist <= settings.huber_m, 1.0, settings.huber_m / dist.clamp_min(1e-12))
+        w = weights * irls  # (R,)
+        jw = jac * w[:, None, None]
+        hessian = torch.einsum("rcn,rcm->nm", jw, jac)
+        gradient = torch.einsum("rcn,rc->n", jw, resid)
+        prior_grad, prior_diag = terms.gradient_and_diagonal(x)
+        hessian = hessian + torch.diag(prior_diag)
+        gradient = gradient + prior_grad
+        diag = hessian.diagonal().clamp_min(1e-12)
+        accepted = False
+        for _ in range(_MAX_DAMPING_RETRIES):
+            step = torch.linalg.solve(hessian + torch.diag(damping * diag), -gradient)
+            candidate = x + step
+            new_loss = objective(candidate)
+            if np.isfinite(new_loss) and new_loss < loss:
+                accepted = True
+                damping = max(damping / 3.0, 1e-9)
+                break
+            damping *= 4.0
+        if not accepted:
+            break
+        decrease = loss - new_loss
+        x, loss = candidate, new_loss
+        if decrease < settings.rel_tolerance * loss:
+            break
+
+    best = start.copy()
+    best[free] = x.numpy()
+    shipped = best.astype(np.float32)
+    if not np.isfinite(shipped).all():  # cannot happen with accepted finite losses; never ship NaN
+        shipped = start.astype(np.float32)
+    return FitResult(shipped, evaluate(model, shipped, targets, free, prior, settings), iterations, start_loss)

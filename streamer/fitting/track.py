@@ -1,0 +1,275 @@
+"""One subject's fit over time: warm start, temporal priors, coasting, re-acquisition, held shape.
+
+`track_step(state, targets, t_ns, context)` is a pure function over explicit state (the fitter
+node keeps one `TrackState` per person). Per frame:
+
+- usable targets: start from the constant-velocity prediction (a Kalman over the parameters),
+  or re-initialise (`choose_start`) when there is no track or it was lost (no usable frame for
+  `lost_after_s`); fit with the acceleration prior toward that prediction; ship the fit.
+- unusable targets (or NaN input): never fitted and never fed to any filter; the root
+  translation is coasted for up to `coast_root_s` and every rotation (global and joints) for
+  `coast_pose_s` (flags PREDICTED), then held (flags MISSING).
+- after any frame that was not a fit, the next fits are slew-limited: no keypoint moves faster
+  than `max_speed_mps` between shipped poses (no jump at re-acquisition).
+- shape: free (if the model lets it move) over the first `shape_frames` good fits, then held at
+  their mean for the rest of the track.
+Every shipped number is judged at the shipped parameters (`objective.evaluate`).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+import torch
+
+from protocol.messages import PoseFlag, Verdict
+from streamer.body.model import BodyModel
+from streamer.filters import KalmanSettings, KalmanState, kalman_init, kalman_predict, kalman_step
+from streamer.fitting.init import choose_start, model_keypoints
+from streamer.fitting.objective import FitEvaluation, FitSettings, Prior, evaluate
+from streamer.fitting.solve import fit_frame, jacobian_method
+from streamer.fitting.targets import FitTargets, TargetSettings
+
+__all__ = ["TrackContext", "TrackOutput", "TrackSettings", "TrackState", "make_context", "track_init", "track_step"]
+
+_NEVER_NS = np.iinfo(np.int64).min
+
+
+@dataclass(frozen=True)
+class TrackSettings:
+    """lost_after_s: no usable frame this long -> re-initialise on the next. coast_root_s / coast_pose_s:
+    how long the root (global rotation, translation) / the pose coast on the constant-velocity
+    prediction through unusable frames. max_speed_mps: slew limit after a gap. shape_frames: good
+    fits averaged into the held shape. fit_hands: move the finger dims (else frozen). frozen_groups:
+    parameter groups never moved (e.g. "jaw"). root_accel_noise / pose_accel_noise: Kalman process
+    noise of the parameter prediction (rad/s^2 or m/s^2); param_meas_std: its measurement std."""
+
+    fit: FitSettings = field(default_factory=FitSettings)
+    targets: TargetSettings = field(default_factory=TargetSettings)
+    lost_after_s: float = 1.5
+    coast_root_s: float = 1.0
+    coast_pose_s: float = 0.2
+    max_speed_mps: float = 4.0
+    shape_frames: int = 30
+    fit_hands: bool = False
+    frozen_groups: tuple[str, ...] = ("jaw",)
+    root_accel_noise: float = 2.0
+    pose_accel_noise: float = 20.0
+    param_meas_std: float = 0.02
+
+
+@dataclass(frozen=True)
+class TrackContext:
+    """Per-model constants: free (P,) bool dims a fit may move (shape excluded); shape (P,) bool;
+    root (P,) bool the root translation dims; reference (P,) rest params; method: Jacobian method."""
+
+    model: BodyModel
+    settings: TrackSettings
+    free: np.ndarray
+    shape: np.ndarray
+    root: np.ndarray
+    reference: np.ndarray
+    defined: np.ndarray
+    method: str
+
+
+@dataclass(frozen=True)
+class TrackState:
+    """params: (P,) float64 last shipped (None before the first fit); t_ns: last step; t_fit_ns: last
+    fitted frame; root_kf / pose_kf: Kalman states of the root and the other dims; slewing: the
+    next fit is slew-limited; shape_sum / shape_count / shape_held: the shape estimate."""
+
+    params: np.ndarray | None
+    t_ns: int
+    t_fit_ns: int
+    root_kf: KalmanState
+    pose_kf: KalmanState
+    slewing: bool
+    shape_sum: np.ndarray
+    shape_count: int
+    shape_held: np.ndarray | None
+
+
+@dataclass(frozen=True)
+class TrackOutput:
+    """params: (P,) float32 shipped (finite); keypoints: (K, 3) float32 at params, zero where the model
+    has no such point; flags: (K,) uint8 PoseFlag; evaluation: losses and verdict at params (verdict
+    "unusable" on coasted / held frames); iterations; source: "fit", "coast" or "hold"."""
+
+    params: np.ndarray
+    keypoints: np.ndarray
+    flags: np.ndarray
+    evaluation: FitEvaluation
+    iterations: int
+    source: str
+
+
+def make_context(model: BodyModel, settings: TrackSettings = TrackSettings()) -> TrackContext:
+    """Constants for tracking with `model`: which dims move (movable, influential on a defined
+    keypoint, not frozen, fingers only with fit_hands), the Jacobian method."""
+    p = model.num_params
+    movable = model.movable.cpu().numpy().astype(bool)
+    g = model.groups
+    group_mask = lambda name: np.isin(np.arange(p), np.arange(p)[g[name]]) if name in g else np.zeros(p, bool)  # noqa: E731
+    shape = group_mask("shape") & movable
+    root = group_mask("transl")  # coasted long; rotations (global and joints) coast briefly
+    free = movable & ~shape
+    for name in settings.frozen_groups:
+        free &= ~group_mask(name)
+    if not settings.fit_hands:
+        free &= ~group_mask("pose_hands")
+    reference = model.default_params(1)[0].to(torch.float64).cpu().numpy()
+    defined = model.keypoint_defined.cpu().numpy().astype(bool)
+    # dims that move no defined keypoint only cost time: drop them (one batched difference pass)
+    step = 1e-3
+    batch = np.repeat(reference[None], p + 1, 0)
+    batch[np.arange(1, p + 1), np.arange(p)] += step
+    kp = model_keypoints(model, batch)[:, defined]
+    influence = np.abs(kp[1:] - kp[:1]).reshape(p, -1).max(1)
+    free &= influence > 1e-9
+    method = jacobian_method(model, settings.fit.jacobian, int(free.sum()))
+    return TrackContext(model, settings, free, shape, root, reference, defined, method)
+
+
+def track_init(context: TrackContext) -> TrackState:
+    """The state of a subject never seen."""
+    n_root = int(context.root.sum())
+    n_rest = context.model.num_params - n_root
+    return TrackState(None, _NEVER_NS, _NEVER_NS, kalman_init(n_root, 1), kalman_init(n_rest, 1), False,
+                      np.zeros(int(context.shape.sum())), 0, None)
+
+
+def _kalman_settings(context: TrackContext, accel_noise: float, max_gap_s: float) -> KalmanSettings:
+    s = context.settings
+    return KalmanSettings(accel_noise=accel_noise, meas_std=s.param_meas_std, init_speed_std=0.5,
+                          max_gap_s=max_gap_s, gate_sigma=None)
+
+
+def _flags(context: TrackContext, targets: FitTargets | None, source: str) -> np.ndarray:
+    defined = context.defined
+    if source == "fit":
+        measured = targets.valid & defined
+        return np.where(measured, PoseFlag.MEASURED, np.where(defined, PoseFlag.PREDICTED, PoseFlag.MISSING)).astype(np.uint8)
+    state = PoseFlag.PREDICTED if source == "coast" else PoseFlag.MISSING
+    return np.where(defined, state, PoseFlag.MISSING).astype(np.uint8)
+
+
+def _output(context: TrackContext, params32: np.ndarray, evaluation: FitEvaluation, targets: FitTargets | None,
+            iterations: int, source: str) -> TrackOutput:
+    kp = np.where(np.isfinite(evaluation.keypoints), evaluation.keypoints, 0.0).astype(np.float32)
+    return TrackOutput(params32, kp, _flags(context, targets, source), evaluation, iterations, source)
+
+
+def _predicted(context: TrackContext, state: TrackState, t_ns: int) -> np.ndarray | None:
+    """(P,) constant-velocity prediction of the parameters at t_ns (None without a track)."""
+    if state.params is None:
+        return None
+    pred = state.params.copy()
+    s = context.settings
+    for kf, rows, noise, gap in ((state.root_kf, context.root, s.root_accel_noise, s.coast_root_s),
+                                 (state.pose_kf, ~context.root, s.pose_accel_noise, s.coast_pose_s)):
+        p = kalman_predict(kf, t_ns, _kalman_settings(context, noise, gap)).position[:, 0]
+        ok = np.isfinite(p)
+        sub = pred[rows]
+        sub[ok] = p[ok]
+        pred[rows] = sub
+    return pred
+
+
+def _update_filters(context: TrackContext, state: TrackState, params: np.ndarray | None, t_ns: int
+                    ) -> tuple[KalmanState, KalmanState, np.ndarray]:
+    """Step both Kalman states (NaN sample = missing) and return the coasted params (held where dropped)."""
+    s = context.settings
+    sample = np.full(context.model.num_params, np.nan) if params is None else params
+    root_kf, root_out = kalman_step(state.root_kf, sample[context.root, None], t_ns,
+                                    _kalman_settings(context, s.root_accel_noise, s.coast_root_s))
+    pose_kf, pose_out = kalman_step(state.pose_kf, sample[~context.root, None], t_ns,
+                                    _kalman_settings(context, s.pose_accel_noise, s.coast_pose_s))
+    coasted = state.params.copy() if state.params is not None else sample.copy()
+    for rows, out in ((context.root, root_out), (~context.root, pose_out)):
+        sub = coasted[rows]
+        ok = out.status != PoseFlag.MISSING
+        sub[ok] = out.values[ok, 0]
+        coasted[rows] = sub
+    coasting = bool((root_out.status == PoseFlag.PREDICTED).any())
+    return root_kf, pose_kf, coasted if coasting else state.params
+
+
+def _slew_limit(context: TrackContext, previous: np.ndarray, fitted: np.ndarray, dt_s: float) -> tuple[np.ndarray, bool]:
+    """Params moved from `previous` toward `fitted` so that no defined keypoint moves more than
+    max_speed_mps * dt_s; returns (params, limited)."""
+    limit = context.settings.max_speed_mps * max(dt_s, 1e-3)
+    d = context.defined
+    kp_prev = model_keypoints(context.model, previous)[d]
+    alpha = 1.0
+    for _ in range(12):
+        cand = previous + alpha * (fitted - previous)
+        move = np.linalg.norm(model_keypoints(context.model, cand)[d] - kp_prev, axis=1).max()
+        if move <= limit:
+            return cand, alpha < 1.0
+        alpha *= 0.95 * limit / move  # keypoints are close to linear in small parameter steps
+    return previous.copy(), True
+
+
+def track_step(
+    state: TrackState, targets: FitTargets, t_ns: int, context: TrackContext,
+    *, candidates: np.ndarray | None = None,
+) -> tuple[TrackState, TrackOutput | None]:
+    """Advance one subject by one frame at `t_ns` (stage clock, ns). Returns the new state and the
+    output (None when there is nothing to ship yet, or the timestamp does not advance)."""
+    t_ns = int(t_ns)
+    if t_ns <= state.t_ns:
+        return state, None
+    model, s = context.model, context.settings
+    lost = state.params is None or (t_ns - state.t_fit_ns) * 1e-9 > s.lost_after_s
+    if not targets.usable:
+        if state.params is None:
+            return replace(state, t_ns=t_ns), None
+        root_kf, pose_kf, coasted = _update_filters(context, state, None, t_ns)
+        source = "coast" if coasted is not state.params else "hold"
+        if source == "coast":  # a coasted pose moves no faster than a fitted one may
+            coasted, _ = _slew_limit(context, state.params, coasted, (t_ns - state.t_ns) * 1e-9)
+        params32 = coasted.astype(np.float32)
+        evaluation = evaluate(model, params32, targets, context.free, Prior(), s.fit)
+        new = replace(state, params=params32.astype(np.float64), t_ns=t_ns, root_kf=root_kf, pose_kf=pose_kf,
+                      slewing=True)
+        return new, _output(context, params32, evaluation, targets, 0, source)
+
+    reference = context.reference.copy()
+    if state.shape_held is not None:
+        reference[context.shape] = state.shape_held
+    free = context.free.copy()
+    if state.shape_held is None:
+        free |= context.shape
+    prediction = None if lost else _predicted(context, state, t_ns)
+    if lost:
+        start = choose_start(model, targets, candidates=candidates, reference=reference)
+        if state.params is not None:  # keep the held shape on re-initialisation
+            start.params[context.shape] = reference[context.shape]
+        start_params, cold = start.params, True
+        root_kf, pose_kf = kalman_init(int(context.root.sum()), 1), kalman_init(int((~context.root).sum()), 1)
+        state = replace(state, root_kf=root_kf, pose_kf=pose_kf)
+    else:  # after a gap (slewing), the data may be far from the prediction: allow a cold fit's iterations
+        start_params, cold = prediction, state.slewing
+    start_params = np.where(free, start_params, reference if state.params is None else start_params)
+    if state.shape_held is not None:
+        start_params[context.shape] = state.shape_held
+    prior = Prior(prediction=prediction, previous=state.params, reference=reference)
+    result = fit_frame(model, targets, start_params, free, prior, s.fit, cold=cold, method=context.method)
+    params = result.params.astype(np.float64)
+    evaluation = result.evaluation
+    slewing = False
+    if state.slewing and state.params is not None:
+        params, slewing = _slew_limit(context, state.params, params, (t_ns - state.t_ns) * 1e-9)
+        if slewing:
+            params = params.astype(np.float32).astype(np.float64)
+            evaluation = evaluate(model, params.astype(np.float32), targets, free, prior, s.fit)
+    params32 = params.astype(np.float32)
+    root_kf, pose_kf, _ = _update_filters(context, state, params, t_ns)
+    shape_sum, shape_count, shape_held = state.shape_sum, state.shape_count, state.shape_held
+    if shape_held is None and evaluation.verdict == Verdict.GOOD:
+        shape_sum, shape_count = shape_sum + params[context.shape], shape_count + 1
+        if shape_count >= s.shape_frames:
+            shape_held = shape_sum / shape_count
+    new = TrackState(params, t_ns, t_ns, root_kf, pose_kf, slewing, shape_sum, shape_count, shape_held)
+    return new, _output(context, params32, evaluation, targets, result.iterations, "fit")
