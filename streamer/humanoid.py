@@ -35,6 +35,7 @@ __all__ = [
     "Skeleton",
     "forward_kinematics",
     "tpose_direction",
+    "tpose_keypoints",
     "joint_positions_yup",
     "retarget",
     "stage_to_yup",
@@ -81,6 +82,7 @@ BONES: tuple[str, ...] = tuple(s[0] for s in _SPEC)
 _BONE_INDEX = {b: i for i, b in enumerate(BONES)}
 PARENTS: tuple[int, ...] = tuple(-1 if s[1] is None else _BONE_INDEX[s[1]] for s in _SPEC)
 _KIND = tuple(s[2] for s in _SPEC)
+_PARENT_OR_SELF = [max(p, 0) for p in PARENTS]
 _D0 = {s[0]: np.asarray(s[3], float) / np.linalg.norm(s[3]) for s in _SPEC if s[3]}
 _S0 = {s[0]: np.asarray(s[4], float) for s in _SPEC if s[4]}
 
@@ -175,17 +177,26 @@ def _unit(v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.where(ok[..., None], v / np.where(ok, n[..., 0], 1.0)[..., None], 0.0), ok
 
 
+def _cross(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Row-wise cross product of (..., 3) arrays (np.cross is slow for small batches)."""
+    out = np.empty(np.broadcast_shapes(a.shape, b.shape))
+    out[..., 0] = a[..., 1] * b[..., 2] - a[..., 2] * b[..., 1]
+    out[..., 1] = a[..., 2] * b[..., 0] - a[..., 0] * b[..., 2]
+    out[..., 2] = a[..., 0] * b[..., 1] - a[..., 1] * b[..., 0]
+    return out
+
+
 def _frame(primary: np.ndarray, secondary: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(T, 3, 3) frames with columns e1 = primary, e2 = secondary orthogonalised, e3 = e1 x e2."""
     e1, ok1 = _unit(primary)
     e2, ok2 = _unit(secondary - np.sum(secondary * e1, -1, keepdims=True) * e1)
-    e3 = np.cross(e1, e2)
+    e3 = _cross(e1, e2)
     return np.stack([e1, e2, e3], axis=-1), ok1 & ok2
 
 
 def _swing(a: np.ndarray, b: np.ndarray, fallback_axis: np.ndarray) -> np.ndarray:
     """(T, 3, 3) shortest rotations taking unit vectors a onto b; for a ~ -b, pi about fallback_axis."""
-    v = np.cross(a, b)
+    v = _cross(a, b)
     c = np.sum(a * b, -1)
     vx = np.zeros(a.shape[:-1] + (3, 3))
     vx[..., 0, 1], vx[..., 0, 2] = -v[..., 2], v[..., 1]
@@ -199,6 +210,9 @@ def _swing(a: np.ndarray, b: np.ndarray, fallback_axis: np.ndarray) -> np.ndarra
         flip = 2.0 * axis[..., :, None] * axis[..., None, :] - np.eye(3)
         rot = np.where(opposite[..., None, None], flip, rot)
     return rot
+
+
+_F0_T = {b: _frame(_D0[b][None], _S0[b][None])[0][0].T for b in _S0}  # T-pose frames, transposed
 
 
 def retarget(keypoints_stage: np.ndarray) -> Skeleton:
@@ -223,30 +237,33 @@ def retarget(keypoints_stage: np.ndarray) -> Skeleton:
     hips_up = anchor["Neck"] - anchor["Hips"]
     torso_len = np.linalg.norm(hips_up, axis=-1, keepdims=True)
 
-    def place(bone: str, position: np.ndarray, parent: int) -> None:
-        b = _BONE_INDEX[bone]
-        ok = np.all(np.isfinite(position), -1)
-        pos[:, b] = np.where(ok[:, None], position, pos[:, parent] if parent >= 0 else 0.0)
+    def place(bones: str | list[str], positions: np.ndarray) -> None:
+        """Set bone positions (T, 3) or (T, n, 3); missing ones sit at their parent."""
+        idx = [_BONE_INDEX[bones]] if isinstance(bones, str) else [_BONE_INDEX[b] for b in bones]
+        positions = positions.reshape(n_frames, len(idx), 3)
+        parents = [PARENTS[b] for b in idx]
+        held = np.where(np.array(parents)[None, :, None] >= 0, pos[:, [max(p, 0) for p in parents]], 0.0)
+        pos[:, idx] = np.where(np.all(np.isfinite(positions), -1)[..., None], positions, held)
 
     def set_frame(bone: str, primary, secondary) -> None:
         b = _BONE_INDEX[bone]
         f_now, ok = _frame(primary, secondary)
-        f0, _ = _frame(_D0[bone][None], _S0[bone][None])
-        rot = f_now @ f0[0].T
+        rot = f_now @ _F0_T[bone]
         parent = PARENTS[b]
         held = world[:, parent] if parent >= 0 else np.eye(3)
         world[:, b] = np.where(ok[:, None, None], rot, held)
         valid[:, b] = ok
 
-    def set_swing(bone: str, target: np.ndarray) -> None:
-        b = _BONE_INDEX[bone]
-        parent = PARENTS[b]
-        d, ok = _unit(target - pos[:, b])
-        a = np.einsum("tij,j->ti", world[:, parent], _D0[bone])
-        fallback = world[:, parent, :, 2]
-        rot = _swing(a, np.where(ok[:, None], d, a), fallback) @ world[:, parent]
-        world[:, b] = np.where(ok[:, None, None], rot, world[:, parent])
-        valid[:, b] = ok
+    def set_swing(bones: str | list[str], targets: np.ndarray) -> None:
+        """Swing bones (whose parents are already posed) towards targets (T, 3) or (T, n, 3)."""
+        bones = [bones] if isinstance(bones, str) else bones
+        idx = [_BONE_INDEX[b] for b in bones]
+        parent_rot = world[:, [PARENTS[b] for b in idx]]  # (T, n, 3, 3)
+        d, ok = _unit(targets.reshape(n_frames, len(idx), 3) - pos[:, idx])
+        a = (parent_rot @ np.stack([_D0[b] for b in bones])[None, :, :, None])[..., 0]
+        rot = _swing(a, np.where(ok[..., None], d, a), parent_rot[..., :, 2]) @ parent_rot
+        world[:, idx] = np.where(ok[..., None, None], rot, parent_rot)
+        valid[:, idx] = ok
 
     def set_leaf(bone: str) -> None:
         b = _BONE_INDEX[bone]
@@ -254,7 +271,7 @@ def retarget(keypoints_stage: np.ndarray) -> Skeleton:
         valid[:, b] = np.all(np.isfinite(pos[:, b]), -1)
 
     # Torso: Hips frame from the hip line, spine chain on the hip -> neck line.
-    place("Hips", anchor["Hips"], -1)
+    place("Hips", anchor["Hips"])
     set_frame("Hips", across_hips, hips_up)
     hips_y = world[:, 0, :, 1]
     spine = pos[:, 0] + SPINE_FRACTION * torso_len * hips_y
@@ -263,62 +280,89 @@ def retarget(keypoints_stage: np.ndarray) -> Skeleton:
     blends = {"Spine": 1 / 3, "Chest": 2 / 3, "UpperChest": 1.0}
     nxt = {"Spine": "Chest", "Chest": "UpperChest", "UpperChest": "Neck"}
     for bone in ("Spine", "Chest", "UpperChest"):
-        place(bone, chain[bone], PARENTS[_BONE_INDEX[bone]])
+        place(bone, chain[bone])
         target = chain[nxt[bone]] if nxt[bone] in chain else neck
         w = blends[bone]
         h, _ = _unit(across_hips)
         s, _ = _unit(across_shoulders)
         set_frame(bone, target - chain[bone], (1 - w) * h + w * s)
-    place("Neck", neck, _BONE_INDEX["UpperChest"])
+    place("Neck", neck)
     set_frame("Neck", anchor["Head"] - neck, across_shoulders)
-    place("Head", anchor["Head"], _BONE_INDEX["Neck"])
+    place("Head", anchor["Head"])
     ear_line = kp[:, _I("right-ear")] - kp[:, _I("left-ear")]
     set_frame("Head", ear_line, anchor["HeadEnd"] - anchor["Head"])
     for leaf in ("LeftEye", "RightEye", "Jaw"):
-        place(leaf, anchor[leaf], _BONE_INDEX["Head"])
+        place(leaf, anchor[leaf])
         set_leaf(leaf)
 
-    for side in ("Left", "Right"):
+    sides = ("Left", "Right")
+
+    def both(fmt: str) -> list[str]:
+        return [fmt.format(side=side) for side in sides]
+
+    def anchors(names: list[str]) -> np.ndarray:
+        return np.stack([anchor[n] for n in names], axis=1)
+
+    # Limbs, both sides at once, one chain level at a time.
+    for chain in (("UpperLeg", "LowerLeg", "Foot"), ("Shoulder", "UpperArm", "LowerArm", "Hand")):
+        for bone, child in zip(chain, chain[1:]):
+            place(both("{side}" + bone), anchors(both("{side}" + bone)))
+            set_swing(both("{side}" + bone), anchors(both("{side}" + child)))
+        place(both("{side}" + chain[-1]), anchors(both("{side}" + chain[-1])))
+    for side in sides:
         s = side.lower()
-        # Legs.
-        place(f"{side}UpperLeg", anchor[f"{side}UpperLeg"], 0)
-        set_swing(f"{side}UpperLeg", anchor[f"{side}LowerLeg"])
-        place(f"{side}LowerLeg", anchor[f"{side}LowerLeg"], _BONE_INDEX[f"{side}UpperLeg"])
-        set_swing(f"{side}LowerLeg", anchor[f"{side}Foot"])
-        place(f"{side}Foot", anchor[f"{side}Foot"], _BONE_INDEX[f"{side}LowerLeg"])
         big, small = kp[:, _I(f"{s}-big-toe-tip")], kp[:, _I(f"{s}-small-toe-tip")]
         set_frame(f"{side}Foot", anchor[f"{side}Toes"] - anchor[f"{side}Foot"], big - small)
-        place(f"{side}Toes", anchor[f"{side}Toes"], _BONE_INDEX[f"{side}Foot"])
+        place(f"{side}Toes", anchor[f"{side}Toes"])
         set_leaf(f"{side}Toes")
-        # Arms.
-        place(f"{side}Shoulder", anchor[f"{side}Shoulder"], _BONE_INDEX["UpperChest"])
-        set_swing(f"{side}Shoulder", anchor[f"{side}UpperArm"])
-        place(f"{side}UpperArm", anchor[f"{side}UpperArm"], _BONE_INDEX[f"{side}Shoulder"])
-        set_swing(f"{side}UpperArm", anchor[f"{side}LowerArm"])
-        place(f"{side}LowerArm", anchor[f"{side}LowerArm"], _BONE_INDEX[f"{side}UpperArm"])
-        set_swing(f"{side}LowerArm", anchor[f"{side}Hand"])
-        place(f"{side}Hand", anchor[f"{side}Hand"], _BONE_INDEX[f"{side}LowerArm"])
         knuckle = lambda f: kp[:, _I(f"{s}-{f}-third-joint")]  # noqa: E731
         set_frame(f"{side}Hand", knuckle("middle") - anchor[f"{side}Hand"], knuckle("index") - knuckle("pinky"))
-        for finger in _FINGER_KP:
-            parent = _BONE_INDEX[f"{side}Hand"]
-            for seg, nxt_seg in (("Proximal", "Intermediate"), ("Intermediate", "Distal"), ("Distal", "End")):
-                bone = f"{side}{finger}{seg}"
-                place(bone, anchor[bone], parent)
-                target = anchor[f"{side}{finger}End"] if nxt_seg == "End" else anchor[f"{side}{finger}{nxt_seg}"]
-                set_swing(bone, target)
-                parent = _BONE_INDEX[bone]
+    fingers = [f"{side}{finger}" for side in sides for finger in _FINGER_KP]
+    for seg, nxt in (("Proximal", "Intermediate"), ("Intermediate", "Distal"), ("Distal", "End")):
+        bones = [f + seg for f in fingers]
+        place(bones, anchors(bones))
+        set_swing(bones, anchors([f + nxt for f in fingers]))
 
-    local_rot = np.empty_like(world)
-    local_pos = np.empty_like(pos)
-    for b, parent in enumerate(PARENTS):
-        if parent < 0:
-            local_rot[:, b] = world[:, b]
-            local_pos[:, b] = pos[:, b]
-        else:
-            local_rot[:, b] = np.swapaxes(world[:, parent], -1, -2) @ world[:, b]
-            local_pos[:, b] = np.einsum("tji,tj->ti", world[:, parent], pos[:, b] - pos[:, parent])
+    parent_rot_t = np.swapaxes(world[:, _PARENT_OR_SELF], -1, -2)
+    local_rot = parent_rot_t @ world
+    local_pos = (parent_rot_t @ (pos - pos[:, _PARENT_OR_SELF])[..., None])[..., 0]
+    local_rot[:, 0], local_pos[:, 0] = world[:, 0], pos[:, 0]  # the root is its own parent
     return Skeleton(pos, world, local_rot, local_pos, valid)
+
+
+def tpose_keypoints() -> np.ndarray:
+    """(70, 3) MHR-70 keypoints, metres, stage world (Z up), of the T-pose rotations are relative to.
+
+    A 1.7 m body standing at the origin facing stage -Y (+Z of the Y-up frame), its left at +X, arms
+    straight out along X, palms down, thumbs forward at 45 degrees, feet and toes forward.
+    `retarget` of it gives identity local rotations for every bone.
+    """
+    kp = np.full((70, 3), np.nan)
+    kp[_I("nose")] = (0, 1.65, 0.1)
+    for s, x in (("left", 1.0), ("right", -1.0)):
+        kp[_I(f"{s}-ear")] = (x * 0.08, 1.65, 0)
+        kp[_I(f"{s}-eye")] = (x * 0.03, 1.7, 0.08)
+        kp[_I(f"{s}-hip")] = (x * 0.1, 0.9, 0)
+        kp[_I(f"{s}-knee")] = (x * 0.1, 0.5, 0)
+        kp[_I(f"{s}-ankle")] = (x * 0.1, 0.1, 0)
+        kp[_I(f"{s}-heel")] = (x * 0.1, 0.05, -0.05)
+        kp[_I(f"{s}-big-toe-tip")] = (x * 0.07, 0.1, 0.15)
+        kp[_I(f"{s}-small-toe-tip")] = (x * 0.13, 0.1, 0.15)
+        kp[_I(f"{s}-shoulder")] = (x * 0.2, 1.5, 0)
+        kp[_I(f"{s}-elbow")] = (x * 0.5, 1.5, 0)
+        kp[_I(f"{s}-wrist")] = (x * 0.75, 1.5, 0)
+        for finger, z in (("index", 0.03), ("middle", 0.0), ("ring", -0.02), ("pinky", -0.04)):
+            base = np.array((x * 0.85, 1.5, z))
+            for joint, dx in (("third-joint", 0), ("second-joint", 0.04), ("first-joint", 0.07), ("tip", 0.09)):
+                kp[_I(f"{s}-{finger}-{joint}")] = base + (x * dx, 0, 0)
+        thumb_dir = np.array((x, 0, 1)) / np.sqrt(2)
+        for joint, d in (("third-joint", 0.03), ("second-joint", 0.06), ("first-joint", 0.09), ("tip", 0.11)):
+            kp[_I(f"{s}-thumb-{joint}")] = np.array((x * 0.75, 1.5, 0)) + d * thumb_dir
+        kp[_I(f"{s}-olecranon")] = (x * 0.5, 1.5, -0.03)
+        kp[_I(f"{s}-cubital-fossa")] = (x * 0.5, 1.5, 0.03)
+        kp[_I(f"{s}-acromion")] = (x * 0.21, 1.52, 0)
+    kp[_I("neck")] = (0, 1.5, 0)
+    return yup_to_stage(kp)
 
 
 def forward_kinematics(

@@ -20,9 +20,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import struct
+
 import numpy as np
-from pythonosc.osc_bundle_builder import IMMEDIATELY, OscBundleBuilder
-from pythonosc.osc_message_builder import OscMessageBuilder
 from scipy.spatial.transform import Rotation
 
 from streamer.humanoid import BONES, Skeleton, retarget
@@ -116,24 +116,37 @@ def vmc_frame_from_keypoints(keypoints_stage: np.ndarray, previous: np.ndarray |
     return vmc_frames_from_skeleton(retarget(np.asarray(keypoints_stage)[None]), previous)[0]
 
 
-def _message(address: str, *args) -> object:
-    builder = OscMessageBuilder(address=address)
+def _osc_string(text: str) -> bytes:
+    raw = text.encode("utf-8") + b"\0"
+    return raw + b"\0" * (-len(raw) % 4)
+
+
+def _osc_message(address: str, *args) -> bytes:
+    """One OSC 1.0 message: address, type tags (s, i, f), big-endian arguments."""
+    tags, body = ",", []
     for value in args:
         if isinstance(value, str):
-            builder.add_arg(value, OscMessageBuilder.ARG_TYPE_STRING)
+            tags += "s"
+            body.append(_osc_string(value))
         elif isinstance(value, (int, np.integer)) and not isinstance(value, bool):
-            builder.add_arg(int(value), OscMessageBuilder.ARG_TYPE_INT)
+            tags += "i"
+            body.append(struct.pack(">i", int(value)))
         else:
-            builder.add_arg(float(value), OscMessageBuilder.ARG_TYPE_FLOAT)
-    return builder.build()
+            tags += "f"
+            body.append(struct.pack(">f", float(value)))
+    return _osc_string(address) + _osc_string(tags) + b"".join(body)
+
+
+_BUNDLE_HEAD = _osc_string("#bundle") + struct.pack(">Q", 1)  # time tag 1 = immediately
 
 
 def vmc_bundle(frame: VmcFrame, time_s: float) -> bytes:
     """The OSC bundle (bytes, one UDP datagram) of one frame: Root/Pos, all Bone/Pos, OK 1, T time_s."""
-    bundle = OscBundleBuilder(IMMEDIATELY)
-    bundle.add_content(_message("/VMC/Ext/Root/Pos", "root", *frame.root_position, *frame.root_rotation))
-    for name, p, q in zip(frame.bone_names, frame.local_positions, frame.local_rotations):
-        bundle.add_content(_message("/VMC/Ext/Bone/Pos", name, *p, *q))
-    bundle.add_content(_message("/VMC/Ext/OK", 1))
-    bundle.add_content(_message("/VMC/Ext/T", float(time_s)))
-    return bundle.build().dgram
+    messages = [_osc_message("/VMC/Ext/Root/Pos", "root", *frame.root_position, *frame.root_rotation)]
+    values = np.concatenate([frame.local_positions, frame.local_rotations], axis=1).astype(">f4")
+    for name, row in zip(frame.bone_names, values):
+        messages.append(_osc_string("/VMC/Ext/Bone/Pos") + _osc_string(",s" + "f" * 7) + _osc_string(name)
+                        + row.tobytes())
+    messages.append(_osc_message("/VMC/Ext/OK", 1))
+    messages.append(_osc_message("/VMC/Ext/T", float(time_s)))
+    return _BUNDLE_HEAD + b"".join(struct.pack(">i", len(m)) + m for m in messages)
