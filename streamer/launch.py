@@ -49,7 +49,7 @@ import subprocess
 import sys
 import time
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from streamer.node import configure_logging, settings_from_dict, settings_schema
@@ -337,6 +337,7 @@ class _Proc:
     backoff_s: float = BACKOFF_INITIAL_S
     restarts: int = 0
     last_rc: int | None = None
+    exit_codes: list = field(default_factory=list)  # every exit seen while running
 
 
 class Supervisor:
@@ -378,6 +379,7 @@ class Supervisor:
                     continue
                 proc.popen = None
                 proc.last_rc = rc
+                proc.exit_codes.append(rc)
                 ran_s = now - proc.started_mono
                 wants = proc.spec.restart == "always" or (proc.spec.restart == "on-failure" and rc != 0)
                 if self._stopping or not wants:
@@ -408,7 +410,7 @@ class Supervisor:
                 log.error("%s did not stop in %.1f s: killing", p.spec.name, grace_s)
                 p.popen.kill()
                 p.last_rc = p.popen.wait()
-            if p.last_rc != 0:
+            if p.last_rc not in (0, -signal.SIGTERM):  # -SIGTERM: stopped while starting, before its handler
                 clean = False
                 log.warning("%s exit code %s at stop", p.spec.name, p.last_rc)
             p.popen = None

@@ -6,7 +6,9 @@ inputs (one SUB per upstream node). `Node.run()` gives it a lifecycle:
     setup()  ->  loop: poll inputs (timeout <= tick) -> on_message(topic, msg) ... on_tick(now_ns)
              ->  SIGINT/SIGTERM: teardown(), final stats, outputs flushed, sockets closed, exit 0
 
-The base also sends heartbeats when idle, tracks upstream liveness (`on_peer(name, alive)`),
+An exception in `on_message`/`on_tick` is counted (`errors/<hook>`), logged (first and every
+100th) and the loop carries on; one in `setup`/`teardown` ends the process with exit code 1
+(the launcher restarts it). The base also sends heartbeats when idle, tracks upstream liveness (`on_peer(name, alive)`),
 re-sends last-value state to late joiners, keeps the stage clock (probing the master when
 the graph names one), and publishes `NodeStats` on `stats/<name>` every `stats_interval_s`:
 fps (data messages published per second), latency p50/p95/p99 (ms, receive -> publish inside
@@ -276,7 +278,10 @@ class Node:
             self._dispatch(sub)
             now = time.monotonic_ns()
             if now >= next_tick:
-                self.on_tick(self.clock.now_ns())
+                try:
+                    self.on_tick(self.clock.now_ns())
+                except Exception:
+                    self._handler_error("on_tick")
                 tick_ns = int(self.tick_interval_s * 1e9)
                 next_tick = next_tick + tick_ns if now - next_tick < tick_ns else now + tick_ns
             pub.service(now)
@@ -306,8 +311,17 @@ class Node:
             self._recv_mono_ns = time.monotonic_ns()
             try:
                 self.on_message(topic, msg)
+            except Exception:
+                self._handler_error("on_message", topic)
             finally:
                 self._recv_mono_ns = None
+
+    def _handler_error(self, hook: str, topic: str = "") -> None:
+        """A hook raised: count it, log the first and every 100th traceback, carry on."""
+        self.counters[f"errors/{hook}"] += 1
+        n = self.counters[f"errors/{hook}"]
+        if n == 1 or n % 100 == 0:
+            self.log.exception("%s failed (%d so far)%s", hook, n, f" on {topic}" if topic else "")
 
     def _publish_stats(self, now_mono: int, window_start_mono: int) -> None:
         sub, pub = self._subscriber, self._publisher

@@ -171,3 +171,26 @@ def test_node_cli_rejects_bad_settings_with_exit_2():
     done = subprocess.run([sys.executable, "-m", "streamer", "node", "pulse", "--settings-json", '{"rate": 1}'],
                           capture_output=True, text=True, cwd=REPO, timeout=60)
     assert done.returncode == 2 and "unknown setting(s) ['rate']" in done.stderr
+
+
+@pytest.mark.slow
+def test_crashing_node_is_restarted_with_growing_backoff(tmp_path):
+    # rate_hz = 0 passes the type check but the pulse node refuses it in setup -> exit code 1
+    g = load_graph(write(tmp_path, '[graph]\nbase_port = 6620\n[nodes.bad]\nkind = "pulse"\nsettings = { rate_hz = 0.0 }\n'))
+    sup = Supervisor(g)
+    sup.start()
+    import time
+
+    end = time.monotonic() + 6.0
+    try:
+        while time.monotonic() < end:
+            sup.poll()
+            time.sleep(0.05)
+    finally:
+        rc = sup.stop()
+    proc = sup.procs["bad"]
+    assert set(proc.exit_codes) == {1}
+    # backoff 0.5, 1, 2 (+ ~0.5 s process start each): 2 or 3 restarts in 6 s, and the next wait has grown
+    assert 2 <= proc.restarts <= 4
+    assert proc.backoff_s >= 4.0
+    assert rc == 0  # nothing was running at stop

@@ -188,3 +188,31 @@ inputs = ["pulse"]
         launcher.send_signal(signal.SIGTERM)
         assert launcher.wait(20) == 0
         viewer.close(), plain.close()
+
+
+@pytest.mark.slow
+def test_hook_exceptions_are_counted_and_the_loop_goes_on():
+    from streamer.node import Input, Node, NodeConfig
+
+    class Fragile(Node):
+        INPUT_TOPICS = ("kp2d/",)
+
+        def setup(self):
+            self.tick_interval_s = 0.05
+
+        def on_message(self, topic, msg):
+            raise RuntimeError("boom")
+
+        def on_tick(self, now_ns):
+            raise RuntimeError("tick boom")
+
+    upstream = spawn_node("pulse", "--name", "up", "--bind", "tcp://127.0.0.1:6560", "--settings-json", '{"rate_hz": 50}')
+    try:
+        node = Fragile(NodeConfig(name="fragile", bind="tcp://127.0.0.1:0", inputs=(Input("up", "tcp://127.0.0.1:6560"),),
+                                  seconds=3.0))
+        assert node.run() == 0
+    finally:
+        upstream.terminate()
+        upstream.wait(10)
+    assert node.counters["errors/on_message"] > 10
+    assert node.counters["errors/on_tick"] > 10

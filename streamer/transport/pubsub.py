@@ -33,6 +33,8 @@ log = logging.getLogger(__name__)
 DEFAULT_HWM = 100  # messages per peer queue (send and receive); PUB drops beyond it
 STATE_RESEND_S = 2.0
 RECONNECT_IVL_MAX_MS = 1000
+ZMTP_HEARTBEAT_IVL_MS = 1000  # transport-level PING, so a vanished host (no TCP reset) is dropped
+ZMTP_HEARTBEAT_TIMEOUT_MS = 3000
 _MAX_BURST = 256  # messages read from one socket per fill, so one busy peer cannot starve others
 
 
@@ -63,6 +65,8 @@ class Publisher:
         self.socket.sndhwm = hwm
         self.socket.rcvhwm = hwm
         self.socket.setsockopt(zmq.XPUB_VERBOSE, 1)  # see every subscribe, not only the first per topic
+        self.socket.heartbeat_ivl = ZMTP_HEARTBEAT_IVL_MS
+        self.socket.heartbeat_timeout = ZMTP_HEARTBEAT_TIMEOUT_MS
         if curve is not None:
             make_server(self.socket, curve)
         self.socket.bind(endpoint)
@@ -179,6 +183,8 @@ class Subscriber:
             sock.linger = 0
             sock.rcvhwm = hwm
             sock.reconnect_ivl_max = RECONNECT_IVL_MAX_MS
+            sock.heartbeat_ivl = ZMTP_HEARTBEAT_IVL_MS
+            sock.heartbeat_timeout = ZMTP_HEARTBEAT_TIMEOUT_MS
             if curve is not None:
                 if not server_keys or peer not in server_keys:
                     raise ValueError(f"CURVE subscriber: no server public key for peer {peer!r}")
