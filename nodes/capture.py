@@ -23,7 +23,7 @@ import numpy as np
 
 from protocol import Keypoints2D, RigCalibration
 from streamer.calibration import Rig
-from streamer.capture.boxes import BoxPolicy
+from streamer.capture.boxes import BoxPolicy, merge_detections
 from streamer.capture.estimator import Estimator, View
 from streamer.capture.latest import LatestFrameGrabber, SequentialReader
 from streamer.capture.sources import (
@@ -159,14 +159,17 @@ class Capture(Node):
 
     def _view(self, camera: str, frame: Frame) -> View:
         K = self.rig.camera(camera).K if self.rig is not None else self._default_K(frame.image_size)
+        # hint/<cam> (the sync node's 3D track re-projected, proposed) is not on the wire yet: no hint until it is
         hinted, run_detector = self.policy.plan(camera, frame.t_capture_ns, None, frame.image_size)
+        boxes = scores = track_ids = None
         if hinted is not None:
             boxes, scores, track_ids = hinted
-        elif self.detector is not None and run_detector:
-            boxes, scores = self.detector.detect(frame.image)
-            track_ids = np.full(len(boxes), -1, np.int64)
-        else:
-            boxes = scores = track_ids = None
+        if self.detector is not None and run_detector:
+            det_boxes, det_scores = self.detector.detect(frame.image)
+            if boxes is None:
+                boxes, scores, track_ids = det_boxes, det_scores, np.full(len(det_boxes), -1, np.int64)
+            else:  # while tracked: add only the people no hint covers
+                boxes, scores, track_ids = merge_detections(boxes, scores, track_ids, det_boxes, det_scores)
         return View(camera, frame.image, K, boxes=boxes, box_scores=scores, track_ids=track_ids)
 
     def on_tick(self, now_ns: int) -> None:
