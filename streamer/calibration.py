@@ -264,9 +264,18 @@ class Rig:
     def to_camera_columns(self, points: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """points: (3, N) world, metres (coordinate-first) -> x, y, z: (V, N) each, camera frame of every view."""
         V = len(self)
-        cam = (self._stack["R_rows"] @ points).reshape(V, 3, -1)  # one GEMM for every view
+        # einsum, not matmul: a (3V, 3) x (3, N) product is too small for BLAS threads, which only contend
+        # for the cores with the other processes of the stage (measured: 20x slower under load at V = 16).
+        cam = np.einsum("ij,jn->in", self._stack["R_rows"], points).reshape(V, 3, -1)
         t = self._stack["t"]
         return cam[:, 0] + t[:, 0, None], cam[:, 1] + t[:, 1, None], cam[:, 2] + t[:, 2, None]
+
+    def to_camera(self, points: np.ndarray) -> np.ndarray:
+        """points: (..., K, 3) world, metres -> (..., V, K, 3) camera frame of every view."""
+        points = np.asarray(points, dtype=np.float64)
+        x, y, z = self.to_camera_columns(points.reshape(-1, 3).T)  # (V, N) each
+        out = np.stack([x, y, z], axis=-1).reshape((len(self),) + points.shape)
+        return np.moveaxis(out, 0, -3)
 
     def distort_columns(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """x, y: (V, N) undistorted normalised coordinates -> u, v: (V, N) distorted pixels (OpenCV model)."""

@@ -46,6 +46,7 @@ class TriangulationSettings:
     min_confidence: observations with confidence <= this are ignored.
     huber_px: Huber scale of the LM robust weights, pixels.
     lm_iterations: Levenberg-Marquardt iterations (each: one batched projection of 4 points per keypoint).
+    max_pairs: most view pairs seeding candidates (all pairs up to 8 views; a spread subset beyond).
     prior_gate_m: distance from the previous 3D point at which the prior term saturates, metres.
     prior_weight: prior cost at saturation, in units of one outlier view (threshold_px squared).
     """
@@ -54,15 +55,17 @@ class TriangulationSettings:
     min_confidence: float = 0.0
     huber_px: float = 4.0
     lm_iterations: int = 2
+    max_pairs: int = 32
     prior_gate_m: float = 0.2
     prior_weight: float = 1.0
 
     def __post_init__(self) -> None:
         if not self.threshold_px > 0 or not self.huber_px > 0 or not self.prior_gate_m > 0:
             raise ValueError("TriangulationSettings: threshold_px, huber_px and prior_gate_m must be > 0")
-        if self.lm_iterations < 0 or self.prior_weight < 0 or not 0 <= self.min_confidence < 1:
+        if self.lm_iterations < 0 or self.prior_weight < 0 or not 0 <= self.min_confidence < 1 or self.max_pairs < 1:
             raise ValueError(
-                "TriangulationSettings: lm_iterations >= 0, prior_weight >= 0, 0 <= min_confidence < 1 required"
+                "TriangulationSettings: lm_iterations >= 0, prior_weight >= 0, 0 <= min_confidence < 1, "
+                "max_pairs >= 1 required"
             )
 
 
@@ -140,9 +143,16 @@ _SYM_DIAGONAL = [0, 3, 5]
 
 
 @lru_cache(maxsize=64)
-def _pairs(V: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """All view pairs (first < second) and their index: three (P,) int arrays."""
+def _pairs(V: int, max_pairs: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """View pairs (first < second) seeding the candidates, and their index: three (P,) int arrays.
+
+    All V (V - 1) / 2 pairs up to `max_pairs`; beyond, `max_pairs` pairs evenly spread over the list of
+    all pairs (every view keeps about 2 max_pairs / V pairs, with short and long baselines).
+    """
     first, second = np.triu_indices(V, k=1)
+    if len(first) > max_pairs:
+        keep = np.unique(np.linspace(0, len(first) - 1, max_pairs).round().astype(int))
+        first, second = first[keep], second[keep]
     return first, second, np.arange(len(first))
 
 
@@ -225,7 +235,7 @@ def triangulate_robust(
     A, b = _linear_terms(rig, nx, ny, weights * weights)
 
     # 2. candidates from every pair of views: (3, P, K)
-    first, second, pairs = _pairs(V)
+    first, second, pairs = _pairs(V, settings.max_pairs)
     P = len(first)
     candidates, pair_ok = _solve3(A[:, first] + A[:, second], b[:, first] + b[:, second])
     pair_ok &= observed[first] & observed[second]
