@@ -131,3 +131,24 @@ def test_bad_content_names_the_file(tmp_path, outputs):
     np.save(root / "npy" / "0" / "c0.npy", np.arange(3))
     with pytest.raises(LegacyImportError, match="c0.npy: expected a SAM-3D Body output dict"):
         import_legacy(root, tmp_path / "t4.mcap", _rig(), fps=30, trust_pickle=True)
+
+
+def test_cli_route_streamer_import_legacy(tmp_path, outputs, capsys):
+    """`streamer import legacy ROOT OUT --calibration FILE --fps F --trust-pickle` through the importer dispatcher,
+    with an aniposelib-style calibration TOML whose camera names equal the .npy stems."""
+    from tools.importers import main as import_main
+
+    root = _tree(tmp_path, outputs)
+    lines = []
+    for i, cam in enumerate(_rig()):
+        lines += [f"[cam_{i}]", f'name = "{cam.name}"', f"size = [{cam.image_size[0]}, {cam.image_size[1]}]",
+                  f"matrix = {cam.K.tolist()}", f"distortions = {cam.dist.tolist()}",
+                  f"rotation = {cam.rvec.tolist()}", f"translation = {cam.t.tolist()}", "fisheye = false", ""]
+    (tmp_path / "calib.toml").write_text("\n".join(lines))
+    out = tmp_path / "cli.mcap"
+    code = import_main(["legacy", str(root), str(out), "--calibration", str(tmp_path / "calib.toml"), "--fps", "25",
+                        "--trust-pickle"])
+    assert code == 0, capsys.readouterr()
+    assert "5 kp2d messages" in capsys.readouterr().out
+    topics = [t for _, t, _ in read_take(out)]
+    assert topics.count("calib") == 1 and topics.count("kp2d/c0") == 3 and topics.count("kp2d/c1") == 2
