@@ -12,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from protocol import NodeStats, Points3D, Pose, PoseFlag, Verdict
 from streamer.monitoring import MonitorSettings, StageStatus, render_table
@@ -203,3 +205,24 @@ def test_monitor_logs_a_replayed_take_to_rerun_and_it_reads_back(tmp_path):
     kp2d = data["/world/cameras/cam3/kp2d"]["Points2D:positions"]
     assert len(kp2d) >= 1 and len(kp2d[0]) == 70
     assert "Pinhole:image_from_camera" in data["/world/cameras/cam0"]
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.tuples(st.integers(1, 6), st.integers(0, 70), st.one_of(st.floats(0, 1e4), st.just(float("nan"))),
+                          st.integers(-10**12, 10**12)), min_size=1, max_size=20))
+def test_status_never_crashes_on_odd_but_valid_messages(items):
+    status = StageStatus()
+    rng = np.random.default_rng(0)
+    for n_views, n_points, value, t in items:
+        cams = [f"c{i}" for i in range(n_views)]
+        reproj = np.full((n_points, n_views), value, np.float32)
+        msg = Points3D(t_ns=t, frame_index=0, person_id=0, calib_version="v", cameras=cams,
+                       sources_seq=np.zeros(n_views, np.int64), sync_spread_ns=abs(t) % 10**8,
+                       points=rng.normal(size=(n_points, 3)).astype(np.float32), n_views=np.zeros(n_points, np.uint8),
+                       inliers=np.zeros((n_points, n_views), bool), reproj_px=reproj,
+                       confidence=np.zeros(n_points, np.float32), mean_reproj_px=value, usable=False)
+        status.update("points3d", msg, t)
+        status.update("stats/x", _stats("x", t, {f"received/{cams[0]}": abs(t) % 1000, "dropped/c9": 1},
+                                        {f"fps/{cams[-1]}": value}), t)
+    report = status.report(items[-1][3] + 10**9)
+    assert render_table(report).endswith("\n")
