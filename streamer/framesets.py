@@ -31,7 +31,7 @@ from __future__ import annotations
 import bisect
 import logging
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 __all__ = ["AssemblySettings", "Assembler", "CameraCounters", "Frame", "FrameSet", "PushOutcome"]

@@ -38,13 +38,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def spawn(args: list[str]) -> subprocess.Popen:
+def spawn(args: list[str], log: Path) -> subprocess.Popen:
+    """A child process from the repository root; its output goes to `log` (a pipe could fill and block it)."""
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    return subprocess.Popen([sys.executable, *args], cwd=REPO, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    with open(log, "w") as out:
+        return subprocess.Popen([sys.executable, *args], cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
 
 
-def test_sync_node_with_camera_processes():
+def test_sync_node_with_camera_processes(tmp_path):
     anchor_ns = time.time_ns() + 4_000_000_000
     endpoints = {name: f"tcp://127.0.0.1:{free_port()}" for name in CAMERAS}
     sync_endpoint = f"tcp://127.0.0.1:{free_port()}"
@@ -54,12 +55,12 @@ def test_sync_node_with_camera_processes():
             "-m", "tests.sync_sim", "publish", "--endpoint", endpoints[name], "--camera", name, "--view", str(view),
             "--views", str(len(CAMERAS)), "--anchor-ns", str(anchor_ns), "--fps", str(FPS), "--frames", "600",
             "--offset-ms", str(offset), "--jitter-ms", str(jitter), "--delay-ms", str(delay),
-            "--drop-every", str(drop), "--bad-calib-every", str(stale), "--seed", str(view)])
+            "--drop-every", str(drop), "--bad-calib-every", str(stale), "--seed", str(view)], tmp_path / f"{name}.log")
     settings = ('{"cameras": ["c0", "c1", "c2", "c3"], "fps": 30.0, "max_spread_ms": %s, "deadline_ms": %s}'
                 % (MAX_SPREAD_MS, DEADLINE_MS))
     sync = spawn(["-m", "streamer", "node", "sync", "--name", "sync", "--bind", sync_endpoint,
                   *[a for name, ep in endpoints.items() for a in ("--input", f"{name}={ep}")],
-                  "--settings-json", settings, "--seconds", "60"])
+                  "--settings-json", settings, "--seconds", "60"], tmp_path / "sync.log")
     sub = Subscriber({"sync": sync_endpoint}, ("points3d", "calib", "stats/sync"))
     points: list[tuple[int, Points3D]] = []  # (receive time, message)
     rig_msg, stats, killed_at_frame = None, None, None
@@ -81,7 +82,8 @@ def test_sync_node_with_camera_processes():
                     killed_at_frame = msg.frame_index
                 if killed_at_frame is not None and msg.frame_index >= killed_at_frame + 45:
                     break
-        assert killed_at_frame is not None, f"sync produced {len(points)} points3d; stderr: {sync.stderr}"
+        assert killed_at_frame is not None, \
+            f"sync produced {len(points)} points3d; log: {(tmp_path / 'sync.log').read_text()[-3000:]}"
         sync.send_signal(signal.SIGTERM)
         until = time.monotonic() + 5
         while time.monotonic() < until:  # the final stats come after teardown
@@ -96,7 +98,7 @@ def test_sync_node_with_camera_processes():
                 proc.kill()
             proc.wait(10)
         sub.close()
-    assert sync.returncode == 0, sync.stderr.read()
+    assert sync.returncode == 0, (tmp_path / "sync.log").read_text()[-3000:]
 
     # the merged rig is republished downstream as state
     scene = make_scene(len(CAMERAS))
