@@ -28,7 +28,7 @@ import numpy as np
 from streamer.capture.estimator import View
 from streamer.capture.sources import VideoFileSource
 
-__all__ = ["main", "measure_camera", "pose2sim_agreement"]
+__all__ = ["main", "measure_camera", "pose2sim_agreement", "slow_estimator_drops"]
 
 _TRIAL = Path("pose2sim_demo") / "S00_P00_T01_BalancingTrial"
 _DEFAULT_VIDEOS = _TRIAL / "videos"
@@ -60,6 +60,25 @@ def measure_camera(path: Path, estimator, max_frames: int) -> dict:
     elapsed = time.perf_counter() - start
     return {"frames": len(decode_ms), "fps": len(decode_ms) / elapsed if elapsed > 0 else 0.0,
             "decode_ms": decode_ms, "estimate_ms": estimate_ms, "image_size": size}
+
+
+def slow_estimator_drops(path: Path, estimator_ms: float) -> dict:
+    """Latest-frame semantics measured: the video paced at its own rate (a camera), an 'estimator' that takes
+    estimator_ms per frame (a sleep). Staleness = delivery time - release time of the delivered frame."""
+    from streamer.capture.latest import LatestFrameGrabber
+
+    staleness_ms = []
+    with LatestFrameGrabber(VideoFileSource(path), pace=True) as grabber:
+        while (frame := grabber.latest(timeout_s=2.0)) is not None:
+            staleness_ms.append((time.monotonic_ns() - grabber.release_monotonic_ns(frame)) / 1e6)
+            time.sleep(estimator_ms / 1e3)
+        counts = grabber.counts
+    staleness = np.array(staleness_ms)
+    half = len(staleness) // 2
+    return {**counts, "estimator_ms": estimator_ms, "staleness_p50_ms": round(float(np.median(staleness)), 1),
+            "staleness_max_ms": round(float(staleness.max()), 1),
+            "staleness_p50_first_half_ms": round(float(np.median(staleness[:half])), 1),
+            "staleness_p50_second_half_ms": round(float(np.median(staleness[half:])), 1)}
 
 
 def _median(values: np.ndarray) -> float:
@@ -159,6 +178,8 @@ def main(argv: list[str]) -> int:
                         help="video file stems inside --videos")
     parser.add_argument("--frames", type=int, default=100, help="frames per camera")
     parser.add_argument("--estimator", choices=("mediapipe", "none"), default="mediapipe")
+    parser.add_argument("--slow-estimator-ms", type=float, default=40.0,
+                        help="latest-frame check: a paced camera video against an estimator this slow (0: skip)")
     parser.add_argument("--accuracy", action="store_true",
                         help="also compare triangulated MediaPipe with the OpenPose-based results on the Pose2Sim trial")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
@@ -200,6 +221,8 @@ def main(argv: list[str]) -> int:
         summary["note"] = note
     if accuracy is not None:
         summary["accuracy"] = accuracy
+    if args.slow_estimator_ms > 0:
+        summary["slow_estimator"] = slow_estimator_drops(paths[0], args.slow_estimator_ms)
     if args.json:
         print(json.dumps(summary))
         return 0
@@ -212,6 +235,12 @@ def main(argv: list[str]) -> int:
         print(f"{camera:<10} {r['frames']:>6} {f'{w}x{h}':>11} {r['fps']:>8.1f}")
     print(f"decode p50 {summary['decode_ms_p50']:.1f} ms/frame"
           + (f", estimator p50 {summary['estimate_ms_p50']:.1f} ms/frame" if estimator is not None else ""))
+    if "slow_estimator" in summary:
+        slow = summary["slow_estimator"]
+        print(f"\nlatest-frame grabber, {args.cameras[0]} paced at its frame rate, estimator {slow['estimator_ms']:.0f} ms: "
+              f"grabbed {slow['grabbed']}, delivered {slow['delivered']}, dropped {slow['dropped']}; staleness p50 "
+              f"{slow['staleness_p50_ms']} ms (first half {slow['staleness_p50_first_half_ms']}, second half "
+              f"{slow['staleness_p50_second_half_ms']}), max {slow['staleness_max_ms']} ms")
     if accuracy is not None:
         print(f"\nMediaPipe vs OpenPose on the Pose2Sim balancing trial ({accuracy['frames']} frames x 4 cameras, "
               f"{accuracy['keypoints']} common keypoints):")

@@ -33,6 +33,7 @@ class LatestFrameGrabber:
 
     grabbed / delivered / dropped: cumulative counts; grabbed == delivered + dropped + backlog.
     `error`: the exception that stopped the source, if any (the stream then ends).
+    With pace: `release_monotonic_ns(frame)` is when a frame was due (monotonic clock).
     """
 
     def __init__(self, source: FrameSource, *, pace: bool = False):
@@ -42,6 +43,8 @@ class LatestFrameGrabber:
         self.delivered = 0
         self.dropped = 0
         self.error: BaseException | None = None
+        self._pace_origin_ns: int | None = None  # monotonic time at which the first frame was due
+        self._first_t_ns: int | None = None
         self._slot: Frame | None = None
         self._ended = False
         self._stop = threading.Event()
@@ -104,19 +107,22 @@ class LatestFrameGrabber:
 
     # ------------------------------------------------------------ grabber thread
 
+    def release_monotonic_ns(self, frame: Frame) -> int:
+        """Monotonic time at which a paced frame was due (its capture time relative to the first frame's)."""
+        if self._pace_origin_ns is None or self._first_t_ns is None:
+            raise ValueError("release_monotonic_ns: the grabber is not pacing or has not read a frame yet")
+        return self._pace_origin_ns + frame.t_capture_ns - self._first_t_ns
+
     def _run(self) -> None:
-        start_monotonic = time.monotonic_ns()
-        first_t_ns: int | None = None
         try:
             while not self._stop.is_set():
                 frame = self.source.read()
                 if frame is None:
                     break
                 if self.pace:
-                    if first_t_ns is None:
-                        first_t_ns = frame.t_capture_ns
-                    due_ns = start_monotonic + frame.t_capture_ns - first_t_ns
-                    wait_s = (due_ns - time.monotonic_ns()) / 1e9
+                    if self._first_t_ns is None:
+                        self._first_t_ns, self._pace_origin_ns = frame.t_capture_ns, time.monotonic_ns()
+                    wait_s = (self.release_monotonic_ns(frame) - time.monotonic_ns()) / 1e9
                     if wait_s > 0 and self._stop.wait(wait_s):
                         break
                 with self._cond:
