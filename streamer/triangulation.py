@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 MIN_VIEWS = 2
 _FD_STEP_M = 1e-6  # forward-difference step for the LM Jacobian, metres
 _MIN_DEPTH_M = 1e-3
+_MAX_ABS_PIXEL = 1e6  # coordinates beyond this are garbage, treated as not observed
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,7 +112,9 @@ def _prepare(pixels, confidence, rig: Rig, min_confidence: float) -> tuple[np.nd
     confidence = np.asarray(confidence, dtype=np.float64)
     if confidence.shape != (V, K):
         raise ValueError(f"triangulate: confidence must be (V, K) = {(V, K)}, got {confidence.shape}")
-    finite = np.isfinite(pixels[..., 0]) & np.isfinite(pixels[..., 1]) & np.isfinite(confidence)
+    with np.errstate(invalid="ignore"):
+        finite = (np.abs(pixels[..., 0]) < _MAX_ABS_PIXEL) & (np.abs(pixels[..., 1]) < _MAX_ABS_PIXEL)
+    finite &= np.isfinite(confidence)
     weights = np.where(finite & (confidence > min_confidence), np.minimum(confidence, 1.0), 0.0)
     return pixels, weights, weights > 0
 
@@ -128,8 +131,12 @@ def _missing(V: int, K: int) -> Triangulation:
 
 
 def _undistort(rig: Rig, pixels: np.ndarray, observed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """-> nx, ny: (V, K) normalised undistorted coordinates, 0 where not observed."""
-    normalised = rig.undistort(pixels)
+    """-> nx, ny: (V, K) normalised undistorted coordinates, 0 where not observed.
+
+    `observed` (V, K) is updated in place: points OpenCV cannot undistort are not observed.
+    """
+    normalised = rig.undistort(np.where(observed[..., None], pixels, np.nan))
+    observed &= np.isfinite(normalised[..., 0]) & np.isfinite(normalised[..., 1])  # in place: callers see it
     nx = np.where(observed, normalised[..., 0], 0.0)
     ny = np.where(observed, normalised[..., 1], 0.0)
     return nx, ny
@@ -199,7 +206,8 @@ def _solve3(A: np.ndarray, r: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def _reproj_error(rig: Rig, points: np.ndarray, pixels: np.ndarray) -> np.ndarray:
     """points (K, 3), pixels (V, K, 2) -> (V, K) distorted-pixel error; inf behind a camera or where NaN."""
     u, v = rig.project_columns(points.T)
-    err = np.sqrt((u - pixels[..., 0]) ** 2 + (v - pixels[..., 1]) ** 2)
+    with np.errstate(over="ignore", invalid="ignore"):
+        err = np.hypot(u - pixels[..., 0], v - pixels[..., 1])
     return np.where(np.isnan(err), np.inf, err)
 
 
@@ -232,6 +240,7 @@ def triangulate_robust(
         return _missing(V, K)
     tau2 = settings.threshold_px**2
     nx, ny = _undistort(rig, pixels, observed)
+    weights = np.where(observed, weights, 0.0)
     A, b = _linear_terms(rig, nx, ny, weights * weights)
 
     # 2. candidates from every pair of views: (3, P, K)
@@ -265,7 +274,7 @@ def triangulate_robust(
     # 5. reseed from all inliers; 6. gate in distorted pixels and LM refinement; 7. contract
     points = _reseed(A, b, inliers)
     points, err, inliers = _refine_lm(rig, points, pixels, weights, observed, inliers, settings)
-    return _finish(points, err, weights, observed, inliers, tau2)
+    return _finish(points, err, weights, observed, inliers, settings.threshold_px)
 
 
 def _reseed(A: np.ndarray, b: np.ndarray, inliers: np.ndarray) -> np.ndarray:
@@ -295,7 +304,7 @@ def _refine_lm(
     k = X.shape[1]
     seen = observed[:, active]
     target = np.where(seen, pixels[:, active].transpose(2, 0, 1), 0.0).reshape(2 * V, k)  # u rows, then v rows
-    delta, tau2 = settings.huber_px, settings.threshold_px**2
+    delta = settings.huber_px
     offsets = np.zeros((3, 4, 1))
     offsets[[0, 1, 2], [1, 2, 3]] = _FD_STEP_M
 
@@ -322,7 +331,7 @@ def _refine_lm(
         return cost, JtJ, Jtr
 
     uv, resid, norm = project(X)
-    gated = inliers[:, active] & (norm * norm < tau2)
+    gated = inliers[:, active] & (norm < settings.threshold_px)
     mask = np.where(gated, weights[:, active], 0.0)
     cost, JtJ, Jtr = normal_equations(uv, resid, norm, mask)
     lam = np.full(k, 1e-3)
@@ -348,9 +357,9 @@ def _refine_lm(
     return out, err_out, gated_all
 
 
-def _finish(points, err, weights, observed, inliers, tau2) -> Triangulation:
+def _finish(points, err, weights, observed, inliers, threshold_px: float) -> Triangulation:
     """Apply the contract. points (3, K); err, observed, inliers, weights (V, K)."""
-    inliers = inliers & observed & (err * err < tau2)
+    inliers = inliers & observed & (err < threshold_px)
     n_views = inliers.sum(axis=0)
     valid = (n_views >= MIN_VIEWS) & np.all(np.isfinite(points), axis=0)
     inliers &= valid
@@ -382,6 +391,7 @@ def triangulate_dlt(
     if V < MIN_VIEWS or K == 0 or not observed.any():
         return _missing(V, K)
     nx, ny = _undistort(rig, pixels, observed)
+    weights = np.where(observed, weights, 0.0)
     P = np.concatenate([rig.R, rig.t[:, :, None]], axis=2)  # (V, 3, 4)
     rows_x = (nx[..., None] * P[:, None, 2] - P[:, None, 0]) * weights[..., None]  # (V, K, 4)
     rows_y = (ny[..., None] * P[:, None, 2] - P[:, None, 1]) * weights[..., None]
