@@ -1,0 +1,151 @@
+"""`SyntheticStage`: virtual cameras around animated Anny bodies, as a capture source with ground truth.
+
+The animation of every person (one motion cycle, periodic) is computed once at construction,
+batched through the body model; live generation is then only interpolation, projection and the
+observation model, cheap enough for 8 cameras at 60 fps on one core.
+
+Timing model of camera c, frame k (seconds from `t0_ns`):
+    exposure  = k / fps + phase_c + jitter_ck     (phase_c uniform in [0, 1/fps) unless genlocked)
+    reported  = exposure + offset_c               (offset_c: the camera's clock error, constant)
+The observed points are the truth at the exposure time; `t_capture_ns` carries the reported time.
+Truth frame k is at exactly k / fps. Frame k of camera c is dropped (no message) with
+`drop_rate`. Every random draw is seeded by (seed, camera, frame): any call order gives the same data.
+
+Persons: 0 is the subject; 1 is a distractor walking a wider circle the other way (optional).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from protocol.messages import Keypoints2D, PersonTruth, RigCalibration, Truth
+from streamer.body.anny_model import AnnyBody
+from streamer.calibration import Rig
+from streamer.synthetic.motion import Animation, MotionSettings, animate
+from streamer.synthetic.observe import ObservationSettings, Observed, observe_persons
+from streamer.synthetic.rig import RigSettings, ring_rig
+
+__all__ = ["StageSettings", "SyntheticStage"]
+
+_NS = 1_000_000_000
+
+
+@dataclass(frozen=True)
+class StageSettings:
+    """Everything that defines a synthetic take; equal settings give identical data."""
+
+    rig: RigSettings = field(default_factory=RigSettings)
+    motion: MotionSettings = field(default_factory=MotionSettings)
+    observation: ObservationSettings = field(default_factory=ObservationSettings)
+    seed: int = 0
+    distractor: bool = True
+    distractor_path_radius_m: float = 2.2
+    t0_ns: int = _NS  # stage-clock time of frame 0 (> 0 so that negative clock offsets stay valid)
+
+    def content_hash(self) -> str:
+        """16 hex digits of sha256 over all settings (the take id of a recording)."""
+        return hashlib.sha256(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:16]
+
+
+class SyntheticStage:
+    """A synthetic capture stage. See the module docstring for the timing and person model.
+
+    body: the Anny body model to animate (built if not given; shared to save start-up time).
+    """
+
+    def __init__(self, settings: StageSettings | None = None, body: AnnyBody | None = None) -> None:
+        self.settings = settings or StageSettings()
+        s = self.settings
+        self.body = body or AnnyBody()
+        self.rig: Rig = ring_rig(s.rig)
+        self.fps = float(s.rig.fps)
+        self.camera_names: list[str] = self.rig.names
+        self._single = {name: self.rig.subset([name]) for name in self.camera_names}
+        self._centers = {cam.name: cam.center for cam in self.rig.cameras}
+        self.animations: list[Animation] = [animate(self.body, s.motion, fps=self.fps, seed=s.seed, person=0)]
+        if s.distractor:
+            self.animations.append(animate(self.body, s.motion, fps=self.fps, seed=s.seed, person=1,
+                                           path_radius_m=s.distractor_path_radius_m))
+        self.cycle_frames = self.animations[0].num_frames
+        obs = s.observation
+        self._phase_s, self._offset_s = {}, {}
+        for index, name in enumerate(self.camera_names):
+            rng = np.random.default_rng([s.seed, 1_000_000 + index])
+            self._phase_s[name] = rng.uniform(0, 1 / self.fps) if obs.trigger_phase else 0.0
+            self._offset_s[name] = obs.clock_offset_ms * 1e-3 * rng.standard_normal()
+        self._camera_index = {name: i for i, name in enumerate(self.camera_names)}
+
+    # -- ground truth and calibration ------------------------------------------------------
+
+    def calibration(self) -> RigCalibration:
+        """The `calib` message of the whole rig (version = content hash)."""
+        return self.rig.to_message()
+
+    def frame_time_ns(self, frame_index: int) -> int:
+        """Nominal (true) stage time of frame `frame_index`."""
+        return self.settings.t0_ns + round(frame_index * _NS / self.fps)
+
+    def truth_points(self, frame_index: int) -> np.ndarray:
+        """(N, 70, 3) true points of every person at frame `frame_index`, metres, world."""
+        k = frame_index % self.cycle_frames
+        return np.stack([a.keypoints[k] for a in self.animations])
+
+    def truth(self, frame_index: int) -> Truth:
+        """The `truth` message of frame `frame_index` (person 0 = subject, 1 = distractor)."""
+        k = frame_index % self.cycle_frames
+        persons = [PersonTruth(person_id=i, keypoints=a.keypoints[k].astype(np.float32), params=a.params[k].copy())
+                   for i, a in enumerate(self.animations)]
+        return Truth(t_ns=self.frame_time_ns(frame_index), frame_index=frame_index, persons=persons)
+
+    def points_at(self, t_s: float) -> np.ndarray:
+        """(N, 70, 3) true points at time `t_s` after frame 0 (linear between frames, periodic)."""
+        f = t_s * self.fps
+        base = math.floor(f)
+        w = f - base
+        i0, i1 = base % self.cycle_frames, (base + 1) % self.cycle_frames
+        return np.stack([(1 - w) * a.keypoints[i0] + w * a.keypoints[i1] for a in self.animations])
+
+    # -- observations ----------------------------------------------------------------------
+
+    def observe_detailed(self, frame_index: int, camera: str) -> tuple[Keypoints2D | None, Observed | None]:
+        """(message, what the observation model did), or (None, None) for a dropped frame."""
+        if camera not in self._camera_index:
+            raise KeyError(f"no camera {camera!r} in the synthetic rig; known: {', '.join(self.camera_names)}")
+        if frame_index < 0:
+            raise ValueError(f"frame_index must be >= 0, got {frame_index}")
+        s = self.settings
+        obs = s.observation
+        rng = np.random.default_rng([s.seed, self._camera_index[camera], frame_index])
+        dropped = rng.random() < obs.drop_rate
+        jitter_s = obs.jitter_ms * 1e-3 * rng.standard_normal()
+        if dropped:
+            return None, None
+        exposure_s = frame_index / self.fps + self._phase_s[camera] + jitter_s
+        points = self.points_at(exposure_s)
+        pixels = self._single[camera].project(points.reshape(-1, 3))[0].reshape(points.shape[0], -1, 2)
+        cam = self._single[camera].cameras[0]
+        observed = observe_persons(points, pixels, self._centers[camera], cam.image_size, obs, rng)
+        reported_ns = s.t0_ns + round((exposure_s + self._offset_s[camera]) * _NS)
+        message = Keypoints2D(
+            camera=camera, seq=frame_index, frame_index=frame_index, t_capture_ns=reported_ns,
+            image_size=np.asarray(cam.image_size, dtype=np.int32), calib_version=self.rig.version,
+            persons=observed.persons)
+        return message, observed
+
+    def observe(self, frame_index: int, camera: str) -> Keypoints2D | None:
+        """The `kp2d/<camera>` message of frame `frame_index`, or None when that frame is dropped."""
+        return self.observe_detailed(frame_index, camera)[0]
+
+    def frames(self, camera: str, start: int = 0, stop: int | None = None) -> Iterator[Keypoints2D]:
+        """The camera's messages for frames start..stop-1 (endless when stop is None), dropped frames skipped."""
+        index = start
+        while stop is None or index < stop:
+            message = self.observe(index, camera)
+            if message is not None:
+                yield message
+            index += 1
