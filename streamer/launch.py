@@ -138,7 +138,15 @@ def import_kind(kind: str):
 
 def load_graph(path: str | Path) -> Graph:
     """Read and validate a graph file; GraphError names file, node and field."""
-    path = Path(path)
+    try:
+        return _load_graph(Path(path))
+    except GraphError:
+        raise
+    except (TypeError, AttributeError, KeyError, ValueError) as exc:  # a shape the checks above did not foresee
+        raise GraphError(f"{path}: malformed graph ({exc!r})") from None
+
+
+def _load_graph(path: Path) -> Graph:
     if not path.is_file():
         raise GraphError(f"{path}: graph file not found")
     try:
@@ -152,6 +160,9 @@ def load_graph(path: str | Path) -> Graph:
     unknown = set(data) - {"graph", "hosts", "nodes"}
     if unknown:
         fail("top level", f"unknown table(s) {sorted(unknown)}; expected graph, hosts, nodes")
+    for table in ("graph", "hosts", "nodes"):
+        if table in data and not isinstance(data[table], dict):
+            fail(f"[{table}]", "expected a table")
     g = data.get("graph", {})
     bad = set(g) - _GRAPH_KEYS
     if bad:
@@ -179,7 +190,7 @@ def load_graph(path: str | Path) -> Graph:
     clock_master = g.get("clock_master")
     clock_bind = clock_connect = None
     if clock_master is not None:
-        if clock_master not in nodes_raw:
+        if not isinstance(clock_master, str) or not isinstance(nodes_raw.get(clock_master), dict):
             fail("[graph] field 'clock_master'", f"no node named {clock_master!r}")
         clock_port = g.get("clock_port")
         if type(clock_port) is not int or not 1024 <= clock_port <= 65535:
@@ -228,7 +239,8 @@ def load_graph(path: str | Path) -> Graph:
         else:
             port = n.get("port")
             if port is None:
-                while (addr, next_port) in used:
+                taken = {key[1] for key in used}  # auto ports are unique across hosts: easier to read
+                while next_port in taken:
                     next_port += 1
                 port = next_port
             elif type(port) is not int or not 1024 <= port <= 65535:
@@ -257,6 +269,8 @@ def load_graph(path: str | Path) -> Graph:
         offset = n.get("clock_offset_ns", 0)
         if type(offset) is not int:
             fail(f"{where} field 'clock_offset_ns'", f"expected an integer, got {offset!r}")
+        if not isinstance(n.get("settings", {}), dict):
+            fail(f"{where} field 'settings'", "expected a table")
         settings = _resolve_paths(dict(n.get("settings", {})), path.parent, lambda f, t: fail(f"{where} field {f!r}", t))
         try:
             settings_from_dict(getattr(module, "Settings"), settings, "settings")

@@ -194,3 +194,76 @@ def test_crashing_node_is_restarted_with_growing_backoff(tmp_path):
     assert 2 <= proc.restarts <= 4
     assert proc.backoff_s >= 4.0
     assert rc == 0  # nothing was running at stop
+
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
+    max_leaves=10,
+)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(values=st.dictionaries(st.sampled_from(["camera", "rate_hz", "n_keypoints", "keypoints_file", "x"]), _JSON, max_size=4))
+def test_settings_from_anything_either_build_or_raise_value_error(values):
+    from nodes.pulse import Settings
+    from streamer.node import settings_from_dict
+
+    try:
+        s = settings_from_dict(Settings, values)
+    except ValueError as exc:
+        assert "settings" in str(exc)
+    else:
+        assert isinstance(s.rate_hz, float) and isinstance(s.camera, str)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(text=st.text(max_size=300))
+def test_any_graph_text_loads_or_raises_graph_error(tmp_path, text):
+    path = tmp_path / "fuzz.toml"
+    path.write_text(text)
+    try:
+        load_graph(path)
+    except GraphError as exc:
+        assert str(path) in str(exc)
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(node=st.dictionaries(st.sampled_from(sorted(["kind", "host", "port", "endpoint", "inputs", "settings", "restart",
+                                                     "delivery", "hwm", "clock_offset_ns", "bogus"])), _JSON, max_size=5))
+def test_any_node_table_loads_or_raises_graph_error(tmp_path, node):
+    import tomli_w
+
+    node = {k: v for k, v in node.items() if v is not None}
+    try:
+        text = tomli_w.dumps({"nodes": {"n": node}})
+    except (TypeError, ValueError):
+        return  # not representable in TOML
+    path = tmp_path / "fuzz.toml"
+    path.write_text(text)
+    try:
+        load_graph(path)
+    except GraphError as exc:
+        assert "node 'n'" in str(exc) or "[nodes]" in str(exc)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(doc=st.dictionaries(st.sampled_from(["graph", "hosts", "nodes", "extra"]),
+                           st.dictionaries(st.sampled_from(["name", "base_port", "clock_master", "clock_port", "a", "n"]),
+                                           _JSON, max_size=3) | _JSON, max_size=3))
+def test_any_graph_document_loads_or_raises_graph_error(tmp_path, doc):
+    import tomli_w
+
+    try:
+        text = tomli_w.dumps(doc)
+    except (TypeError, ValueError):
+        return
+    path = tmp_path / "fuzz.toml"
+    path.write_text(text)
+    try:
+        load_graph(path)
+    except GraphError as exc:
+        assert str(path) in str(exc)
