@@ -21,7 +21,7 @@ __all__ = ["Monitor", "Settings", "main"]
 
 @dataclass(frozen=True)
 class Settings:
-    rrd_path: str | None = field(default=None, metadata={"help": "write the Rerun view to this .rrd file"})
+    rrd_out: str | None = field(default=None, metadata={"help": "write the Rerun view to this .rrd file"})
     rerun_url: str | None = field(default=None, metadata={"help": "stream to a Rerun viewer (rerun+http://...)"})
     spawn_viewer: bool = field(default=False, metadata={"help": "start a local Rerun viewer"})
     table: bool = field(default=True, metadata={"help": "print the status table"})
@@ -41,14 +41,14 @@ class Monitor(Node):
                                                   bump_min_px=s.bump_min_px))
         self.tick_interval_s = s.table_interval_s
         self.view = None
-        if s.rrd_path or s.rerun_url or s.spawn_viewer:
+        if s.rrd_out or s.rerun_url or s.spawn_viewer:
             import rerun as rr
 
             from streamer.monitoring.rerun_view import RerunView
 
             rec = rr.RecordingStream("streamer_monitor")
-            if s.rrd_path:
-                rec.save(s.rrd_path)
+            if s.rrd_out:
+                rec.save(s.rrd_out)
             elif s.rerun_url:
                 rec.connect_grpc(s.rerun_url)
             else:

@@ -167,7 +167,7 @@ def test_monitor_logs_a_replayed_take_to_rerun_and_it_reads_back(tmp_path):
     env = dict(os.environ, PYTHONPATH=str(REPO))
     monitor = subprocess.Popen(
         [sys.executable, "-m", "nodes.monitor", "--name", "monitor", "--input", f"replay={endpoint}",
-         "--settings-json", f'{{"rrd_path": "{rrd}", "table_interval_s": 0.25}}', "--seconds", "30"],
+         "--settings-json", f'{{"rrd_out": "{rrd}", "table_interval_s": 0.25}}', "--seconds", "30"],
         cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     replay = subprocess.Popen(
         [sys.executable, "-m", "streamer", "replay", str(take), "--bind", endpoint, "--start-delay", "2",
