@@ -74,7 +74,7 @@ def test_pulse_node_publishes_data_state_and_stats_then_stops_gracefully():
         kp = [m for _, t, m in items if t == "kp2d/c7"]
         assert [m.seq for m in kp] == list(range(kp[0].seq, kp[0].seq + len(kp)))  # none lost
         last = stats_of(items, "p")[-1]
-        assert 40 < last.fps < 60
+        assert 30 < last.fps < 56  # 50 Hz asked; a loaded machine may lag a little
         counters = dict(zip(last.counter_names, last.counter_values))
         gauges = dict(zip(last.gauge_names, last.gauge_values))
         assert counters["drops_out"] == 0 and counters["published"] > 50
