@@ -1,0 +1,247 @@
+"""Fast SAM-3D Body path (streamer/capture/sam3d_fast.py) on the CPU.
+
+The real model needs gated weights and a GPU, so the wrapper logic runs here on `StandInSam3dBody`, a STAND-IN:
+a tiny random network with upstream SAM3DBody's call contract (image_mean/std, backbone, backbone_dtype,
+decoder.layers, head_pose.faces, _initialize_batch, forward_decoder, forward_step(batch, decoder_type) -> {"mhr"}).
+The agreement of the fast path with the real model is measured on a GPU by `streamer bench estimator`.
+"""
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+from streamer.capture.estimator import View
+from streamer.capture.sam3d_fast import CropRequest, FastBodyEstimator, FastSam3dEstimator, crop_affine, warp_crops
+
+SIZE = 32  # stand-in model input (w = h), pixels
+
+
+class _StandInLayer(nn.Module):
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.mix = nn.Linear(dim, dim)
+        self.attend = nn.Linear(dim, dim)
+
+    def forward(self, tokens: torch.Tensor, image_tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        context = image_tokens.mean(dim=1, keepdim=True)
+        return tokens + torch.tanh(self.mix(tokens) + self.attend(context)), image_tokens
+
+
+class StandInSam3dBody(nn.Module):
+    """STAND-IN for upstream SAM3DBody: same call contract, tiny random layers, body outputs of the right shapes."""
+
+    def __init__(self, seed: int = 0) -> None:
+        super().__init__()
+        torch.manual_seed(seed)
+        self.cfg = SimpleNamespace(MODEL=SimpleNamespace(IMAGE_SIZE=[SIZE, SIZE]))
+        self.register_buffer("image_mean", torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1))
+        self.register_buffer("image_std", torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1))
+        self.backbone = nn.Conv2d(3, 16, kernel_size=8, stride=8)
+        self.backbone_dtype = torch.float32
+        self.decoder = nn.Module()
+        self.decoder.layers = nn.ModuleList([_StandInLayer(16) for _ in range(2)])
+        self.head_pose = nn.Module()
+        self.head_pose.faces = nn.Parameter(torch.randint(0, 100, (50, 3)), requires_grad=False)
+        self.head = nn.Linear(16, 70 * 3 + 3 + 133 + 108 + 45 + 28 + 3)
+        self.calls = 0
+
+    def _initialize_batch(self, batch: dict) -> None:
+        self._batch_size, self._num_person = batch["img"].shape[:2]
+
+    def forward_decoder(self, image_embeddings: torch.Tensor, batch: dict) -> dict:
+        tokens = image_embeddings.flatten(2).mean(dim=2, keepdim=True).transpose(1, 2)  # (B, 1, C)
+        image_tokens = image_embeddings.flatten(2).transpose(1, 2)
+        for layer in self.decoder.layers:
+            tokens, image_tokens = layer(tokens, image_tokens)
+            self.head_pose.faces.cpu().numpy()  # upstream copies the faces out after every layer
+        out = self.head(tokens[:, 0])
+        keypoints_3d, rest = out[:, :210].view(-1, 70, 3), out[:, 210:]
+        cam_t = rest[:, :3] + torch.tensor([0.0, 0.0, 5.0])
+        cam_int = batch["cam_int"]
+        points = keypoints_3d + cam_t[:, None]
+        uv = points[..., :2] / points[..., 2:3] * cam_int[:, None, [0, 1], [0, 1]] + cam_int[:, None, [0, 1], [2, 2]]
+        sizes = [133, 108, 45, 28, 3]
+        body_pose, hand, shape, scale, global_rot = torch.split(rest[:, 3:], sizes, dim=1)
+        return {"pred_keypoints_3d": keypoints_3d, "pred_keypoints_2d": uv, "pred_cam_t": cam_t,
+                "body_pose": body_pose, "hand": hand, "shape": shape, "scale": scale, "global_rot": global_rot}
+
+    def forward_step(self, batch: dict, decoder_type: str = "body") -> dict:
+        assert decoder_type == "body"
+        self.calls += 1
+        img = batch["img"].flatten(0, 1)
+        if img.max() > 1:
+            img = img / 255.0
+        x = (img - self.image_mean) / self.image_std
+        embeddings = self.backbone(x.type(self.backbone_dtype)).type(x.dtype)
+        return {"mhr": self.forward_decoder(embeddings, batch)}
+
+
+def _images(seed: int = 0) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    sizes = [(120, 160), (90, 200), (120, 160)]
+    return [np.ascontiguousarray(cv2.resize(rng.integers(0, 256, (h // 8, w // 8, 3), dtype=np.uint8), (w, h),
+                                            interpolation=cv2.INTER_CUBIC)) for h, w in sizes]
+
+
+def _requests() -> list[CropRequest]:
+    K = np.array([[150.0, 0, 80], [0, 150.0, 60], [0, 0, 1]])
+    return [CropRequest(0, np.array([20, 10, 70, 110], np.float32), K),
+            CropRequest(1, np.array([-10, 5, 40, 95], np.float32), K * [[1.1], [1.1], [1]]),
+            CropRequest(2, np.array([100, 30, 150, 119], np.float32), K),
+            CropRequest(0, np.array([90, 20, 130, 100], np.float32), K)]
+
+
+def _three_point_affine(center: np.ndarray, scale: np.ndarray, out_size: tuple[int, int]) -> np.ndarray:
+    """Upstream get_warp_matrix (rotation 0): centre, a point above it, and a third point 90 degrees on."""
+    src_dir, dst_dir = np.array([0.0, -0.5 * scale[0]]), np.array([0.0, -0.5 * out_size[0]])
+    src = np.stack([center, center + src_dir, center + src_dir + [src_dir[1], -src_dir[0]]]).astype(np.float32)
+    dst_c = np.array([out_size[0] * 0.5, out_size[1] * 0.5])
+    dst = np.stack([dst_c, dst_c + dst_dir, dst_c + dst_dir + [dst_dir[1], -dst_dir[0]]]).astype(np.float32)
+    return cv2.getAffineTransform(src, dst)
+
+
+@settings(max_examples=60, deadline=None)
+@given(x1=st.floats(-200, 1800), y1=st.floats(-200, 1000), w=st.floats(2, 900), h=st.floats(2, 1100))
+def test_crop_affine_matches_upstream_three_point_construction(x1, y1, w, h):
+    box = np.array([x1, y1, x1 + w, y1 + h])
+    center, scale, affine = crop_affine(box, (512, 512))
+    # padding 1.25, then aspect 0.75, then square: the side is the larger of 1.25 h and 1.25 w / 0.75
+    side = max(1.25 * h, 1.25 * w / 0.75)
+    np.testing.assert_allclose(scale, [side, side], rtol=1e-5)
+    np.testing.assert_allclose(center, [x1 + w / 2, y1 + h / 2], rtol=1e-6, atol=1e-3)
+    expected = _three_point_affine(center.astype(np.float64), scale.astype(np.float64), (512, 512))
+    np.testing.assert_allclose(affine, expected, rtol=1e-4, atol=1e-2)
+
+
+@pytest.mark.parametrize("box", [[10, 10, 10, 50], [10, 50, 40, 20], [0, 0, np.nan, 10], [0, 0, np.inf, 10]])
+def test_crop_affine_rejects_bad_boxes(box):
+    with pytest.raises(ValueError, match="box_xyxy"):
+        crop_affine(np.array(box, np.float64), (512, 512))
+
+
+def test_warp_crops_matches_cv2_warp_affine_with_zero_border():
+    images = _images()
+    requests = _requests()
+    affines = np.stack([crop_affine(r.box_xyxy, (64, 64))[2] for r in requests])
+    crops = warp_crops([torch.from_numpy(im) for im in images], [r.image_index for r in requests],
+                       torch.from_numpy(affines), (64, 64))
+    assert crops.shape == (4, 3, 64, 64)
+    for i, r in enumerate(requests):
+        expected = cv2.warpAffine(images[r.image_index], affines[i], (64, 64), flags=cv2.INTER_LINEAR)
+        diff = np.abs(crops[i].permute(1, 2, 0).numpy() * 255 - expected)
+        assert diff.max() <= 1.0 + 1e-3  # cv2 rounds its bilinear weights to 1/32; at most one grey level apart
+        assert diff.mean() < 0.05
+    # request 1 reaches past the left edge: that part is black, as cv2's constant border
+    assert float(crops[1, :, :, :2].abs().max()) == 0.0
+
+
+def _stock_reference(model: StandInSam3dBody, fast: FastBodyEstimator, images, requests) -> dict:
+    """Per-crop calls of forward_step (the stock, one-at-a-time way) on the same crops."""
+    outs = []
+    for r in requests:
+        batch = fast.make_batch(images, [r])
+        model._initialize_batch(batch)
+        with torch.no_grad():
+            outs.append(model.forward_step(batch)["mhr"])
+    return {k: torch.cat([o[k] for o in outs]) for k in outs[0]}
+
+
+def test_batched_fast_path_equals_per_crop_stock_calls_and_restores_the_model():
+    model = StandInSam3dBody().eval()
+    backbone, layers, faces = model.backbone, list(model.decoder.layers), model.head_pose.faces
+    fast = FastBodyEstimator(model, cuda_graphs=False)
+    images, requests = _images(), _requests()
+    reference = _stock_reference(model, fast, images, requests)
+    calls = model.calls
+    out = fast(images, requests)
+    assert model.calls == calls + 1  # one forward for all four crops
+    for key, value in reference.items():
+        torch.testing.assert_close(out[key], value, rtol=1e-5, atol=1e-5)
+    assert model.backbone is backbone and list(model.decoder.layers) == layers and model.head_pose.faces is faces
+    assert "forward_decoder" not in model.__dict__
+
+
+def test_model_is_restored_when_the_forward_raises():
+    model = StandInSam3dBody().eval()
+    backbone, layers = model.backbone, list(model.decoder.layers)
+    fast = FastBodyEstimator(model, cuda_graphs=False, decoder_autocast=torch.bfloat16)
+    batch = fast.make_batch(_images(), _requests())
+    with pytest.raises(ValueError, match="precomputed embeddings"):
+        fast.decode(batch, fast.encode(batch)[:2])  # wrong number of embeddings
+    assert model.backbone is backbone and list(model.decoder.layers) == layers
+
+
+def test_bf16_decoder_layers_run_in_bf16_and_stay_close():
+    model = StandInSam3dBody().eval()
+    images, requests = _images(), _requests()
+    exact = FastBodyEstimator(model, cuda_graphs=False)(images, requests)["pred_keypoints_3d"]
+    bf16 = FastBodyEstimator(model, cuda_graphs=False, decoder_autocast=torch.bfloat16)(images, requests)
+    rel = float((bf16["pred_keypoints_3d"] - exact).norm() / exact.norm())
+    assert 0 < rel < 3e-2  # different (bf16 did run) but close
+    assert bf16["pred_keypoints_3d"].dtype == torch.float32
+
+
+def test_pipelined_run_gives_the_same_outputs_as_separate_calls():
+    model = StandInSam3dBody().eval()
+    fast = FastBodyEstimator(model, cuda_graphs=False)
+    images, requests = _images(), _requests()
+    batches = [fast.make_batch(images, requests[:2]), fast.make_batch(images, requests[2:])]
+    piped = list(fast.run_pipelined(iter(batches)))
+    assert len(piped) == 2
+    for batch, out in zip(batches, piped):
+        torch.testing.assert_close(out["pred_cam_t"], fast.decode(batch, fast.encode(batch))["pred_cam_t"])
+
+
+def test_make_batch_rejects_bad_input():
+    fast = FastBodyEstimator(StandInSam3dBody().eval(), cuda_graphs=False)
+    images, requests = _images(), _requests()
+    with pytest.raises(ValueError, match="at least one"):
+        fast.make_batch(images, [])
+    with pytest.raises(ValueError, match=r"images\[1\]"):
+        fast.make_batch([images[0], images[1].astype(np.float32)], requests[:2])
+    with pytest.raises(ValueError, match="image_index 5"):
+        fast.make_batch(images, [CropRequest(5, requests[0].box_xyxy, requests[0].camera_matrix)])
+    with pytest.raises(ValueError, match="camera_matrix"):
+        fast.make_batch(images, [CropRequest(0, requests[0].box_xyxy, np.eye(4))])
+
+
+class _StockStandIn:
+    """STAND-IN for upstream SAM3DBodyEstimator.process_one_image (finds one person per image)."""
+
+    def __init__(self, fast: FastBodyEstimator) -> None:
+        self.fast = fast
+        self.calls: list[str] = []
+
+    def process_one_image(self, image, bboxes=None, cam_int=None, bbox_thr=0.5, inference_type="full"):
+        self.calls.append(inference_type)
+        h, w = image.shape[:2]
+        box = np.array([w * 0.25, h * 0.1, w * 0.75, h * 0.9], np.float32)
+        return self.fast.estimate([image], [CropRequest(0, box, cam_int.numpy()[0])])
+
+
+def test_fast_estimator_serves_hinted_views_in_one_forward_and_unhinted_views_through_stock():
+    model = StandInSam3dBody().eval()
+    fast = FastBodyEstimator(model, cuda_graphs=False)
+    stock = _StockStandIn(fast)
+    images, requests = _images(), _requests()
+    K = requests[0].camera_matrix
+    views = [View("a", images[0], K, boxes=np.stack([requests[0].box_xyxy, requests[3].box_xyxy]),
+                  box_scores=np.array([0.9, 0.4], np.float32), track_ids=np.array([7, 8])),
+             View("b", images[1], K),  # no boxes: acquisition through the stock call
+             View("c", images[2], K, boxes=np.zeros((0, 4), np.float32))]
+    persons = FastSam3dEstimator(fast, stock).estimate(views)
+    assert [len(p) for p in persons] == [2, 1, 0]
+    assert [p.track_id for p in persons[0]] == [7, 8] and persons[0][0].score == pytest.approx(0.9)
+    assert stock.calls == ["body"]
+    # the fast persons equal a one-crop call on the same box
+    single = fast.estimate([images[0]], [CropRequest(0, requests[3].box_xyxy, K)])[0]
+    np.testing.assert_allclose(persons[0][1].params["cam_t"], single["pred_cam_t"], rtol=1e-5)
+    with pytest.raises(ValueError, match="no boxes"):
+        FastSam3dEstimator(fast, None).estimate(views)
