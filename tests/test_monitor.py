@@ -184,7 +184,7 @@ def test_monitor_logs_a_replayed_take_to_rerun_and_it_reads_back(tmp_path):
     assert monitor.returncode == 0
     assert "cam0" in out and "STAGE" in out  # the status table was printed
     data = _read_rrd(rrd)
-    for entity in ("/world", "/world/fit", "/world/truth", "/world/points3d", "/world/cameras/cam0",
+    for entity in ("/world", "/world/fit", "/world/truth/0", "/world/points3d", "/world/cameras/cam0",
                    "/world/cameras/cam3/kp2d", "/metrics/sync_spread_ms", "/metrics/reproj_px/cam1",
                    "/metrics/valid_points", "/metrics/truth_error_mm", "/metrics/fps/cam0"):
         assert entity in data, f"{entity} missing; have {sorted(data)}"
@@ -226,3 +226,24 @@ def test_status_never_crashes_on_odd_but_valid_messages(items):
                                         {f"fps/{cams[-1]}": value}), t)
     report = status.report(items[-1][3] + 10**9)
     assert render_table(report).endswith("\n")
+
+
+def test_fit_is_compared_with_the_nearest_truth_person():
+    from protocol import PersonTruth, Truth
+
+    rng = np.random.default_rng(3)
+    a, b = rng.normal(size=(70, 3)).astype(np.float32), rng.normal(size=(70, 3)).astype(np.float32) + 5
+    status = StageStatus()
+    status.update("truth", Truth(t_ns=100, frame_index=0, persons=[
+        PersonTruth(person_id=0, keypoints=a, params=np.zeros(0, np.float32)),
+        PersonTruth(person_id=1, keypoints=b, params=np.zeros(0, np.float32))]), 100)
+    flags = np.full(70, PoseFlag.MEASURED, np.uint8)
+    flags[:10] = PoseFlag.MISSING
+    fit = b + np.float32([0.002, 0, 0])
+    fit[:10] += 1.0  # missing points do not count
+    pose = Pose(t_ns=100 + 1_000_000, frame_index=0, person_id=7, body_model="x", params=np.zeros(0, np.float32),
+                keypoints=fit, joint_rotations=np.zeros((1, 4), np.float32), world_from_root=np.eye(4, dtype=np.float32),
+                flags=flags, loss=0.0, data_loss=0.0, n_valid=60, verdict=Verdict.GOOD, iterations=1)
+    assert status.update("pose", pose, 200) == pytest.approx(2.0, abs=1e-3)
+    late = Pose(**{**{f: getattr(pose, f) for f in Pose.__dataclass_fields__}, "t_ns": 100 + 50_000_000})
+    assert status.update("pose", late, 300) is None  # no truth at that instant

@@ -4,7 +4,7 @@ Entities (timeline `stage_time`, the message's own time on the stage clock):
 - `world` (static): right-handed Z-up view coordinates and the annotation context that draws the
   MHR-70 links: class 0 "fit", 1 "truth", 2 "triangulated".
 - `world/fit` Points3D of the pose keypoints (class 0, keypoint ids 0..69 -> skeleton lines);
-  `world/truth` (class 1) when `truth` is present; `world/points3d` (class 2, NaN rows dropped).
+  `world/truth/<person>` (class 1) when `truth` is present; `world/points3d` (class 2, NaN rows dropped).
 - `world/cameras/<cam>`: Transform3D (world_from_camera) + Pinhole (K, image size, RDF);
   `world/cameras/<cam>/kp2d`: Points2D of each detected person's keypoints (class 0).
 - `metrics/...` Scalars: `fps/<cam>`, `latency_ms/<node>/p50|p95`, `sync_spread_ms`,
@@ -72,9 +72,9 @@ class RerunView:
             self._scalar("metrics/valid_points", msg.n_valid)
         elif kind == "truth":
             self._at(msg.t_ns)
-            for p in msg.persons[:1]:
+            for p in msg.persons:
                 k = np.asarray(p.keypoints)
-                self.rec.log("world/truth", rr.Points3D(k, class_ids=CLASS_TRUTH, keypoint_ids=np.arange(len(k)),
+                self.rec.log(f"world/truth/{p.person_id}", rr.Points3D(k, class_ids=CLASS_TRUTH, keypoint_ids=np.arange(len(k)),
                                                         radii=0.01))
         elif kind == "points3d":
             self._at(msg.t_ns)

@@ -80,7 +80,7 @@ class StatusReport:
     pose_age_ms_p50: float = math.nan  # receive time - pose time (capture), stage clock
     pose_valid_points: int = 0
     sync_spread_ms: float = math.nan
-    truth_error_mm: float = math.nan  # mean per-keypoint distance fit - truth, latest matched pair
+    truth_error_mm: float = math.nan  # mean keypoint distance fit - nearest truth person, latest pair, mm
 
 
 @dataclass
@@ -188,16 +188,17 @@ class StageStatus:
         t_truth = min(self.truth, key=lambda t: abs(t - msg.t_ns))
         if abs(t_truth - msg.t_ns) > self.settings.truth_match_ns:
             return None
-        truth = self.truth[t_truth].get(msg.person_id)
-        if truth is None and len(self.truth[t_truth]) == 1:
-            truth = next(iter(self.truth[t_truth].values()))
-        if truth is None:
-            return None
         fit = np.asarray(msg.keypoints, float)
-        keep = (np.asarray(msg.flags) != PoseFlag.MISSING) & np.isfinite(truth).all(1) & np.isfinite(fit).all(1)
-        if not keep.any():
+        measured = (np.asarray(msg.flags) != PoseFlag.MISSING) & np.isfinite(fit).all(1)
+        best = None
+        for truth in self.truth[t_truth].values():  # the truth person nearest the fit (ids need not agree)
+            keep = measured & np.isfinite(truth).all(1)
+            if keep.any():
+                error = float(np.linalg.norm(fit[keep] - truth[keep], axis=1).mean())
+                best = error if best is None else min(best, error)
+        if best is None:
             return None
-        self.truth_error_mm = float(np.linalg.norm(fit[keep] - truth[keep], axis=1).mean() * 1e3)
+        self.truth_error_mm = best * 1e3
         return self.truth_error_mm
 
     # ------------------------------------------------------------ report
