@@ -3,6 +3,7 @@ with Rerun's own API after a real replay -> monitor run."""
 from __future__ import annotations
 
 import collections
+import dataclasses
 import os
 import socket
 import subprocess
@@ -245,5 +246,5 @@ def test_fit_is_compared_with_the_nearest_truth_person():
                 keypoints=fit, joint_rotations=np.zeros((1, 4), np.float32), world_from_root=np.eye(4, dtype=np.float32),
                 flags=flags, loss=0.0, data_loss=0.0, n_valid=60, verdict=Verdict.GOOD, iterations=1)
     assert status.update("pose", pose, 200) == pytest.approx(2.0, abs=1e-3)
-    late = Pose(**{**{f: getattr(pose, f) for f in Pose.__dataclass_fields__}, "t_ns": 100 + 50_000_000})
+    late = dataclasses.replace(pose, t_ns=100 + 50_000_000)
     assert status.update("pose", late, 300) is None  # no truth at that instant
