@@ -86,6 +86,8 @@ FLUSH_MS = 500  # how long queued output may take to leave at shutdown
 MAX_POLL_MS = 50  # the loop wakes at least this often (signals, housekeeping)
 _MAX_BATCH = 1000  # messages dispatched per loop iteration before ticks get a turn
 _LATENCY_WINDOW = 4096
+_MAX_STAT_NAMES = 256
+_MAX_STAT_NAME_LEN = 96
 
 
 @dataclass(frozen=True)
@@ -333,6 +335,7 @@ class Node:
         counters = Counter(self.counters)
         counters["published"] = pub.sent
         counters["drops_out"] = pub.drops
+        counters["invalid_out"] = pub.invalid
         counters["drops_in"] = sub.drops
         counters["received"] = sub.received
         counters["superseded"] = sub.superseded
@@ -347,8 +350,12 @@ class Node:
         if client is not None and client.rtt_ns is not None:
             gauges["clock_rtt_us"] = client.rtt_ns / 1e3
             gauges["clock_drift_ppm"] = self.clock.drift_ppm
-        names = sorted(counters)
-        gnames = sorted(gauges)
+        names = sorted(counters)[:_MAX_STAT_NAMES]  # the wire caps (protocol.NodeStats): never make stats unreadable
+        gnames = sorted(gauges)[:_MAX_STAT_NAMES]
+        if len(counters) > _MAX_STAT_NAMES or len(gauges) > _MAX_STAT_NAMES:
+            self.log.warning("more than %d counters or gauges: stats keep the first %d", _MAX_STAT_NAMES, _MAX_STAT_NAMES)
+        gauge_values = np.array([gauges[n] for n in gnames], np.float64)
+        gauge_values[np.isinf(gauge_values)] = np.nan  # infinity is not allowed on the wire; NaN = no value
         stats = NodeStats(
             node=self.name,
             t_ns=self.clock.now_ns(),
@@ -356,10 +363,10 @@ class Node:
             latency_ms=latency_ms.astype(np.float32),
             queue_depth=int(self.queue_depth()),
             clock_offset_ns=int(self.clock.correction_ns()),
-            counter_names=names,
+            counter_names=[n[:_MAX_STAT_NAME_LEN] for n in names],
             counter_values=np.array([counters[n] for n in names], np.int64),
-            gauge_names=gnames,
-            gauge_values=np.array([gauges[n] for n in gnames], np.float64),
+            gauge_names=[n[:_MAX_STAT_NAME_LEN] for n in gnames],
+            gauge_values=gauge_values,
         )
         self._latencies_ns = []
         self._published_in_window = 0

@@ -11,6 +11,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from streamer.node import settings_from_dict
@@ -216,3 +217,25 @@ def test_hook_exceptions_are_counted_and_the_loop_goes_on():
         upstream.wait(10)
     assert node.counters["errors/on_message"] > 10
     assert node.counters["errors/on_tick"] > 10
+
+
+def test_stats_stay_readable_with_infinite_gauges_and_too_many_counters():
+    from streamer.node import Node, NodeConfig
+
+    class Noisy(Node):
+        INPUT_TOPICS = ()
+
+        def setup(self):
+            self.gauge("forever", float("inf"))
+            for i in range(300):
+                self.count(f"c{i:03d}_" + "x" * 120)
+
+    sub = Subscriber({"noisy": "tcp://127.0.0.1:6570"}, ("stats/",))
+    node = Noisy(NodeConfig(name="noisy", bind="tcp://127.0.0.1:6570", stats_interval_s=0.2, seconds=1.0))
+    assert node.run() == 0
+    got = collect(sub, 2.0, stop=lambda it: len(it) >= 2)
+    sub.close()
+    assert got and not sub.rejects
+    stats = got[-1][2]
+    gauges = dict(zip(stats.gauge_names, stats.gauge_values))
+    assert np.isnan(gauges["forever"]) and len(stats.counter_names) == 256

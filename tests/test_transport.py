@@ -267,3 +267,15 @@ def test_curve_key_errors_name_the_file(tmp_path):
     public, _ = generate_keypair_files(tmp_path, "x")
     with pytest.raises(ValueError, match="no secret"):
         load_keypair(public)
+
+
+def test_publisher_flags_messages_receivers_would_reject(caplog):
+    pub = Publisher("tcp://127.0.0.1:0", name="buggy")
+    bad = kp2d(1)
+    bad.persons[0].box = np.array([0, np.nan, 1, 1], np.float32)  # NaN is not allowed in a box
+    with caplog.at_level("ERROR"):
+        pub.publish(bad)
+    assert pub.invalid == 1 and "kp2d.persons[0].box" in caplog.text
+    pub.publish(kp2d(2))
+    assert pub.invalid == 1
+    pub.close()

@@ -22,7 +22,7 @@ from collections.abc import Iterable, Mapping
 
 import zmq
 
-from protocol import DecodeError, Heartbeat, decode_envelope, encode, topic_of
+from protocol import DecodeError, Heartbeat, decode, decode_envelope, encode, topic_of
 from streamer.transport.curve import CurveKeypair, make_client, make_server
 from streamer.transport.liveness import HEARTBEAT_INTERVAL_S, LIVENESS_INTERVALS, Liveness
 
@@ -36,6 +36,7 @@ RECONNECT_IVL_MAX_MS = 1000
 ZMTP_HEARTBEAT_IVL_MS = 1000  # transport-level PING, so a vanished host (no TCP reset) is dropped
 ZMTP_HEARTBEAT_TIMEOUT_MS = 3000
 _MAX_BURST = 256  # messages read from one socket per fill, so one busy peer cannot starve others
+SELF_CHECKS_PER_TOPIC = 10  # the first messages of each topic are decoded once here, to catch producer bugs early
 
 
 class Publisher:
@@ -43,7 +44,9 @@ class Publisher:
 
     clock: anything with `now_ns()` (stage clock) used for `t_send_ns` and heartbeats;
     defaults to `time.time_ns`. curve: this node's keypair to serve CURVE (tcp only).
-    Counters: `sent`, `drops` (send refused: queue full), `state_resends`.
+    Counters: `sent`, `drops` (send refused: queue full), `state_resends`, `invalid` (messages
+    that every receiver would reject: the first `SELF_CHECKS_PER_TOPIC` of each topic are decoded
+    here and an error is logged naming the field; they are still sent).
     """
 
     def __init__(
@@ -74,6 +77,7 @@ class Publisher:
         self.sent = 0
         self.drops = 0
         self.state_resends = 0
+        self.invalid = 0
         self._seq: dict[str, int] = collections.defaultdict(int)
         self._state: dict[str, object] = {}
         self._hb_seq = 0
@@ -90,7 +94,14 @@ class Publisher:
         topic = topic_of(msg)
         seq = self._seq[topic]
         self._seq[topic] = seq + 1
-        return self._send(encode(msg, seq=seq))
+        frames = encode(msg, seq=seq)
+        if seq < SELF_CHECKS_PER_TOPIC:
+            try:
+                decode(frames)
+            except DecodeError as exc:
+                self.invalid += 1
+                log.error("%s publishes a message every receiver will reject (%s): %s", self.name, exc.reason, exc)
+        return self._send(frames)
 
     def publish_state(self, msg) -> bool:
         """Publish a last-value state message: cached per topic, re-sent to late joiners and periodically."""
