@@ -93,27 +93,27 @@ class TrackState:
 def pack_detections(persons_per_camera: Sequence[Sequence], num_keypoints: int,
                     min_confidence: float) -> Detections:
     """Pad per-camera person lists (objects with .keypoints (K, 2), .confidence (K,), .box (4,))."""
-    n_views = len(persons_per_camera)
     counts = np.array([len(p) for p in persons_per_camera], dtype=np.int64)
     n_persons = max(1, int(counts.max(initial=0)))
-    keypoints = np.full((n_views, n_persons, num_keypoints, 2), np.nan, np.float32)
-    confidence = np.zeros((n_views, n_persons, num_keypoints), np.float32)
-    boxes = np.full((n_views, n_persons, 4), np.nan, np.float32)
-    flat = [person for persons in persons_per_camera for person in persons]
-    if flat:
-        shapes_ok = all(np.ndim(person.keypoints) == 2 and len(person.keypoints) == num_keypoints
-                        and len(person.confidence) == num_keypoints for person in flat)
-        stacked = np.array([person.keypoints for person in flat], np.float32) if shapes_ok else None
-        if stacked is None or stacked.shape[1:] != (num_keypoints, 2):
-            raise ValueError(f"pack_detections: expected keypoints ({num_keypoints}, 2) and confidence "
-                             f"({num_keypoints},) for every person, got " + ", ".join(
-                                 f"camera {v} person {p}: {np.shape(person.keypoints)}/{np.shape(person.confidence)}"
-                                 for v, persons in enumerate(persons_per_camera) for p, person in enumerate(persons)))
-        view_index = np.repeat(np.arange(n_views), counts)
-        person_index = np.arange(len(flat)) - np.repeat(np.cumsum(counts) - counts, counts)
-        keypoints[view_index, person_index] = stacked
-        confidence[view_index, person_index] = np.array([person.confidence for person in flat], np.float32)
-        boxes[view_index, person_index] = np.array([person.box for person in flat], np.float32)
+    pad_keypoints = np.full((num_keypoints, 2), np.nan, np.float32)
+    pad_confidence = np.zeros(num_keypoints, np.float32)
+    pad_box = np.full(4, np.nan, np.float32)
+    try:
+        keypoints = np.array([[p.keypoints for p in persons] + [pad_keypoints] * (n_persons - len(persons))
+                              for persons in persons_per_camera], np.float32)
+        confidence = np.array([[p.confidence for p in persons] + [pad_confidence] * (n_persons - len(persons))
+                               for persons in persons_per_camera], np.float32)
+        boxes = np.array([[p.box for p in persons] + [pad_box] * (n_persons - len(persons))
+                          for persons in persons_per_camera], np.float32)
+    except ValueError:  # ragged: some person's arrays have the wrong shape
+        keypoints = confidence = boxes = None
+    n_views = len(persons_per_camera)
+    if (keypoints is None or keypoints.shape != (n_views, n_persons, num_keypoints, 2)
+            or confidence.shape != (n_views, n_persons, num_keypoints) or boxes.shape != (n_views, n_persons, 4)):
+        raise ValueError(f"pack_detections: expected keypoints ({num_keypoints}, 2), confidence ({num_keypoints},) "
+                         "and box (4,) for every person, got " + ", ".join(
+                             f"camera {v} person {i}: {np.shape(p.keypoints)}/{np.shape(p.confidence)}/{np.shape(p.box)}"
+                             for v, persons in enumerate(persons_per_camera) for i, p in enumerate(persons)))
     weak = ~(confidence >= min_confidence) | np.isnan(keypoints[..., 0] + keypoints[..., 1])
     keypoints[weak] = np.nan
     confidence[weak] = 0.0
@@ -151,17 +151,15 @@ def _lower_median(values: np.ndarray, min_count: int) -> np.ndarray:
 
 
 def _box_iou(boxes: np.ndarray, box: np.ndarray) -> np.ndarray:
-    """IoU of boxes (V, P, 4) with one box per view (V, 4), x0 y0 x1 y1; 0 where NaN, infinite or empty."""
-    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
-        low = np.maximum(boxes[..., :2], box[:, None, :2])
-        high = np.minimum(boxes[..., 2:], box[:, None, 2:])
-        size = np.maximum(high - low, 0.0)
-        inter = size[..., 0] * size[..., 1]
-        extent = boxes[..., 2:] - boxes[..., :2]
-        track_extent = box[:, 2:] - box[:, :2]
-        union = extent[..., 0] * extent[..., 1] + (track_extent[:, 0] * track_extent[:, 1])[:, None] - inter
-        iou = inter / union
-    return np.where(iou > 0, iou, 0.0)  # NaN and -inf compare false
+    """IoU of boxes (V, P, 4) with one box per view (V, 4), x0 y0 x1 y1; 0 where NaN or empty."""
+    low = np.maximum(boxes[..., :2], box[:, None, :2])
+    size = np.minimum(boxes[..., 2:], box[:, None, 2:]) - low
+    size = np.maximum(size, 0.0)  # NaN stays NaN
+    inter = size[..., 0] * size[..., 1]
+    extent = boxes[..., 2:] - boxes[..., :2]
+    track_extent = box[:, 2:] - box[:, :2]
+    union = extent[..., 0] * extent[..., 1] + (track_extent[:, 0] * track_extent[:, 1])[:, None] - inter
+    return np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
 
 
 def choose_by_track(track_px: np.ndarray, detections: Detections,
