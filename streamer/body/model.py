@@ -2,12 +2,13 @@
 
 A body model maps a flat parameter vector (B, P) to differentiable MHR-70 keypoints
 (B, 70, 3) in metres in the model's world frame, and to local joint rotations. Backends:
-Anny (embedded default, `streamer.body.anny`) and MHR (`streamer.body.mhr`, when the
-user has the SAM-3D Body checkpoint).
+Anny (embedded default, `streamer.body.anny_model.AnnyBody`: world = stage frame, Z up) and MHR
+(`streamer.body.mhr_model.MhrBody`: SAM-3D Body's camera frame, when the user has the checkpoint).
 
 Parameter layout is the backend's, described by `groups` (name -> slice into P). Every
-backend has at least the groups "global_rot" (3, axis-angle, radians), "transl" (3, metres),
-"pose" and "shape". `movable` says which dims a fitter may change by default.
+backend has at least the groups "global_rot" (3, radians: axis-angle for Anny; XYZ Euler for MHR,
+exactly as SAM-3D Body emits it), "transl" (3, metres), "pose" and "shape". `movable` says which
+dims a fitter may change by default; dims that are not movable may get no gradient.
 """
 from __future__ import annotations
 
