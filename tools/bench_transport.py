@@ -6,14 +6,19 @@ all N with one `Subscriber` and measures, per message, receive-and-decode time m
 message's `t_send_ns` (both on this host's clock). So a figure includes encode-to-wire,
 ZeroMQ tcp loopback, and decode + validation on the receiving side.
 
+`--realtime` runs both processes under SCHED_FIFO (needs root or CAP_SYS_NICE), which shows the
+transport's own latency on a machine shared with other busy processes; without it, figures on a
+loaded machine are mostly waiting for a core.
+
 Stable `--json` keys: `p50_us_1pub`, `p99_us_1pub`, `p99_us_16pub`, plus `p50_us_4pub`,
-`p99_us_4pub`, `p50_us_16pub`, `messages_<N>pub`, `lost_<N>pub`, `rate_hz`, `seconds`.
+`p99_us_4pub`, `p50_us_16pub`, `messages_<N>pub`, `lost_<N>pub`, `rate_hz`, `seconds`, `scheduler`.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import multiprocessing
+import os
 import sys
 import time
 
@@ -93,8 +98,17 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--rate-hz", type=float, default=60.0, help="messages per second per publisher")
     parser.add_argument("--publishers", type=int, nargs="+", default=[1, 4, 16])
     parser.add_argument("--base-port", type=int, default=6700)
+    parser.add_argument("--realtime", action="store_true", help="run publisher and subscriber under SCHED_FIFO 50")
     args = parser.parse_args(argv)
-    out: dict = {"rate_hz": args.rate_hz, "seconds": args.seconds, "target_p99_us": TARGET_P99_US}
+    scheduler = "other"
+    if args.realtime:
+        try:
+            os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(50))  # inherited by the publisher process
+            scheduler = "fifo"
+        except (PermissionError, AttributeError, OSError) as exc:
+            print(f"streamer bench transport: --realtime not permitted here ({exc})", file=sys.stderr)
+            return 2
+    out: dict = {"rate_hz": args.rate_hz, "seconds": args.seconds, "target_p99_us": TARGET_P99_US, "scheduler": scheduler}
     rows = []
     for n in args.publishers:
         r = measure(n, rate_hz=args.rate_hz, seconds=args.seconds, base_port=args.base_port)
@@ -106,8 +120,8 @@ def main(argv: list[str]) -> int:
     if args.json:
         print(json.dumps(out))
         return 0
-    print(f"loopback tcp PUB->SUB, kp2d 1 person, {args.rate_hz:g} Hz per publisher, {args.seconds:g} s; "
-          f"target p99 < {TARGET_P99_US:.0f} us")
+    print(f"loopback tcp PUB->SUB, kp2d 1 person, {args.rate_hz:g} Hz per publisher, {args.seconds:g} s, "
+          f"scheduler {scheduler}; target p99 < {TARGET_P99_US:.0f} us")
     print(f"{'publishers':>10}{'messages':>10}{'lost':>6}{'p50 us':>9}{'p99 us':>9}{'max us':>9}")
     for n, r in rows:
         print(f"{n:>10}{r['messages']:>10}{r['lost']:>6}{r['p50_us']:>9.0f}{r['p99_us']:>9.0f}{r['max_us']:>9.0f}")
