@@ -33,21 +33,23 @@ class FitSettings:
     evaluations) for a warm-started / a freshly initialised frame. rel_tolerance: stop when an
     accepted step lowers the loss by less than this fraction. jacobian: "jacfwd"
     (forward-mode autodiff), "difference" (one batched forward pass of finite differences)
-    or "auto" (the faster of the two, timed once per model). Verdict: "good" when the
+    or "auto" (the faster of the two, timed once per model). broyden: in a warm-started frame,
+    compute the Jacobian once and update it by secant (Broyden) steps (cold frames recompute it). Verdict: "good" when the
     weighted RMS error of the points within outlier_m is <= good_rms_m and their weighted
     fraction >= min_inlier_fraction; otherwise "poor".
     """
 
     huber_m: float = 0.03
-    accel_prior: float = 2e-4
+    accel_prior: float = 2e-3
     velocity_prior: float = 0.0
     pose_prior: float = 1e-6
     shape_prior: float = 1e-4
-    max_iterations: int = 6
+    max_iterations: int = 2
     max_iterations_cold: int = 60
     rel_tolerance: float = 1e-3
     lm_damping: float = 1e-3
     jacobian: str = "auto"
+    broyden: bool = True
     good_rms_m: float = 0.04
     outlier_m: float = 0.10
     min_inlier_fraction: float = 0.75

@@ -1,7 +1,9 @@
 """Levenberg-Marquardt fit of a `BodyModel` to one frame's targets (Huber data term by IRLS).
 
-Per iteration: one Jacobian of the valid keypoints with respect to the free dims
-(forward-mode autodiff, or one batched forward pass of finite differences), the
+Per iteration: a Jacobian of the valid keypoints with respect to the free dims
+(forward-mode autodiff, or one batched forward pass of finite differences; in a
+warm-started frame with `broyden`, computed once and then updated by rank-1 secant
+updates along each accepted step, which costs no model evaluation), the
 Gauss-Newton normal equations of the IRLS-weighted data term plus the diagonal priors,
 Marquardt damping, and a step accepted only if the true objective drops. The best
 parameters are kept, cast to float32 (the wire type), and every reported number is then
@@ -31,13 +33,16 @@ _MAX_DAMPING_RETRIES = 6
 @dataclass(frozen=True)
 class FitResult:
     """One frame's fit. params: (P,) float32, the shipped parameters (always finite).
-    evaluation: every loss, error and the verdict, computed at `params`. iterations: Jacobian
-    evaluations used; start_loss: the objective at the start point (NaN when not fitted)."""
+    evaluation: every loss, error and the verdict, computed at `params`. iterations: LM steps;
+    start_loss: the objective at the start point (NaN when not fitted). jacobian: (K, 3, n_free)
+    float64 keypoint Jacobian near `params` (rows of points not fitted this frame carried over
+    from `jacobian_guess`), for the next frame's warm start; None when not fitted."""
 
     params: np.ndarray
-    evaluation: FitEvaluation
+    evaluation: FitEvaluation | None
     iterations: int
     start_loss: float
+    jacobian: torch.Tensor | None = None
 
 
 def jacobian_method(model: BodyModel, requested: str = "auto", num_free: int | None = None) -> str:
@@ -67,28 +72,30 @@ def jacobian_method(model: BodyModel, requested: str = "auto", num_free: int | N
 
 def _keypoint_jacobian(
     model: BodyModel, base: torch.Tensor, free_idx: torch.Tensor, rows: torch.Tensor, method: str
-) -> Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
-    """x_free (n,) -> (jacobian (R, 3, n), keypoints (R, 3)) of the keypoint rows `rows`, in model dtype."""
+) -> Callable[..., tuple[torch.Tensor, torch.Tensor]]:
+    """(x_free (n,), columns (c,) or None) -> (jacobian (R, 3, c), keypoints (R, 3)) of the keypoint
+    rows `rows` with respect to the free dims `columns` (all when None), in model dtype."""
 
     def points(x_free: torch.Tensor) -> torch.Tensor:
         x = base.index_put((free_idx,), x_free)
         return model.keypoints(x[None])[0, rows]
 
     if method == "jacfwd":
-        def jac_fwd(x_free: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        def jac_fwd(x_free: torch.Tensor, columns: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
             def both(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
                 p = points(x)
                 return p, p
-            return torch.func.jacfwd(both, has_aux=True)(x_free)
+            jac, kp = torch.func.jacfwd(both, has_aux=True)(x_free)
+            return (jac if columns is None else jac[..., columns]), kp
         return jac_fwd
 
     step = 1e-6 if model.dtype == torch.float64 else 1e-3
 
-    def jac_diff(x_free: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        n = len(x_free)
-        batch = base.expand(n + 1, -1).clone()
+    def jac_diff(x_free: torch.Tensor, columns: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        cols = torch.arange(len(x_free)) if columns is None else columns
+        batch = base.expand(len(cols) + 1, -1).clone()
         batch[:, free_idx] = x_free
-        batch[torch.arange(1, n + 1), free_idx] += step
+        batch[torch.arange(1, len(cols) + 1), free_idx[cols]] += step
         with torch.no_grad():
             kp = model.keypoints(batch)[:, rows]
         return ((kp[1:] - kp[:1]) / step).permute(1, 2, 0), kp[0]
@@ -106,12 +113,18 @@ def fit_frame(
     *,
     cold: bool = False,
     method: str | None = None,
+    jacobian_guess: torch.Tensor | None = None,
+    refresh_columns: np.ndarray | None = None,
+    judge: bool = True,
 ) -> FitResult:
     """Fit `model` to `targets` from `start` (P,), moving only dims where `free` (P,) is True.
 
-    cold: a fresh start (allows `max_iterations_cold`). method: a `jacobian_method` result
-    (computed once per model by the caller; "auto" here when None). Unusable targets are
-    not fitted: the start is returned, judged "unusable"."""
+    cold: a fresh start (allows `max_iterations_cold`, recomputes the Jacobian every step).
+    method: a `jacobian_method` result (computed once per model by the caller; "auto" here when
+    None). jacobian_guess: (K, 3, n_free) a previous frame's `FitResult.jacobian`; with it (warm
+    frames, broyden on) only the free-dim indices `refresh_columns` are recomputed (all when
+    None). judge=False leaves `evaluation` None, for a caller that ships something else and
+    judges that instead. Unusable targets are not fitted: the start is returned, judged "unusable"."""
     start = np.asarray(start, dtype=np.float64)
     free = np.asarray(free, bool)
     if start.shape != (model.num_params,) or free.shape != (model.num_params,):
@@ -135,22 +148,43 @@ def fit_frame(
     terms = prior_terms(model, free, prior, settings)
     jacobian = _keypoint_jacobian(model, base, free_idx, rows, method)
 
-    def objective(x_free: torch.Tensor) -> float:
+    def objective(x_free: torch.Tensor) -> tuple[float, torch.Tensor]:
         with torch.no_grad():
             x = base.index_put((free_idx,), x_free.to(dev, dtype))
             kp = model.keypoints(x[None])[0, rows].to(torch.float64).cpu()
+        return loss_of(x_free, kp), kp
+
+    def loss_of(x_free: torch.Tensor, kp: torch.Tensor) -> float:
         dist = torch.linalg.vector_norm(kp - target, dim=1)
         return float(weights @ huber(dist, settings.huber_m) + terms.value(x_free))
 
     x = torch.as_tensor(start[free], dtype=torch.float64)
-    loss = start_loss = objective(x)
     damping = settings.lm_damping
     iterations = 0
     max_iterations = settings.max_iterations_cold if cold else settings.max_iterations
+    n_free = int(free.sum())
+    guess_ok = (jacobian_guess is not None and jacobian_guess.shape == (len(defined), 3, n_free)
+                and settings.broyden and not cold)
+    jac, loss = None, None
+    if guess_ok:
+        jac = jacobian_guess[rows_np].clone()
+        if refresh_columns is None or len(refresh_columns):
+            cols = None if refresh_columns is None else torch.as_tensor(refresh_columns)
+            fresh, kp = jacobian(x.to(dev, dtype), cols)
+            fresh, kp = fresh.to(torch.float64).cpu(), kp.to(torch.float64).cpu()
+            if cols is None:
+                jac = fresh
+            else:
+                jac[..., cols] = fresh
+            loss = loss_of(x, kp)  # the difference batch's base row is the start point
+    if not guess_ok or loss is None:
+        loss, kp = objective(x)
+    start_loss = loss
     while iterations < max_iterations and np.isfinite(loss):
-        jac, kp = jacobian(x.to(dev, dtype))
+        if jac is None or cold or not settings.broyden:
+            jac, kp = jacobian(x.to(dev, dtype))
+            jac, kp = jac.to(torch.float64).cpu(), kp.to(torch.float64).cpu()
         iterations += 1
-        jac, kp = jac.to(torch.float64).cpu(), kp.to(torch.float64).cpu()
         resid = kp - target  # (R, 3)
         dist = torch.linalg.vector_norm(resid, dim=1)
         irls = torch.where(dist <= settings.huber_m, 1.0, settings.huber_m / dist.clamp_min(1e-12))
@@ -166,7 +200,7 @@ def fit_frame(
         for _ in range(_MAX_DAMPING_RETRIES):
             step = torch.linalg.solve(hessian + torch.diag(damping * diag), -gradient)
             candidate = x + step
-            new_loss = objective(candidate)
+            new_loss, new_kp = objective(candidate)
             if np.isfinite(new_loss) and new_loss < loss:
                 accepted = True
                 damping = max(damping / 3.0, 1e-9)
@@ -174,8 +208,12 @@ def fit_frame(
             damping *= 4.0
         if not accepted:
             break
+        if settings.broyden and not cold:  # rank-1 secant update of the Jacobian along the step
+            step_sq = float(step @ step)
+            if step_sq > 0:
+                jac = jac + torch.einsum("rc,n->rcn", (new_kp - kp) - jac @ step, step / step_sq)
         decrease = loss - new_loss
-        x, loss = candidate, new_loss
+        x, loss, kp = candidate, new_loss, new_kp
         if decrease < settings.rel_tolerance * loss:
             break
 
@@ -184,4 +222,10 @@ def fit_frame(
     shipped = best.astype(np.float32)
     if not np.isfinite(shipped).all():  # cannot happen with accepted finite losses; never ship NaN
         shipped = start.astype(np.float32)
-    return FitResult(shipped, evaluate(model, shipped, targets, free, prior, settings), iterations, start_loss)
+    full_jac = None
+    if jac is not None:
+        full_jac = (jacobian_guess.clone() if guess_ok
+                    else torch.zeros(len(defined), 3, n_free, dtype=torch.float64))
+        full_jac[rows_np] = jac
+    evaluation = evaluate(model, shipped, targets, free, prior, settings) if judge else None
+    return FitResult(shipped, evaluation, iterations, start_loss, full_jac)

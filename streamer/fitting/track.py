@@ -53,6 +53,8 @@ class TrackSettings:
     shape_frames: int = 30
     fit_hands: bool = False
     frozen_groups: tuple[str, ...] = ("jaw",)
+    jacobian_stagger: int = 3
+    smooth_output: bool = True
     root_accel_noise: float = 2.0
     pose_accel_noise: float = 20.0
     param_meas_std: float = 0.02
@@ -88,6 +90,8 @@ class TrackState:
     shape_sum: np.ndarray
     shape_count: int
     shape_held: np.ndarray | None
+    jacobian: torch.Tensor | None = None
+    jacobian_phase: int = 0
 
 
 @dataclass(frozen=True)
@@ -177,8 +181,11 @@ def _predicted(context: TrackContext, state: TrackState, t_ns: int) -> np.ndarra
 
 
 def _update_filters(context: TrackContext, state: TrackState, params: np.ndarray | None, t_ns: int
-                    ) -> tuple[KalmanState, KalmanState, np.ndarray]:
-    """Step both Kalman states (NaN sample = missing) and return the coasted params (held where dropped)."""
+                    ) -> tuple[KalmanState, KalmanState, np.ndarray, bool]:
+    """Step both Kalman states with `params` (None: missing) -> (states, filtered params, root coasting).
+
+    Filtered params: the posterior where measured, the coasted prediction where predicted, the last
+    shipped value where a row was dropped (its gap exceeded the coasting limit)."""
     s = context.settings
     sample = np.full(context.model.num_params, np.nan) if params is None else params
     root_kf, root_out = kalman_step(state.root_kf, sample[context.root, None], t_ns,
@@ -192,7 +199,7 @@ def _update_filters(context: TrackContext, state: TrackState, params: np.ndarray
         sub[ok] = out.values[ok, 0]
         coasted[rows] = sub
     coasting = bool((root_out.status == PoseFlag.PREDICTED).any())
-    return root_kf, pose_kf, coasted if coasting else state.params
+    return root_kf, pose_kf, coasted, coasting
 
 
 def _slew_limit(context: TrackContext, previous: np.ndarray, fitted: np.ndarray, dt_s: float) -> tuple[np.ndarray, bool]:
@@ -225,8 +232,10 @@ def track_step(
     if not targets.usable:
         if state.params is None:
             return replace(state, t_ns=t_ns), None
-        root_kf, pose_kf, coasted = _update_filters(context, state, None, t_ns)
-        source = "coast" if coasted is not state.params else "hold"
+        root_kf, pose_kf, coasted, coasting = _update_filters(context, state, None, t_ns)
+        source = "coast" if coasting else "hold"
+        if not coasting:
+            coasted = state.params
         if source == "coast":  # a coasted pose moves no faster than a fitted one may
             coasted, _ = _slew_limit(context, state.params, coasted, (t_ns - state.t_ns) * 1e-9)
         params32 = coasted.astype(np.float32)
@@ -255,21 +264,31 @@ def track_step(
     if state.shape_held is not None:
         start_params[context.shape] = state.shape_held
     prior = Prior(prediction=prediction, previous=state.params, reference=reference)
-    result = fit_frame(model, targets, start_params, free, prior, s.fit, cold=cold, method=context.method)
+    stagger = max(1, s.jacobian_stagger)
+    n_free = int(free.sum())
+    refresh = np.flatnonzero(np.arange(n_free) % stagger == state.jacobian_phase % stagger)
+    result = fit_frame(model, targets, start_params, free, prior, s.fit, cold=cold, method=context.method,
+                       jacobian_guess=state.jacobian, refresh_columns=refresh,
+                       judge=not (s.smooth_output and not cold))
     params = result.params.astype(np.float64)
     evaluation = result.evaluation
+    root_kf, pose_kf, filtered, _ = _update_filters(context, state, params, t_ns)
+    changed = False
+    if s.smooth_output and not cold:  # ship the Kalman posterior (constant velocity: no lag at steady speed)
+        params, changed = np.where(free, filtered, params), True
     slewing = False
     if state.slewing and state.params is not None:
         params, slewing = _slew_limit(context, state.params, params, (t_ns - state.t_ns) * 1e-9)
-        if slewing:
-            params = params.astype(np.float32).astype(np.float64)
-            evaluation = evaluate(model, params.astype(np.float32), targets, free, prior, s.fit)
+        changed |= slewing
+    if changed or evaluation is None:  # judge what ships
+        params = params.astype(np.float32).astype(np.float64)
+        evaluation = evaluate(model, params.astype(np.float32), targets, free, prior, s.fit)
     params32 = params.astype(np.float32)
-    root_kf, pose_kf, _ = _update_filters(context, state, params, t_ns)
     shape_sum, shape_count, shape_held = state.shape_sum, state.shape_count, state.shape_held
     if shape_held is None and evaluation.verdict == Verdict.GOOD:
         shape_sum, shape_count = shape_sum + params[context.shape], shape_count + 1
         if shape_count >= s.shape_frames:
             shape_held = shape_sum / shape_count
-    new = TrackState(params, t_ns, t_ns, root_kf, pose_kf, slewing, shape_sum, shape_count, shape_held)
+    new = TrackState(params, t_ns, t_ns, root_kf, pose_kf, slewing, shape_sum, shape_count, shape_held,
+                     result.jacobian, (state.jacobian_phase + 1) % stagger)
     return new, _output(context, params32, evaluation, targets, result.iterations, "fit")
