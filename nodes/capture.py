@@ -1,11 +1,11 @@
 """Node `capture`: camera frames -> estimator -> `kp2d/<cam>`, one process for one or several cameras.
 
-Per camera a source (video file, V4L2 webcam, image folder with timestamps, or a recorded take) is
-read by a latest-frame grabber thread: when the estimator is slower than the cameras, stale frames
+Per camera a source (video file, V4L2 webcam, image folder with timestamps, a recorded take, or one
+camera of the synthetic stage) is read by a latest-frame grabber thread: when the estimator is slower than the cameras, stale frames
 are dropped and counted (`dropped/<cam>`), never queued. Each tick the newest frame of every camera
 goes to the estimator as one batch (SAM-3D Body on a GPU, MediaPipe on the CPU), and every person
-found is published on `kp2d/<cam>` with the capture time on the stage clock. Replayed takes carry
-their persons already (estimator `replay`). The node publishes its cameras' calibration as
+found is published on `kp2d/<cam>` with the capture time on the stage clock. Replayed takes and the
+synthetic stage's observation model carry their persons already (estimators `replay`, `synthetic`). The node publishes its cameras' calibration as
 last-value state on `calib` and, in stats, per camera: fps, drops, estimator latency.
 
 Recovery: a camera whose source fails ends its stream (counted as `source_errors/<cam>`, logged);
@@ -31,22 +31,24 @@ from streamer.capture.sources import (
     FrameSource,
     ImageFolderSource,
     ReplaySource,
+    SyntheticSource,
     VideoFileSource,
     WebcamSource,
 )
 from streamer.node import Node, run_node
 
-__all__ = ["Capture", "Settings", "build_estimator", "main", "open_source"]
+__all__ = ["Capture", "Settings", "build_estimator", "build_synthetic_stage", "main", "open_source"]
 
 
 @dataclass(frozen=True)
 class Settings:
     cameras: tuple[str, ...] = ("cam0",)  # camera ids (topics kp2d/<id>); must match the calibration's names
-    source: Literal["video", "webcam", "images", "replay"] = "video"
-    sources: tuple[str, ...] = ()  # one per camera: video file, webcam device ("0", "/dev/video0"), image folder, take
+    source: Literal["video", "webcam", "images", "replay", "synthetic"] = "video"
+    sources: tuple[str, ...] = ()  # one per camera: video file, webcam device ("0", "/dev/video0"), image folder,
+    #                                take; unused for "synthetic" (cameras are the stage's: cam0, cam1, ...)
     sources_dir: str = ""  # relative entries of `sources` are resolved against this folder
     calibration_file: str = ""  # rig calibration (any format streamer.calibration_io reads); required for sam3d
-    estimator: Literal["mediapipe", "sam3d", "replay"] = "mediapipe"
+    estimator: Literal["mediapipe", "sam3d", "replay", "synthetic"] = "mediapipe"  # replay/synthetic: keypoints as given
     pace: bool = True  # file sources released at their own frame times (like a camera); False: every frame, in order, as fast as the estimator goes
     stop_at_end: bool = True  # stop the node when every file source has ended
     start_delay_s: float = 0.0  # wait this long before the first frame (lets subscribers of file sources connect)
@@ -65,6 +67,13 @@ class Settings:
     max_hint_age_s: float = 0.2
     redetect_interval_s: float = 2.0
     mediapipe_min_visibility: float = 0.1
+    # synthetic stage (streamer/synthetic): every capture process of one stage must use the same values
+    synth_cameras: int = 4  # cameras on the ring
+    synth_fps: float = 60.0
+    synth_seed: int = 0
+    synth_distractor: bool = True  # a second person walking around the subject
+    synth_noise_px: float = 2.0
+    synth_outlier_rate: float = 0.02
 
 
 def open_source(kind: str, spec: str, camera: str, *, t0_ns: int, clock_ns, settings: Settings) -> FrameSource:
@@ -85,6 +94,17 @@ def open_source(kind: str, spec: str, camera: str, *, t0_ns: int, clock_ns, sett
     raise ValueError(f"capture: unknown source kind {kind!r}")
 
 
+def build_synthetic_stage(settings: Settings):
+    """The synthetic stage of the settings (frame 0 at stage time 1 s, so frame i is due at the same stage time
+    in every process)."""
+    from streamer.synthetic import ObservationSettings, RigSettings, StageSettings, SyntheticStage
+
+    return SyntheticStage(StageSettings(
+        rig=RigSettings(cameras=settings.synth_cameras, fps=settings.synth_fps), seed=settings.synth_seed,
+        distractor=settings.synth_distractor,
+        observation=ObservationSettings(noise_px=settings.synth_noise_px, outlier_rate=settings.synth_outlier_rate)))
+
+
 def build_estimator(settings: Settings) -> tuple[Estimator | None, object | None]:
     """(estimator, ONNX detector or None) for the settings; None estimator for replayed keypoints."""
     detector = None
@@ -93,7 +113,7 @@ def build_estimator(settings: Settings) -> tuple[Estimator | None, object | None
 
         detector = OnnxPersonDetector(settings.detector_onnx_path, device=settings.detector_device,
                                       score_threshold=settings.detector_score)
-    if settings.estimator == "replay":
+    if settings.estimator in ("replay", "synthetic"):
         return None, detector
     if settings.estimator == "mediapipe":
         from streamer.capture.mediapipe_pose import MediaPipeEstimator
@@ -116,14 +136,20 @@ class Capture(Node):
 
     def setup(self) -> None:
         s = self.settings
-        if not s.cameras or len(s.sources) != len(s.cameras):
+        if not s.cameras or (s.source != "synthetic" and len(s.sources) != len(s.cameras)):
             raise ValueError(f"capture {self.name}: give one entry of `sources` per camera "
                              f"({len(s.cameras)} cameras, {len(s.sources)} sources)")
-        if (s.estimator == "replay") != (s.source == "replay"):
-            raise ValueError(f"capture {self.name}: estimator 'replay' goes with source 'replay' (and only with it)")
+        for kind in ("replay", "synthetic"):
+            if (s.estimator == kind) != (s.source == kind):
+                raise ValueError(f"capture {self.name}: estimator {kind!r} goes with source {kind!r} (and only with it)")
         self.rig: Rig | None = None
         self.calib: RigCalibration | None = None
-        if s.calibration_file:
+        self.stage = build_synthetic_stage(s) if s.source == "synthetic" else None
+        if self.stage is not None:
+            self.rig = self.stage.rig.subset(list(s.cameras))
+            self.calib = self.rig.to_message()
+            self.publish_state(self.calib)
+        elif s.calibration_file:
             from streamer.calibration_io import load_calibration
 
             self.rig = load_calibration(s.calibration_file).subset(list(s.cameras))
@@ -138,8 +164,11 @@ class Capture(Node):
             time.sleep(s.start_delay_s)
         t0_ns = self.clock.now_ns()
         self.grabbers: dict[str, LatestFrameGrabber | SequentialReader] = {}
-        for camera, spec in zip(s.cameras, s.sources):
-            source = open_source(s.source, spec, camera, t0_ns=t0_ns, clock_ns=self.clock.now_ns, settings=s)
+        for camera, spec in zip(s.cameras, s.sources or [""] * len(s.cameras)):
+            if self.stage is not None:
+                source = SyntheticSource(self.stage, camera, realtime=s.pace, clock_ns=self.clock.now_ns)
+            else:
+                source = open_source(s.source, spec, camera, t0_ns=t0_ns, clock_ns=self.clock.now_ns, settings=s)
             if self.calib is None and isinstance(source, ReplaySource) and source.calibration is not None:
                 self.rig = Rig.from_message(source.calibration).subset(list(s.cameras))
                 self.calib = self.rig.to_message()
@@ -211,6 +240,9 @@ class Capture(Node):
             return
         for camera, grabber in self.grabbers.items():
             self.gauge(f"fps/{camera}", self.published[camera] * 1e9 / elapsed_ns)
+            if isinstance(grabber.source, SyntheticSource):
+                self.counters[f"skipped/{camera}"] = grabber.source.skipped
+                self.counters[f"stage_drops/{camera}"] = grabber.source.stage_drops
             self.counters[f"dropped/{camera}"] = grabber.dropped
             self.counters[f"grabbed/{camera}"] = grabber.grabbed
             if grabber.error is not None:

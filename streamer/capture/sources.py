@@ -33,6 +33,7 @@ __all__ = [
     "ImageFolderSource",
     "ReplaySource",
     "SourceError",
+    "SyntheticSource",
     "VideoFileSource",
     "WebcamSource",
     "buffer_time_to_clock_ns",
@@ -333,3 +334,55 @@ class ReplaySource(FrameSource):
         t_ns = msg.t_capture_ns if self.t0_ns is None else self.t0_ns + msg.t_capture_ns - self._first_ns
         size = (int(msg.image_size[0]), int(msg.image_size[1]))
         return Frame(msg.frame_index, t_ns, size, None, list(msg.persons))
+
+
+class SyntheticSource(FrameSource):
+    """One camera of the synthetic stage (streamer/synthetic `SyntheticStage`): its observation model's persons.
+
+    realtime=True (a live camera): frame i is due at `stage.frame_time_ns(i)` on `clock_ns` (the stage clock),
+    so every process with the same stage settings produces the same frame at the same time; a reader that
+    falls behind skips to the current frame (counted in `skipped`), as a camera would. realtime=False: frames
+    start, start+1, ... as fast as they are read, with their own times. Frames the stage drops are skipped
+    (counted in `stage_drops`).
+    """
+
+    def __init__(self, stage, camera: str, *, realtime: bool = True, start: int = 0, stop: int | None = None,
+                 clock_ns: Callable[[], int] = time.time_ns):
+        if camera not in stage.camera_names:
+            raise SourceError(f"synthetic stage has no camera {camera!r}; known: {', '.join(stage.camera_names)}")
+        self.stage = stage
+        self.camera = camera
+        self.live = realtime
+        self._clock_ns = clock_ns
+        self._next = start
+        self._stop = stop
+        self.skipped = 0
+        self.stage_drops = 0
+
+    @property
+    def nominal_fps(self) -> float:
+        return self.stage.fps
+
+    def _current_index(self) -> int:
+        elapsed_ns = self._clock_ns() - self.stage.frame_time_ns(0)
+        return max(0, int(elapsed_ns * self.stage.fps // _NS_PER_S))
+
+    def read(self) -> Frame | None:
+        while self._stop is None or self._next < self._stop:
+            index = self._next
+            if self.live:
+                current = self._current_index()
+                if current > index:
+                    self.skipped += current - index
+                    index = current
+                wait_ns = self.stage.frame_time_ns(index) - self._clock_ns()
+                if wait_ns > 0:
+                    time.sleep(wait_ns / _NS_PER_S)
+            self._next = index + 1
+            msg = self.stage.observe(index, self.camera)
+            if msg is None:
+                self.stage_drops += 1
+                continue
+            size = (int(msg.image_size[0]), int(msg.image_size[1]))
+            return Frame(msg.frame_index, msg.t_capture_ns, size, None, list(msg.persons))
+        return None
