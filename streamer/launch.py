@@ -33,7 +33,10 @@ and must exist. Keys ending in `_dir` are resolved the same way but not required
 
 Each node runs as `python -m streamer node KIND --name NAME --bind EP --input UP=EP ...
 --settings-json JSON [...]` (see streamer/node.py). A node that exits non-zero is restarted
-with exponential backoff (0.5 s doubling to 8 s; reset after 10 s of running).
+with exponential backoff (0.5 s doubling to 8 s; reset after 10 s of running). `streamer run`
+stops the graph upstream first (sources, then their consumers, ...) on SIGINT/SIGTERM, after
+`--seconds`, or when every node has exited for good; its exit code is 0 when every node's last
+exit was clean.
 """
 from __future__ import annotations
 
@@ -409,26 +412,55 @@ class Supervisor:
                 proc.restarts += 1
                 self._spawn(proc)
 
+    def finished(self) -> bool:
+        """True when no node runs and none will be restarted (e.g. a replay graph that has played out)."""
+        return all(p.popen is None and p.next_start_mono == float("inf") for p in self.procs.values())
+
+    def exit_code(self) -> int:
+        """0 when every node's last exit was clean (0, or stopped by our SIGTERM while starting)."""
+        return 0 if all(p.last_rc in (None, 0, -signal.SIGTERM) for p in self.procs.values()) else 1
+
     def stop(self, grace_s: float = STOP_GRACE_S) -> int:
-        """SIGTERM every node, SIGKILL those still running after grace_s; 0 when all exited cleanly."""
+        """Stop the graph upstream first (sources, then their consumers, ...), so every consumer still
+        receives and flushes what its inputs sent last: SIGTERM one depth level, wait for it (SIGKILL
+        after grace_s), then the next. Returns `exit_code()`."""
         self._stopping = True
-        running = [p for p in self.procs.values() if p.popen is not None and p.popen.poll() is None]
-        for p in running:
-            p.popen.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + grace_s
-        clean = True
-        for p in running:
-            try:
-                p.last_rc = p.popen.wait(timeout=max(0.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                log.error("%s did not stop in %.1f s: killing", p.spec.name, grace_s)
-                p.popen.kill()
-                p.last_rc = p.popen.wait()
-            if p.last_rc not in (0, -signal.SIGTERM):  # -SIGTERM: stopped while starting, before its handler
-                clean = False
-                log.warning("%s exit code %s at stop", p.spec.name, p.last_rc)
-            p.popen = None
-        return 0 if clean else 1
+        for level in _depth_levels(self.graph, list(self.procs)):
+            running = [self.procs[n] for n in level if self.procs[n].popen is not None and self.procs[n].popen.poll() is None]
+            for p in running:
+                p.popen.send_signal(signal.SIGTERM)
+            deadline = time.monotonic() + grace_s
+            for p in running:
+                try:
+                    p.last_rc = p.popen.wait(timeout=max(0.0, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    log.error("%s did not stop in %.1f s: killing", p.spec.name, grace_s)
+                    p.popen.kill()
+                    p.last_rc = p.popen.wait()
+                p.popen = None
+        for name, p in self.procs.items():
+            if p.last_rc not in (None, 0, -signal.SIGTERM):
+                log.warning("%s: last exit code %s", name, p.last_rc)
+            log.info("%s: %d restart(s), exit codes %s, last %s", name, p.restarts, p.exit_codes, p.last_rc)
+        return self.exit_code()
+
+
+def _depth_levels(graph: Graph, names: list[str]) -> list[list[str]]:
+    """Nodes grouped by depth in the graph (0 = reads no node); inputs on other hosts count too."""
+    depth: dict[str, int] = {}
+
+    def visit(name: str, seen: frozenset) -> int:
+        if name not in depth:
+            ups = [u for u in graph.nodes[name].inputs if u not in seen]  # cycles are allowed; cut them
+            depth[name] = 1 + max((visit(u, seen | {name}) for u in ups), default=-1)
+        return depth[name]
+
+    for name in names:
+        visit(name, frozenset())
+    levels: dict[int, list[str]] = {}
+    for name in names:
+        levels.setdefault(depth[name], []).append(name)
+    return [levels[d] for d in sorted(levels)]
 
 
 def main(argv: list[str]) -> int:
@@ -458,6 +490,9 @@ def main(argv: list[str]) -> int:
         supervisor.start()
         while not stop and time.monotonic() < end:
             supervisor.poll()
+            if supervisor.finished():
+                log.info("every node has exited and none is due a restart")
+                break
             time.sleep(0.05)
     finally:
         rc = supervisor.stop()

@@ -193,7 +193,7 @@ def test_crashing_node_is_restarted_with_growing_backoff(tmp_path):
     # backoff 0.5, 1, 2 (+ ~0.5 s process start each): 2 or 3 restarts in 6 s, and the next wait has grown
     assert 2 <= proc.restarts <= 4
     assert proc.backoff_s >= 4.0
-    assert rc == 0  # nothing was running at stop
+    assert rc == 1  # its last exit was a crash
 
 
 from hypothesis import HealthCheck, given, settings  # noqa: E402
@@ -267,3 +267,37 @@ def test_any_graph_document_loads_or_raises_graph_error(tmp_path, doc):
         load_graph(path)
     except GraphError as exc:
         assert str(path) in str(exc)
+
+
+def test_graph_stops_upstream_first(tmp_path):
+    from streamer.launch import _depth_levels
+
+    g = load_graph(write(tmp_path, """
+[nodes.sink]
+kind = "relay"
+inputs = ["mid", "cam"]
+[nodes.mid]
+kind = "relay"
+inputs = ["cam"]
+[nodes.cam]
+kind = "pulse"
+[nodes.loop_a]
+kind = "relay"
+inputs = ["loop_b"]
+[nodes.loop_b]
+kind = "relay"
+inputs = ["loop_a"]
+"""))
+    levels = _depth_levels(g, list(g.nodes))
+    flat = {n: i for i, level in enumerate(levels) for n in level}
+    assert flat["cam"] < flat["mid"] < flat["sink"]
+    assert {"loop_a", "loop_b"} <= set(flat)
+
+
+@pytest.mark.slow
+def test_run_ends_when_every_node_has_exited_for_good(tmp_path):
+    path = write(tmp_path, '[graph]\nbase_port = 6640\n[nodes.p]\nkind = "pulse"\nrestart = "never"\nsettings = { rate_hz = 0.0 }\n')
+    done = subprocess.run([sys.executable, "-m", "streamer", "run", str(path), "--seconds", "60"], capture_output=True,
+                          text=True, cwd=REPO, timeout=60)
+    assert done.returncode == 1  # the node failed and was not restarted
+    assert "none is due a restart" in done.stderr and "exit codes [1]" in done.stderr
