@@ -1,6 +1,8 @@
-"""Node `pulse`: a test-card source. Publishes a deterministic one-person `Keypoints2D` on
-`kp2d/<camera>` at `rate_hz` (keypoints on a circle that turns once a second) and its camera's
-calibration as last-value state on `calib`. Use it to check a stage's wiring, transport and
+"""Node `pulse`: a test-card source of `kp2d/<camera>` and `calib`, for wiring and transport checks.
+
+It publishes a deterministic one-person `Keypoints2D` at `rate_hz` (keypoints on a circle that
+turns once a second, or a still from `keypoints_file`) and its camera's calibration as
+last-value state on `calib`. Use it to check a stage's wiring, transport and
 clock without cameras; it recovers from nothing because it needs nothing.
 """
 from __future__ import annotations

@@ -1,6 +1,8 @@
-"""Node `relay`: republishes what its inputs publish (e.g. to bridge hosts or fan in several
-publishers behind one endpoint). Topics in `state_topics` are republished as last-value state,
-so late joiners of the relay get them too. Heartbeats are not relayed (each hop has its own).
+"""Node `relay`: republishes what its inputs publish, to bridge hosts or fan in publishers.
+
+Topics in `state_topics` are republished as last-value state, so late joiners of the relay get
+them too (one value per topic: per-camera `calib` from several inputs is merged by a sync node,
+not here). Heartbeats are not relayed (each hop has its own).
 Recovers by itself: inputs reconnect, state is re-sent on reconnection.
 """
 from __future__ import annotations
