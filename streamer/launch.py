@@ -294,7 +294,7 @@ def _load_graph(path: Path) -> Graph:
         for name, spec in specs.items():
             secret = keys_dir / f"{name}.key_secret"
             if not secret.is_file():
-                fail(f"node {name!r}", f"CURVE key file not found: {secret} (python -m streamer.transport.curve {keys_dir} {name})")
+                fail(f"node {name!r}", f"CURVE key file not found: {secret} (python -m streamer.transport.keygen {path})")
             if spec.connect.startswith("ipc://"):
                 fail(f"node {name!r} field 'endpoint'", "CURVE works over tcp only")
     for key in ("heartbeat_interval_s", "stats_interval_s"):

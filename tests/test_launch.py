@@ -138,7 +138,7 @@ def test_missing_graph_file(tmp_path):
 def test_curve_keys_required_per_node(tmp_path):
     (tmp_path / "keys").mkdir()
     msg = error(tmp_path, '[graph]\nkeys_dir = "keys"\n[nodes.a]\nkind = "pulse"\n')
-    assert "node 'a'" in msg and "a.key_secret" in msg and "streamer.transport.curve" in msg
+    assert "node 'a'" in msg and "a.key_secret" in msg and "streamer.transport.keygen" in msg
 
 
 def test_example_graphs_in_launch_are_valid():

@@ -279,3 +279,17 @@ def test_publisher_flags_messages_receivers_would_reject(caplog):
     pub.publish(kp2d(2))
     assert pub.invalid == 1
     pub.close()
+
+
+def test_keygen_writes_a_pair_per_graph_node_and_keeps_existing(tmp_path):
+    from streamer.launch import load_graph
+    from streamer.transport.keygen import main as keygen
+
+    graph = tmp_path / "g.toml"
+    graph.write_text('[graph]\nkeys_dir = "keys"\n[nodes.a]\nkind = "pulse"\n[nodes.b]\nkind = "relay"\ninputs = ["a"]\n')
+    assert keygen([str(graph)]) == 0
+    first = (tmp_path / "keys" / "a.key_secret").read_bytes()
+    assert keygen([str(graph)]) == 0 and (tmp_path / "keys" / "a.key_secret").read_bytes() == first
+    assert load_keypair(tmp_path / "keys" / "b.key_secret").public == load_public_key(tmp_path / "keys" / "b.key")
+    assert load_graph(graph).keys_dir == tmp_path / "keys"
+    assert keygen(["--dir", str(tmp_path / "v"), "viewer"]) == 0 and (tmp_path / "v" / "viewer.key").is_file()

@@ -2,9 +2,8 @@
 servers accept only client public keys found in an authorised-keys folder).
 
 Key files are ZeroMQ certificates as written by `zmq.auth.create_certificates`:
-`NAME.key` (public) and `NAME.key_secret` (public + secret). Generate one pair per node:
-
-    python -m streamer.transport.curve KEYS_DIR NAME [NAME ...]
+`NAME.key` (public) and `NAME.key_secret` (public + secret). Generate one pair per node of a
+graph with `python -m streamer.transport.keygen GRAPH.toml` (see that module).
 
 A publisher (binding side) is the CURVE server; a subscriber is a client that must know the
 server's public key. A client without the right keys completes no handshake and receives nothing.
@@ -12,8 +11,6 @@ CURVE works over tcp:// only.
 """
 from __future__ import annotations
 
-import argparse
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,7 +23,6 @@ __all__ = [
     "generate_keypair_files",
     "load_keypair",
     "load_public_key",
-    "main",
     "make_client",
     "make_server",
     "start_authenticator",
@@ -100,19 +96,3 @@ def start_authenticator(context: zmq.Context, authorized_dir: str | Path) -> Thr
     auth.configure_curve(domain="*", location=str(authorized_dir))
     return auth
 
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m streamer.transport.curve", description="generate CURVE keypair files, one per name"
-    )
-    parser.add_argument("keys_dir", help="folder to write NAME.key and NAME.key_secret into")
-    parser.add_argument("names", nargs="+", help="node names")
-    args = parser.parse_args(argv)
-    for name in args.names:
-        public, secret = generate_keypair_files(args.keys_dir, name)
-        print(f"{name}: {public} {secret}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
