@@ -226,13 +226,19 @@ class Rig:
             dist[v, : cam.dist_or_zero.size] = cam.dist_or_zero
         K = np.stack([c.K for c in self.cameras]) if V else np.zeros((0, 3, 3))
         R = np.stack([c.R for c in self.cameras]) if V else np.zeros((0, 3, 3))
+        t = np.stack([c.t for c in self.cameras]) if V else np.zeros((0, 3))
         return {
             "R": R,
             "R_rows": R.reshape(3 * V, 3),
-            "t": np.stack([c.t for c in self.cameras]) if V else np.zeros((0, 3)),
+            "R_rows32": R.reshape(3 * V, 3).astype(np.float32),
+            "t32": t.astype(np.float32),
+            "mean_focal": 0.5 * (K[:, 0, 0] + K[:, 1, 1]),
+            "t": t,
             "K": K,
             "dist": dist,
             "dist_columns": [np.ascontiguousarray(dist[:, i, None]) for i in range(_FULL_DIST)],
+            "2p1": 2 * dist[:, 2, None],
+            "2p2": 2 * dist[:, 3, None],
             "rational": bool(np.any(dist[:, 5:8])),
             "prism": bool(np.any(dist[:, 8:12])),
             "fx": K[:, 0, 0, None].copy(),
@@ -257,17 +263,26 @@ class Rig:
         return self._stack["K"]
 
     @property
+    def mean_focal_px(self) -> np.ndarray:
+        """(V,) mean of fx and fy, pixels per unit of normalised coordinate."""
+        return self._stack["mean_focal"]
+
+    @property
     def dist12(self) -> np.ndarray:
         """(V, 12) distortion coefficients padded with zeros to the 12-term OpenCV model."""
         return self._stack["dist"]
 
     def to_camera_columns(self, points: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """points: (3, N) world, metres (coordinate-first) -> x, y, z: (V, N) each, camera frame of every view."""
+        """points: (3, N) world, metres (coordinate-first) -> x, y, z: (V, N) each, camera frame of every view.
+
+        float32 points give float32 results (for scoring many candidates), anything else float64.
+        """
         V = len(self)
         # einsum, not matmul: a (3V, 3) x (3, N) product is too small for BLAS threads, which only contend
         # for the cores with the other processes of the stage (measured: 20x slower under load at V = 16).
-        cam = np.einsum("ij,jn->in", self._stack["R_rows"], points).reshape(V, 3, -1)
-        t = self._stack["t"]
+        single = points.dtype == np.float32  # float32 in, float32 out
+        cam = np.einsum("ij,jn->in", self._stack["R_rows32" if single else "R_rows"], points).reshape(V, 3, -1)
+        t = self._stack["t32" if single else "t"]
         return cam[:, 0] + t[:, 0, None], cam[:, 1] + t[:, 1, None], cam[:, 2] + t[:, 2, None]
 
     def to_camera(self, points: np.ndarray) -> np.ndarray:
@@ -287,8 +302,8 @@ class Rig:
         radial = 1 + d[0] * r2 + d[1] * r4 + d[4] * (r4 * r2)
         if stack["rational"]:
             radial = radial / (1 + d[5] * r2 + d[6] * r4 + d[7] * (r4 * r2))
-        xd = x * radial + 2 * d[2] * xy + d[3] * (r2 + 2 * x2)
-        yd = y * radial + d[2] * (r2 + 2 * y2) + 2 * d[3] * xy
+        xd = x * radial + stack["2p1"] * xy + d[3] * (r2 + 2 * x2)
+        yd = y * radial + d[2] * (r2 + 2 * y2) + stack["2p2"] * xy
         if stack["prism"]:
             xd = xd + d[8] * r2 + d[9] * r4
             yd = yd + d[10] * r2 + d[11] * r4
@@ -300,8 +315,7 @@ class Rig:
         The coordinate-first form of `project`, for hot loops (contiguous (V, N) arrays, no stacking).
         """
         x, y, z = self.to_camera_columns(points)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            inv_z = np.where(z > _MIN_DEPTH_M, 1.0 / z, np.nan)
+        inv_z = 1.0 / np.where(z > _MIN_DEPTH_M, z, np.nan)  # NaN, not a division warning, behind the camera
         return self.distort_columns(x * inv_z, y * inv_z)
 
     def project(self, points: np.ndarray) -> np.ndarray:
@@ -321,7 +335,15 @@ class Rig:
         pixels = np.asarray(pixels, dtype=np.float64)
         if pixels.ndim != 3 or pixels.shape[0] != len(self) or pixels.shape[2] != 2:
             raise ValueError(f"rig.undistort: pixels must be (V={len(self)}, K, 2), got {pixels.shape}")
-        return np.stack([cam.undistort(p) for cam, p in zip(self.cameras, pixels)]) if len(self) else pixels.copy()
+        out = np.empty_like(pixels)
+        for v, cam in enumerate(self.cameras):  # one OpenCV call per view
+            if cam.K is None:
+                raise ValueError(f"camera {cam.name!r} has no intrinsics")
+            if pixels.shape[1]:
+                out[v] = cv2.undistortPoints(
+                    pixels[v].reshape(-1, 1, 2), cam.K, cam.dist_or_zero, criteria=_UNDISTORT_CRITERIA
+                ).reshape(-1, 2)
+        return out
 
     # ------------------------------------------------------------ protocol messages
 
