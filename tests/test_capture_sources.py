@@ -187,3 +187,10 @@ def test_sequential_reader_gives_every_frame_to_a_slow_consumer(videos):
                 time.sleep(0.05)
     assert indices == list(range(100)) and reader.counts == {"grabbed": 100, "delivered": 100, "dropped": 0}
     assert reader.ended and reader.error is None
+
+
+def test_missing_webcam_is_a_clear_error():
+    with pytest.raises(SourceError, match="webcam '/dev/video_does_not_exist'"):
+        from streamer.capture.sources import WebcamSource
+
+        WebcamSource("/dev/video_does_not_exist")
