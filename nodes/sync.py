@@ -11,7 +11,9 @@ triangulated robustly with the previous frame's points as a temporal prior and p
 
 Recovery: frames whose `calib_version` does not match the calibration received for their
 camera are counted (`calib_mismatch/<cam>`) and dropped, as are frames of cameras without a
-calibration yet (`no_calib/<cam>`); a dead camera only costs one deadline per set until it
+calibration yet (`no_calib/<cam>`) and frames whose keypoint count differs from the first one
+(`keypoint_count_mismatch/<cam>`); a frame set that fails is counted (`frame_set_errors`)
+and skipped, never a crash; a dead camera only costs one deadline per set until it
 counts as stale, then sets complete without it; a lost track is re-acquired by bootstrap.
 """
 from __future__ import annotations
@@ -36,6 +38,7 @@ from streamer.association import (
     pack_detections,
     select_persons,
 )
+from streamer.body import mhr70
 from streamer.calibration import Camera, Rig
 from streamer.framesets import Assembler, AssemblySettings, FrameSet, PushOutcome
 from streamer.node import Node, run_node
@@ -100,6 +103,8 @@ class Sync(Node):
         self.assembly_ns: list[int] = []  # push + poll
         self.work_ns: list[int] = []  # person choice + triangulation + message
         self.next_stats_refresh = 0
+        self.n_keypoints: int | None = None  # K of the first accepted kp2d; others are rejected
+        self.errors_logged = 0
 
     # ------------------------------------------------------------ inputs
 
@@ -158,6 +163,13 @@ class Sync(Node):
             self.count(f"calib_mismatch/{camera}")
             self.assembler.note_rejected(camera, msg.seq)
             return
+        if msg.persons:
+            if self.n_keypoints is None:
+                self.n_keypoints = len(msg.persons[0].keypoints)
+            if any(len(p.keypoints) != self.n_keypoints for p in msg.persons):
+                self.count(f"keypoint_count_mismatch/{camera}")
+                self.assembler.note_rejected(camera, msg.seq)
+                return
         now = time.monotonic_ns()
         outcome = self.assembler.push(camera, msg.seq, msg.t_capture_ns, now, payload=msg)
         if outcome == PushOutcome.UNKNOWN_CAMERA:
@@ -190,7 +202,14 @@ class Sync(Node):
     def _emit(self, frame_sets: list[FrameSet], *, from_tick: bool) -> None:
         for frame_set in frame_sets:
             start = time.perf_counter_ns()
-            points = self._process(frame_set)
+            try:
+                points = self._process(frame_set)
+            except Exception:  # a bad frame set must not stop the stage: count, log a few, go on
+                self.count("frame_set_errors")
+                if self.errors_logged < 10:
+                    self.errors_logged += 1
+                    self.log.exception("frame set at %d ns not processed", frame_set.t_ns)
+                continue
             self.work_ns.append(time.perf_counter_ns() - start)
             self.spreads_ns.append(frame_set.spread_ns)
             self.waits_ns.append(frame_set.t_emit_ns - min(f.t_arrival_ns for f in frame_set.frames))
@@ -206,7 +225,7 @@ class Sync(Node):
         names = rig.names
         messages = [frame_set.frame(name) for name in names]
         persons = [[] if f is None else f.payload.persons for f in messages]
-        n_keypoints = next((len(p[0].keypoints) for p in persons if p), 70)
+        n_keypoints = self.n_keypoints or mhr70.NUM_KEYPOINTS
         detections = pack_detections(persons, n_keypoints, s.min_confidence)
         if self.track.points is not None and len(self.track.points) == n_keypoints:
             subset = association_keypoints(n_keypoints)
