@@ -293,3 +293,39 @@ def test_keygen_writes_a_pair_per_graph_node_and_keeps_existing(tmp_path):
     assert load_keypair(tmp_path / "keys" / "b.key_secret").public == load_public_key(tmp_path / "keys" / "b.key")
     assert load_graph(graph).keys_dir == tmp_path / "keys"
     assert keygen(["--dir", str(tmp_path / "v"), "viewer"]) == 0 and (tmp_path / "v" / "viewer.key").is_file()
+
+
+def _edited(frames, edit):
+    import msgpack
+
+    header = msgpack.unpackb(frames[1], raw=False)
+    edit(header)
+    return [frames[0], msgpack.packb(header, use_bin_type=True), *frames[2:]]
+
+
+def _nan_box():
+    msg = kp2d(1)
+    msg.persons[0].box = np.array([0, np.nan, 1, 1], np.float32)
+    return encode(msg)
+
+
+@pytest.mark.parametrize(
+    "make,reason",
+    [
+        (lambda: encode(kp2d(1))[:-1], "frames"),  # truncated: last payload frame missing
+        (lambda: [*encode(kp2d(1))[:-1], encode(kp2d(1))[-1][:-3]], "length"),  # truncated payload
+        (lambda: [b"kp2d/cam0", encode(kp2d(1))[1][:-5], *encode(kp2d(1))[2:]], "header"),  # truncated header
+        (lambda: [*encode(kp2d(1)), b"\0" * (5 * 2**20)], "size"),  # oversized
+        (lambda: _edited(encode(kp2d(1)), lambda h: h["arrays"][2].__setitem__(0, "|O")), "dtype"),
+        (lambda: _edited(encode(kp2d(1)), lambda h: h["arrays"][2].__setitem__(1, [35, 4])), "shape"),
+        (_nan_box, "nonfinite"),
+    ],
+)
+def test_defective_messages_over_a_socket_are_counted_by_reason(raw_pub_sub, make, reason):
+    raw, sub = raw_pub_sub
+    before = sub.rejects[reason]
+    raw.send_multipart(make())
+    raw.send_multipart(encode(kp2d(99)))  # a good one after it still arrives
+    got = until(lambda: sub.recv(10))
+    assert got is not None and got[1].seq == 99
+    assert sub.rejects[reason] == before + 1

@@ -35,6 +35,8 @@ STATE_RESEND_S = 2.0
 RECONNECT_IVL_MAX_MS = 1000
 ZMTP_HEARTBEAT_IVL_MS = 1000  # transport-level PING, so a vanished host (no TCP reset) is dropped
 ZMTP_HEARTBEAT_TIMEOUT_MS = 3000
+MAX_FRAME_BYTES = 64 * 2**20  # ZMQ_MAXMSGSIZE: a peer sending a larger frame is disconnected (memory bound);
+# frames between protocol's MAX_MESSAGE_BYTES (4 MiB) and this are received and rejected as "size"
 _MAX_BURST = 256  # messages read from one socket per fill, so one busy peer cannot starve others
 SELF_CHECKS_PER_TOPIC = 10  # the first messages of each topic are decoded once here, to catch producer bugs early
 
@@ -193,6 +195,7 @@ class Subscriber:
             sock = context.socket(zmq.SUB)
             sock.linger = 0
             sock.rcvhwm = hwm
+            sock.maxmsgsize = MAX_FRAME_BYTES
             sock.reconnect_ivl_max = RECONNECT_IVL_MAX_MS
             sock.heartbeat_ivl = ZMTP_HEARTBEAT_IVL_MS
             sock.heartbeat_timeout = ZMTP_HEARTBEAT_TIMEOUT_MS
