@@ -61,13 +61,13 @@ def test_video_source_is_rgb(videos):
 
 @pytest.mark.data
 def test_latest_frame_grabber_drops_stale_frames_under_a_slow_estimator(videos):
-    """Camera-paced 60 fps source, estimator taking 40 ms: drops are counted, nothing queues,
-    and the delivered frame is always fresh (its staleness does not grow over the run)."""
+    """Camera-paced 60 fps source, estimator taking 40 ms: drops are counted, nothing queues: a delivered
+    frame waited in the slot at most about one estimator iteration, and that wait does not grow over the run."""
     slow_estimator_s = 0.040
-    staleness_ms, indices = [], []
+    waits_ms, indices = [], []
     with LatestFrameGrabber(VideoFileSource(videos / "cam01.mp4"), pace=True) as grabber:
         while (frame := grabber.latest(timeout_s=2.0)) is not None:
-            staleness_ms.append((time.monotonic_ns() - grabber.release_monotonic_ns(frame)) / 1e6)
+            waits_ms.append(grabber.last_wait_ns / 1e6)
             indices.append(frame.index)
             assert grabber.backlog == 0  # the slot was emptied by latest(): no queue behind it
             time.sleep(slow_estimator_s)
@@ -77,15 +77,13 @@ def test_latest_frame_grabber_drops_stale_frames_under_a_slow_estimator(videos):
     assert counts["delivered"] == len(indices)
     assert counts["dropped"] == counts["grabbed"] - counts["delivered"]
     # 100 frames over ~1.65 s at ~42 ms per estimate: about 40 delivered, about 60 dropped
-    assert 25 <= counts["delivered"] <= 60 and counts["dropped"] >= 40
+    assert 20 <= counts["delivered"] <= 60 and counts["dropped"] >= 40
     assert indices == sorted(set(indices))  # newest first-come, never re-delivered, never reordered
-    assert indices[-1] >= 97  # the end of the take is reached in real time, not left in a queue
-    # staleness stays bounded by one estimate + one frame (a queue would grow it linearly)
-    staleness = np.array(staleness_ms)
-    assert staleness.min() >= 0
-    assert np.percentile(staleness, 90) < slow_estimator_s * 1e3 + FRAME_NS / 1e6 + 15
-    first, last = staleness[: len(staleness) // 2], staleness[len(staleness) // 2:]
-    assert np.median(last) < np.median(first) + 15
+    assert indices[-1] >= 97  # the end of the take is reached, not left in a queue
+    waits = np.array(waits_ms)
+    assert waits.min() >= 0 and np.percentile(waits, 90) < slow_estimator_s * 1e3 + 20
+    first, last = waits[: len(waits) // 2], waits[len(waits) // 2:]
+    assert np.median(last) < np.median(first) + 10
 
 
 @pytest.mark.data

@@ -33,7 +33,9 @@ class LatestFrameGrabber:
 
     grabbed / delivered / dropped: cumulative counts; grabbed == delivered + dropped + backlog.
     `error`: the exception that stopped the source, if any (the stream then ends).
-    With pace: `release_monotonic_ns(frame)` is when a frame was due (monotonic clock).
+    `last_wait_ns`: how long the frame last delivered waited in the slot (its queueing delay, bounded by
+    one consumer iteration). With pace: `release_monotonic_ns(frame)` is when a frame was due (monotonic
+    clock); a source that decodes slower than real time releases frames later than that (not a queue).
     """
 
     def __init__(self, source: FrameSource, *, pace: bool = False):
@@ -46,6 +48,8 @@ class LatestFrameGrabber:
         self._pace_origin_ns: int | None = None  # monotonic time at which the first frame was due
         self._first_t_ns: int | None = None
         self._slot: Frame | None = None
+        self._slot_put_ns = 0
+        self.last_wait_ns = 0
         self._ended = False
         self._stop = threading.Event()
         self._cond = threading.Condition()
@@ -103,6 +107,7 @@ class LatestFrameGrabber:
             frame, self._slot = self._slot, None
             if frame is not None:
                 self.delivered += 1
+                self.last_wait_ns = time.monotonic_ns() - self._slot_put_ns
             return frame
 
     # ------------------------------------------------------------ grabber thread
@@ -130,6 +135,7 @@ class LatestFrameGrabber:
                     if self._slot is not None:
                         self.dropped += 1
                     self._slot = frame
+                    self._slot_put_ns = time.monotonic_ns()
                     self._cond.notify_all()
         except Exception as exc:  # a dead camera ends the stream; the node reports it
             log.error("frame source %r stopped: %s", self.source, exc)
