@@ -492,8 +492,11 @@ class AnnyBody(BodyModel):
                                                t["phenotype_mask"], extrapolate=False)
         coeffs = weights @ t["phenotype_projection"]  # (B, A)
         heads = t["template_heads"] + (coeffs @ t["heads_blendshapes"].flatten(1)).unflatten(1, (-1, 3))
-        rest_rot = roma.special_procrustes(
-            t["orient_template"] + (coeffs @ t["orient_blendshapes"].flatten(1)).unflatten(1, (-1, 3, 3)))
+        # Rest bone orientations barely move with the phenotypes (bone lengths do): computed exactly,
+        # but without a gradient path through the 104 Procrustes SVDs (10x the cost of everything else).
+        with torch.no_grad():
+            rest_rot = roma.special_procrustes(
+                t["orient_template"] + (coeffs @ t["orient_blendshapes"].flatten(1)).unflatten(1, (-1, 3, 3)))
         # Reference-pose links (Anny "local-ref" FK with identity deltas): K_c = [U_p^T U_c | U_p^T q_c],
         # q_c = A_p (h_c - h_p), A = U R^T (A_root = I), U the reference orientations.
         ref = t["reference_orientations"]

@@ -91,26 +91,24 @@ def occluded_points(camera_center: np.ndarray, points: np.ndarray, starts: np.nd
                     radii: np.ndarray) -> np.ndarray:
     """(N,) bool: the segment camera->point passes through a capsule (start, end, radius) at least one
     radius before reaching the point. points (N, 3); capsules (M, 3), (M, 3), (M,); metres, world."""
+    # Broadcast products, not matmul: tiny BLAS calls contend for the cores with the rest of the stage.
     d1 = points - camera_center  # (N, 3) ray segments from the camera
     d2 = ends - starts  # (M, 3) capsule axes
     r = camera_center - starts  # (M, 3)
-    a = np.einsum("nc,nc->n", d1, d1)[:, None]
-    e = np.einsum("mc,mc->m", d2, d2)[None, :]
-    b = d1 @ d2.T
-    c = (d1 @ r.T)
-    f = np.einsum("mc,mc->m", d2, r)[None, :]
+    a = (d1 * d1).sum(1)[:, None]
+    e = (d2 * d2).sum(1)[None, :]
+    b = (d1[:, None, :] * d2[None]).sum(2)
+    c = (d1[:, None, :] * r[None]).sum(2)
+    f = (d2 * r).sum(1)[None, :]
     denom = a * e - b * b
     with np.errstate(divide="ignore", invalid="ignore"):
-        s = np.where(denom > 1e-12, np.clip((b * f - c * e) / denom, 0, 1), 0.0)
-        t = np.where(e > 1e-12, (b * s + f) / e, 0.0)
-        t = np.clip(t, 0, 1)
-        s = np.where(a > 1e-12, np.clip((b * t - c) / a, 0, 1), 0.0)
-    closest_ray = camera_center + s[..., None] * d1[:, None, :]
-    closest_axis = starts[None] + t[..., None] * d2[None]
-    distance = np.linalg.norm(closest_ray - closest_axis, axis=-1)
-    length = np.sqrt(a)
-    behind = (1 - s) * length > radii[None, :]  # the point lies beyond the capsule along the ray
-    return np.any((distance < radii[None, :]) & behind, axis=1)
+        s = np.clip(np.where(denom > 1e-12, (b * f - c * e) / denom, 0.0), 0, 1)
+        t = np.clip(np.where(e > 1e-12, (b * s + f) / e, 0.0), 0, 1)
+        s = np.clip(np.where(a > 1e-12, (b * t - c) / a, 0.0), 0, 1)
+    gap = (camera_center - starts)[None] + s[..., None] * d1[:, None, :] - t[..., None] * d2[None]
+    distance2 = (gap * gap).sum(2)
+    behind = (1 - s) ** 2 * a > radii[None, :] ** 2  # the point lies beyond the capsule along the ray
+    return ((distance2 < radii[None, :] ** 2) & behind).any(axis=1)
 
 
 def observe_persons(points: np.ndarray, pixels: np.ndarray, camera_center: np.ndarray,

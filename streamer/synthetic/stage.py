@@ -127,7 +127,8 @@ class SyntheticStage:
             return None, None
         exposure_s = frame_index / self.fps + self._phase_s[camera] + jitter_s
         points = self.points_at(exposure_s)
-        pixels = self._single[camera].project(points.reshape(-1, 3))[0].reshape(points.shape[0], -1, 2)
+        u, v = self._single[camera].project_columns(points.reshape(-1, 3).T)
+        pixels = np.stack([u[0], v[0]], axis=-1).reshape(points.shape[0], -1, 2)
         cam = self._single[camera].cameras[0]
         observed = observe_persons(points, pixels, self._centers[camera], cam.image_size, obs, rng)
         reported_ns = s.t0_ns + round((exposure_s + self._offset_s[camera]) * _NS)
