@@ -116,7 +116,7 @@ class Sync(Node):
 
     def _merge_calibration(self, msg: RigCalibration) -> None:
         configured = set(self.settings.cameras)
-        changed = False
+        changed = moved = False
         for cal in msg.cameras:
             if configured and cal.camera not in configured:
                 self.count("calib_ignored")
@@ -133,11 +133,13 @@ class Sync(Node):
                 self.cameras[cal.camera] = camera
                 versions.clear()
                 changed = True
+                moved |= old is not None
             versions.update({msg.version, Rig((camera,)).version})
         if changed:
-            self._rebuild_rig()
+            self._rebuild_rig(keep_track=not moved)
 
-    def _rebuild_rig(self) -> None:
+    def _rebuild_rig(self, keep_track: bool) -> None:
+        """A camera joined (the track stays valid: same world) or one was recalibrated (re-acquire)."""
         names = list(self.settings.cameras) or sorted(self.cameras)
         present = [n for n in names if n in self.cameras]
         self.rig = Rig(tuple(self.cameras[n] for n in present))
@@ -150,33 +152,40 @@ class Sync(Node):
         else:
             for name in present:
                 self.assembler.add_camera(name)
-        self.track = TrackState()
+        if not keep_track:
+            self.track = TrackState()
         self.publish_state(self.rig.to_message())
         self.log.info("rig %s: %d cameras (%s)", rig_version, len(present), ", ".join(present))
 
     def _on_keypoints(self, msg: Keypoints2D) -> None:
         camera = msg.camera
-        if camera not in self.cameras:
-            self.count(f"no_calib/{camera}")
-            return
-        if msg.calib_version not in self.accepted_versions[camera]:
-            self.count(f"calib_mismatch/{camera}")
-            self.assembler.note_rejected(camera, msg.seq)
-            return
+        reject = self._reject_reason(msg)
+        if reject is not None:
+            self.count(f"{reject}/{camera}")
+            if self.assembler is None:
+                return
+        now = time.monotonic_ns()
+        if reject is None:
+            if self.assembler.push(camera, msg.seq, msg.t_capture_ns, now, payload=msg) == PushOutcome.UNKNOWN_CAMERA:
+                self.count("unknown_camera")
+        else:  # it arrived: neither a seq gap nor a camera to wait for
+            self.assembler.note_rejected(camera, msg.seq, msg.t_capture_ns, now)
+        frame_sets = self.assembler.poll(now)
+        self.assembly_ns.append(time.monotonic_ns() - now)
+        self._emit(frame_sets, from_tick=False)
+
+    def _reject_reason(self, msg: Keypoints2D) -> str | None:
+        """Why a kp2d frame cannot be used (a counter name), or None."""
+        if msg.camera not in self.cameras:
+            return "no_calib"
+        if msg.calib_version not in self.accepted_versions[msg.camera]:
+            return "calib_mismatch"
         if msg.persons:
             if self.n_keypoints is None:
                 self.n_keypoints = len(msg.persons[0].keypoints)
             if any(len(p.keypoints) != self.n_keypoints for p in msg.persons):
-                self.count(f"keypoint_count_mismatch/{camera}")
-                self.assembler.note_rejected(camera, msg.seq)
-                return
-        now = time.monotonic_ns()
-        outcome = self.assembler.push(camera, msg.seq, msg.t_capture_ns, now, payload=msg)
-        if outcome == PushOutcome.UNKNOWN_CAMERA:
-            self.count("unknown_camera")
-        frame_sets = self.assembler.poll(now)
-        self.assembly_ns.append(time.monotonic_ns() - now)
-        self._emit(frame_sets, from_tick=False)
+                return "keypoint_count_mismatch"
+        return None
 
     def on_tick(self, now_ns: int) -> None:
         if self.assembler is None:

@@ -18,7 +18,7 @@ Algorithm (a partial-set variant of ROS message_filters ApproximateTime, see
   frame, or when the deadline (`deadline_ns` after the seed frame *arrived*) has passed; then
   it is emitted partial, from the cameras that arrived. A camera is not waited for when it has
   never been seen, is stale (no arrival for `stale_after_ns`), or its next frame cannot fall
-  inside the window (its last frame + half a period is already beyond it). A camera never
+  inside the window (its last frame, used or rejected, + 3/4 period is beyond it). A camera never
   seen is awaited only during the first `stale_after_ns` after the first frame arrived.
 - A set never spans more than `max_spread_ns`. Sets with fewer than `min_cameras` frames
   are not emitted; their frames count as `unmatched`.
@@ -155,6 +155,7 @@ class CameraCounters:
 
 
 _OFFSET_EWMA = 0.05
+_NEXT_FRAME_MIN_PERIODS = 0.75  # a camera's next frame is at least this many periods after its last (jitter)
 _PERIOD_EWMA = 0.1
 
 
@@ -233,14 +234,18 @@ class Assembler:
             cc.last_used_t_ns = max(cc.last_used_t_ns or evicted.t_capture_ns, evicted.t_capture_ns)
         return PushOutcome.PENDING
 
-    def note_rejected(self, camera: str, seq: int) -> None:
+    def note_rejected(self, camera: str, seq: int, t_capture_ns: int, now_ns: int) -> None:
         """A frame of `camera` arrived but was rejected upstream of the assembler (e.g. calibration
-        mismatch): remember its seq so it is not also counted as dropped."""
+        mismatch): remember it so it is neither counted as dropped nor waited for."""
         cc = self.counters.get(camera)
-        if cc is not None and (cc.last_seq is None or seq > cc.last_seq):
+        if cc is None:
+            return
+        if cc.last_seq is None or seq > cc.last_seq:
             if cc.last_seq is not None:
                 cc.dropped += seq - cc.last_seq - 1
             cc.last_seq = seq
+        cc.last_t_ns = t_capture_ns if cc.last_t_ns is None else max(cc.last_t_ns, t_capture_ns)
+        cc.last_arrival_ns = now_ns
 
     def _is_late(self, cc: CameraCounters, t_capture_ns: int) -> bool:
         if cc.last_used_t_ns is not None and t_capture_ns <= cc.last_used_t_ns:
@@ -288,7 +293,7 @@ class Assembler:
             return self._t_first_push_ns is not None and now_ns - self._t_first_push_ns <= self.settings.stale_after_ns
         if now_ns - cc.last_arrival_ns > self.settings.stale_after_ns:
             return False
-        return cc.last_t_ns + cc.period_ns / 2 <= window_end_ns
+        return cc.last_t_ns + _NEXT_FRAME_MIN_PERIODS * cc.period_ns <= window_end_ns
 
     def _decide_one(self, now_ns: int):
         s = self.settings

@@ -165,10 +165,25 @@ def test_push_outcomes_duplicate_restart_unknown_and_late():
     assert a.push("a", 2, 1_034 * MS, 5) == PushOutcome.PENDING  # seq went back: restart, not late
     assert a.counters["a"].seq_resets == 1 and a.counters["a"].duplicate == 1
     assert a.counters["b"].late == 1
-    a.note_rejected("b", 9)  # rejected upstream: neither a gap now nor at the next frame
-    assert a.push("b", 10, 1_036 * MS, 6) == PushOutcome.PENDING and a.counters["b"].dropped == 0
-    a.note_rejected("b", 12)
+    a.note_rejected("b", 9, 1_035 * MS, 6)  # rejected upstream: neither a gap now nor at the next frame
+    assert a.push("b", 10, 1_068 * MS, 6) == PushOutcome.PENDING and a.counters["b"].dropped == 0
+    a.note_rejected("b", 12, 1_134 * MS, 7)
     assert a.counters["b"].dropped == 1
+
+
+def test_a_rejected_frame_is_not_waited_for():
+    a = Assembler(["a", "b", "c"], SETTINGS)
+    for k in range(2):
+        t = 1_000 * MS + k * SETTINGS.frame_period_ns
+        a.push("a", k, t, t + MS)
+        a.push("b", k, t + MS, t + MS)
+        if k == 0:
+            a.push("c", k, t, t + MS)
+        else:  # c's frame 1 arrives but is rejected (e.g. a stale calib_version)
+            a.note_rejected("c", k, t, t + 2 * MS)
+    sets = a.poll(1_000 * MS + SETTINGS.frame_period_ns + 2 * MS)  # long before any deadline
+    assert [fs.cameras for fs in sets] == [("a", "b", "c"), ("a", "b")]
+    assert sets[1].reason == "resolved"
 
 
 def test_bad_settings_name_the_field():

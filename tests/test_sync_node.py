@@ -122,3 +122,27 @@ def test_fewer_than_six_valid_points_is_unusable_not_fitted():
     assert out and not any(m.usable for m in out)
     assert all(int((m.n_views >= 2).sum()) <= 4 for m in out)
     assert all(np.isnan(m.points[m.n_views < 2]).all() for m in out)
+
+
+def test_a_joining_camera_keeps_the_track_a_recalibrated_one_resets_it():
+    h = Harness(cameras=("c0", "c1", "c2", "c3"))
+    for name in ("c0", "c1", "c2"):
+        h.node.on_message("calib", h.calibs[name])
+
+    def feed(frames):
+        for k in frames:
+            for v in range(N_VIEWS):
+                h.node.on_message(f"kp2d/c{v}", h.frame(v, k))
+
+    feed(range(0, 3))
+    h.node.on_message("calib", h.calibs["c3"])  # joins: same world, the track goes on
+    feed(range(3, 6))
+    assert h.node.local["bootstraps"] == 1
+    moved = Rig((scene_camera(h.scene, 1, "c1"),)).to_message()
+    moved.cameras[0].t = moved.cameras[0].t + np.array([0.0, 0.0, 0.05])
+    moved = Rig.from_message(type(moved)(version="", cameras=moved.cameras)).to_message()
+    h.node.on_message("calib", moved)  # c1 recalibrated: re-acquire
+    feed(range(6, 9))  # c1 still sends frames made with its old calibration: rejected
+    assert h.node.local["bootstraps"] == 2 and h.node.counters["calib_mismatch/c1"] == 3
+    assert [len(m.cameras) for m in points(h)][:3] == [3, 3, 3] and len(points(h)[3].cameras) == 4
+    assert len({m.person_id for m in points(h)}) == 2

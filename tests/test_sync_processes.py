@@ -76,8 +76,9 @@ def test_sync_node_with_camera_processes(tmp_path):
                 rig_msg = msg
             elif isinstance(msg, Points3D):
                 points.append((time.monotonic_ns(), msg))
-                first = msg.frame_index if first is None else first
-                if killed_at_frame is None and msg.frame_index >= first + 45:
+                if first is None and msg.cameras == list(CAMERAS):
+                    first = msg.frame_index
+                if killed_at_frame is None and first is not None and msg.frame_index >= first + 45:
                     cameras["c3"].send_signal(signal.SIGKILL)  # dies: no goodbye, no heartbeat
                     killed_at_frame = msg.frame_index
                 if killed_at_frame is not None and msg.frame_index >= killed_at_frame + 45:
@@ -106,9 +107,10 @@ def test_sync_node_with_camera_processes(tmp_path):
     assert rig_msg is not None and rig_msg.version == expected_rig.version
     assert [c.camera for c in rig_msg.cameras] == list(CAMERAS)
 
+    # the rig grows as calibrations arrive (a camera without one is not used); judge the full rig
+    points = [(t, m) for t, m in points if m.cameras == list(CAMERAS)]
     messages = [m for _, m in points]
-    names = messages[0].cameras
-    assert names == list(CAMERAS)
+    names = list(CAMERAS)
     frames = [m.frame_index for m in messages]
     assert frames == sorted(set(frames)), "every frame set once, in order"
     c3 = names.index("c3")
@@ -131,6 +133,8 @@ def test_sync_node_with_camera_processes(tmp_path):
     # the stream goes on without the dead camera: partial sets, about one per frame
     span = after[-1].frame_index - after[0].frame_index + 1
     assert len(after) >= 0.8 * span
+    received_after = np.array([t for t, m in points if m.frame_index > last_c3], np.float64)
+    assert 25 < np.median(np.diff(received_after)) / 1e6 < 45  # still about one set per frame period (ms)
     regular = [m for m in after if m.frame_index % 10 != 9 and m.frame_index % 15 != 14]
     assert sum(int((m.sources_seq >= 0).sum()) == 3 for m in regular) >= 0.7 * len(regular)
 
@@ -154,4 +158,4 @@ def test_sync_node_with_camera_processes(tmp_path):
     assert counters.get("sets/resolved", 0) >= 10  # ... then counted stale, not waited for
     assert gauges["sync_spread_ms_max"] <= MAX_SPREAD_MS
     assert gauges["partial_rate"] > 0.3
-    assert counters.get("track_lost", 0) == 0 and counters.get("bootstraps", 0) == 1
+    assert counters.get("track_lost", 0) == 0 and len({m.person_id for m in messages}) == 1
