@@ -9,7 +9,8 @@ synthetic stage's observation model carry their persons already (estimators `rep
 last-value state on `calib` and, in stats, per camera: fps, drops, estimator latency.
 
 Recovery: a camera whose source fails ends its stream (counted as `source_errors/<cam>`, logged);
-the others continue. With `stop_at_end` the node stops once every file source has ended.
+the others continue. With `stop_at_end` the node stops once every source has ended; if a live camera
+(webcam) failed, it then exits non-zero so the launcher restarts it and the device is opened again.
 """
 from __future__ import annotations
 
@@ -31,6 +32,7 @@ from streamer.capture.sources import (
     FrameSource,
     ImageFolderSource,
     ReplaySource,
+    SourceError,
     SyntheticSource,
     VideoFileSource,
     WebcamSource,
@@ -263,6 +265,10 @@ class Capture(Node):
             self.counters[f"grabbed/{camera}"] = grabber.grabbed
         if self.estimator is not None:
             self.estimator.close()
+        failed = {c: g.error for c, g in self.grabbers.items() if g.error is not None and g.source.live}
+        if failed:  # exit code 1: the launcher restarts the node, which opens the cameras again
+            raise SourceError(f"capture {self.name}: live camera(s) failed: "
+                              + "; ".join(f"{c}: {e}" for c, e in failed.items()))
 
 
 def main(argv: list[str]) -> int:

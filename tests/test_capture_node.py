@@ -158,3 +158,12 @@ def test_synthetic_capture_node_publishes_the_stage_observations_live(tmp_path):
         # published shortly after the stage time of the frame (live, not replayed from the past)
         lag_ms = np.array([(m.t_send_ns - stage.frame_time_ns(m.frame_index)) / 1e6 for m in kp])
         assert np.median(lag_ms) < 40
+
+
+def test_missing_camera_exits_non_zero_for_the_launcher_to_restart(tmp_path):
+    pytest.importorskip("mediapipe", reason="mediapipe (extra 'mediapipe') is not installed")
+    settings = dict(cameras=["w"], source="webcam", sources=["/dev/video_does_not_exist"], estimator="mediapipe")
+    received, proc = _run_capture(tmp_path, settings, seconds=2)
+    output = proc.stdout.read()
+    assert proc.returncode == 1 and "webcam '/dev/video_does_not_exist'" in output
+    assert not [t for t, _ in received if t.startswith("kp2d/")]
