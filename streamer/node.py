@@ -289,7 +289,12 @@ class Node:
             pub.service(now)
             for peer, alive in sub.check_liveness(now):
                 self.count("peer_revived" if alive else "peer_dead")
-                (self.log.info if alive else self.log.warning)("input %s %s", peer, "alive" if alive else "DEAD (no heartbeat)")
+                if alive:
+                    self.log.info("input %s alive", peer)
+                elif sub.liveness.last_seen_ns[peer] is None:
+                    self.log.warning("input %s never heard (is it running? endpoint %s)", peer, sub.peers[peer])
+                else:
+                    self.log.warning("input %s DEAD (no heartbeat)", peer)
                 self.on_peer(peer, alive)
             if now >= next_stats:
                 self._publish_stats(now, window_start)

@@ -329,3 +329,14 @@ def test_defective_messages_over_a_socket_are_counted_by_reason(raw_pub_sub, mak
     got = until(lambda: sub.recv(10))
     assert got is not None and got[1].seq == 99
     assert sub.rejects[reason] == before + 1
+
+
+def test_an_input_that_never_comes_up_is_reported_once():
+    from streamer.transport import Liveness
+
+    live = Liveness(["a", "b"], interval_s=0.1, intervals=4, start_ns=0)
+    live.beat("a", 100_000_000)
+    assert live.check(300_000_000) == []
+    assert live.check(450_000_000) == [("b", False)]  # never heard within 0.4 s
+    assert live.check(460_000_000) == []  # reported once
+    assert live.check(600_000_000) == [("a", False)]  # heard at 0.1 s, silent since
