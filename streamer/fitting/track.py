@@ -165,19 +165,11 @@ def _output(context: TrackContext, params32: np.ndarray, evaluation: FitEvaluati
 
 
 def _predicted(context: TrackContext, state: TrackState, t_ns: int) -> np.ndarray | None:
-    """(P,) constant-velocity prediction of the parameters at t_ns (None without a track)."""
+    """(P,) the parameters predicted at t_ns: constant velocity within the coasting windows, the
+    last shipped value beyond them (None without a track)."""
     if state.params is None:
         return None
-    pred = state.params.copy()
-    s = context.settings
-    for kf, rows, noise, gap in ((state.root_kf, context.root, s.root_accel_noise, s.coast_root_s),
-                                 (state.pose_kf, ~context.root, s.pose_accel_noise, s.coast_pose_s)):
-        p = kalman_predict(kf, t_ns, _kalman_settings(context, noise, gap)).position[:, 0]
-        ok = np.isfinite(p)
-        sub = pred[rows]
-        sub[ok] = p[ok]
-        pred[rows] = sub
-    return pred
+    return _update_filters(context, state, None, t_ns)[2]
 
 
 def _update_filters(context: TrackContext, state: TrackState, params: np.ndarray | None, t_ns: int
@@ -251,6 +243,8 @@ def track_step(
     if state.shape_held is None:
         free |= context.shape
     prediction = None if lost else _predicted(context, state, t_ns)
+    if state.params is not None and (t_ns - state.t_ns) * 1e-9 > s.coast_pose_s:
+        state = replace(state, slewing=True)  # input resumes after a gap without frames: re-acquire gently
     if lost:
         start = choose_start(model, targets, candidates=candidates, reference=reference)
         if state.params is not None:  # keep the held shape on re-initialisation

@@ -1,0 +1,182 @@
+"""Node `fitter`: points3d -> warm-started body fit with causal NaN-safe filtering -> pose.
+
+Subscribes `points3d`; publishes `pose` (one per person per frame set) with per-keypoint flags
+(MEASURED: fitted to a valid triangulated point; PREDICTED: filled by the body model or coasted;
+MISSING: the body model has no such point, or a held pose) and diagnostics judged at the shipped
+parameters (`streamer.fitting`). The math is in `streamer.fitting.track.track_step`; this node only
+keeps one track state per person id.
+
+Missing input: a `points3d` that is unusable (fewer than `min_valid_points` valid points, zero
+weights, or `usable` cleared upstream) is never fitted: the pose coasts (root translation up to
+`coast_root_s`, rotations up to `coast_pose_s`) then holds, verdict "unusable". When no `points3d`
+arrives for `stale_after_s`, the last pose of each person is re-sent every `stale_interval_s` with
+verdict "stale". When input returns the track continues (re-initialised after `lost_after_s`), and
+the re-acquired pose is slew-limited to `max_speed_mps`, so it never jumps. Shipped parameters are
+never NaN. On unusable and stale poses `loss` and `data_loss` are 0.0 meaning "not computed" (the
+wire requires finite floats): read the verdict.
+
+Counters: frames, published, stale_sent, verdict/<v>, source/<fit|coast|hold>, rejects/bad_points3d,
+not_published/<first_unusable|time_not_advancing>. Gauges: fit_ms, iterations, rms_mm, persons.
+"""
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from dataclasses import dataclass, replace
+
+import numpy as np
+import torch
+
+from protocol.messages import Points3D, Pose, PoseFlag, Verdict
+from streamer.fitting import FitSettings, TargetSettings, fit_targets
+from streamer.fitting.track import TrackOutput, TrackSettings, TrackState, make_context, track_init, track_step
+from streamer.node import Node, run_node
+
+__all__ = ["Fitter", "Settings", "main", "pose_message"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Settings:
+    body_model: str = "anny"  # body model id ("anny": the embedded Anny body)
+    device: str = "cpu"  # torch device: "cpu" or "cuda"
+    torch_threads: int = 1  # CPU threads for torch in this process
+    min_valid_points: int = 6  # fewer valid 3D points: the frame is unusable
+    huber_m: float = 0.03  # Huber threshold of the data term, metres
+    accel_prior: float = 2e-3  # weight of the constant-velocity prior (per rad^2 / m^2)
+    max_iterations: int = 2  # LM steps per warm-started frame
+    max_iterations_cold: int = 60  # LM steps when (re)initialising
+    good_rms_m: float = 0.04  # verdict "good" at most this inlier RMS error, metres
+    smooth_output: bool = True  # ship the parameter Kalman's posterior (less jitter, no steady lag)
+    pose_accel_noise: float = 20.0  # Kalman process noise of rotations, rad/s^2 (jitter vs lag knob)
+    root_accel_noise: float = 2.0  # Kalman process noise of the root translation, m/s^2
+    coast_root_s: float = 1.0  # coast the root translation through unusable frames this long
+    coast_pose_s: float = 0.2  # coast rotations this long, then hold
+    lost_after_s: float = 1.5  # no usable frame this long: re-initialise on the next
+    max_speed_mps: float = 4.0  # slew limit on keypoints after a gap, m/s
+    shape_frames: int = 30  # good fits averaged into the subject's held shape
+    fit_hands: bool = False  # move the finger dims
+    stale_after_s: float = 0.5  # no points3d this long: re-send the last poses as "stale"
+    stale_interval_s: float = 0.25  # how often a stale pose is re-sent
+    forget_after_s: float = 30.0  # drop a person's track after this long without input
+
+
+def build_body(name: str, device: str):
+    """The body model named `name` on `device`."""
+    if name == "anny":
+        from streamer.body.anny_model import AnnyBody
+        return AnnyBody(device=device)
+    raise ValueError(f"fitter: body_model must be 'anny', got {name!r}")
+
+
+def pose_message(model, output: TrackOutput, points: Points3D, t_input_ns: int) -> Pose:
+    """The `pose` message of one track output (joint rotations as XYZW quaternions)."""
+    import roma
+
+    with torch.no_grad():
+        x = torch.as_tensor(output.params, device=model.device).to(model.dtype)[None]
+        rotations = model.joint_rotations(x)[0]
+        root_position = model.joint_positions(x)[0, 0]
+        quats = roma.rotmat_to_unitquat(rotations).to(torch.float32).cpu().numpy()  # XYZW
+    world_from_root = np.eye(4, dtype=np.float32)
+    world_from_root[:3, :3] = rotations[0].to(torch.float32).cpu().numpy()
+    world_from_root[:3, 3] = root_position.to(torch.float32).cpu().numpy()
+    ev = output.evaluation
+    finite = lambda v: float(v) if np.isfinite(v) else 0.0  # noqa: E731  "not computed" (see docstring)
+    return Pose(
+        t_ns=points.t_ns, frame_index=points.frame_index, person_id=points.person_id, body_model=model.name,
+        params=output.params.astype(np.float32), keypoints=output.keypoints.astype(np.float32),
+        joint_rotations=quats, world_from_root=world_from_root, flags=output.flags.astype(np.uint8),
+        loss=finite(ev.loss), data_loss=finite(ev.data_loss), n_valid=int(ev.n_valid), verdict=ev.verdict,
+        iterations=int(output.iterations), t_input_ns=t_input_ns)
+
+
+class Fitter(Node):
+    Settings = Settings
+    INPUT_TOPICS = ("points3d",)
+
+    def setup(self) -> None:
+        s = self.settings
+        torch.set_num_threads(max(1, s.torch_threads))
+        self.model = build_body(s.body_model, s.device)
+        track = TrackSettings(
+            fit=FitSettings(huber_m=s.huber_m, accel_prior=s.accel_prior, max_iterations=s.max_iterations,
+                            max_iterations_cold=s.max_iterations_cold, good_rms_m=s.good_rms_m),
+            targets=TargetSettings(min_valid=s.min_valid_points),
+            lost_after_s=s.lost_after_s, coast_root_s=s.coast_root_s, coast_pose_s=s.coast_pose_s,
+            max_speed_mps=s.max_speed_mps, shape_frames=s.shape_frames, fit_hands=s.fit_hands,
+            smooth_output=s.smooth_output, root_accel_noise=s.root_accel_noise, pose_accel_noise=s.pose_accel_noise)
+        self.context = make_context(self.model, track)
+        self.tracks: dict[int, TrackState] = {}
+        self.last_pose: dict[int, Pose] = {}
+        self.last_input_ns: dict[int, int] = {}
+        self.last_stale_ns: dict[int, int] = {}
+        self.tick_interval_s = min(0.05, s.stale_interval_s)
+
+    def on_message(self, topic: str, msg) -> None:
+        if not isinstance(msg, Points3D):
+            return
+        self.count("frames")
+        try:
+            targets = fit_targets(msg.points, n_views=msg.n_views, confidence=msg.confidence,
+                                  defined=self.context.defined, settings=self.context.settings.targets)
+        except ValueError as exc:
+            self.count("rejects/bad_points3d")
+            logger.warning("points3d rejected: %s", exc)
+            return
+        if not msg.usable and targets.usable:
+            targets = replace(targets, usable=False, reason="unusable upstream")
+        person = msg.person_id
+        state = self.tracks.get(person) or track_init(self.context)
+        t0 = time.perf_counter()
+        state, output = track_step(state, targets, msg.t_ns, self.context)
+        fit_ms = (time.perf_counter() - t0) * 1000
+        self.tracks[person] = state
+        self.last_input_ns[person] = self.clock.now_ns()
+        if output is None:
+            reason = "first_unusable" if state.params is None else "time_not_advancing"
+            self.count(f"not_published/{reason}")
+            return
+        pose = pose_message(self.model, output, msg, msg.t_send_ns)
+        self.publish(pose)
+        self.last_pose[person] = pose
+        self.last_stale_ns.pop(person, None)
+        self.count("published")
+        self.count(f"verdict/{pose.verdict}")
+        self.count(f"source/{output.source}")
+        self.gauge("fit_ms", fit_ms)
+        self.gauge("iterations", float(output.iterations))
+        if np.isfinite(output.evaluation.rms_m):
+            self.gauge("rms_mm", output.evaluation.rms_m * 1000)
+        self.gauge("persons", float(len(self.tracks)))
+
+    def on_tick(self, now_ns: int) -> None:
+        s = self.settings
+        for person in list(self.last_input_ns):
+            silent_s = (now_ns - self.last_input_ns[person]) * 1e-9
+            if silent_s > s.forget_after_s:
+                for table in (self.tracks, self.last_pose, self.last_input_ns, self.last_stale_ns):
+                    table.pop(person, None)
+                self.count("forgotten")
+                continue
+            pose = self.last_pose.get(person)
+            if pose is None or silent_s < s.stale_after_s:
+                continue
+            last = self.last_stale_ns.get(person)
+            if last is not None and (now_ns - last) * 1e-9 < s.stale_interval_s:
+                continue
+            flags = np.where(pose.flags == PoseFlag.MISSING, PoseFlag.MISSING, PoseFlag.PREDICTED).astype(np.uint8)
+            stale = replace(pose, verdict=Verdict.STALE, flags=flags, loss=0.0, data_loss=0.0, iterations=0)
+            self.publish(stale)
+            self.last_stale_ns[person] = now_ns
+            self.count("stale_sent")
+
+
+def main(argv: list[str]) -> int:
+    return run_node(Fitter, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
