@@ -141,6 +141,7 @@ class Node:
         self._recv_mono_ns: int | None = None
         self._publisher: Publisher | None = None
         self._subscriber: Subscriber | None = None
+        self._authenticator = None
 
     # ------------------------------------------------------------ hooks
 
@@ -201,27 +202,22 @@ class Node:
     # ------------------------------------------------------------ runtime
 
     def run(self) -> int:
-        """Run the whole lifecycle; returns the process exit code (0 after a graceful stop)."""
+        """Run the whole lifecycle; returns the process exit code (0 after a graceful stop, 1 after a
+        crash, 2 when the sockets cannot be set up: endpoint in use or invalid, CURVE keys unusable)."""
         cfg = self.config
         context = zmq.Context.instance()
-        authenticator = None
-        keypair = server_keys = None
-        if cfg.keys_dir:
-            keys = Path(cfg.keys_dir)
-            keypair = load_keypair(keys / f"{cfg.name}.key_secret")
-            server_keys = {i.name: load_public_key(keys / f"{i.name}.key") for i in cfg.inputs}
-            authenticator = start_authenticator(context, keys)
-        self._publisher = Publisher(
-            cfg.bind, name=cfg.name, context=context, hwm=cfg.hwm, clock=self.clock, curve=keypair,
-            heartbeat_interval_s=cfg.heartbeat_interval_s,
-        )
-        self._subscriber = Subscriber(
-            {i.name: i.endpoint for i in cfg.inputs}, self.input_topics(), context=context, hwm=cfg.hwm,
-            curve=keypair, server_keys=server_keys, heartbeat_interval_s=cfg.heartbeat_interval_s,
-        )
-        clock_server = ClockServer(cfg.clock_serve, self.clock, context=context) if cfg.clock_serve else None
-        clock_client = ClockClient(cfg.clock_connect, self.clock, context=context) if cfg.clock_connect else None
-        self._clock_client = clock_client
+        try:
+            authenticator, clock_server, clock_client = self._open_sockets(context)
+        except (zmq.ZMQError, ValueError) as exc:
+            self.log.error("cannot set up sockets (bind %s, inputs %s): %s", cfg.bind,
+                           ",".join(i.endpoint for i in cfg.inputs) or "-", exc)
+            if self._subscriber is not None:
+                self._subscriber.close()
+            if self._publisher is not None:
+                self._publisher.close()
+            if self._authenticator is not None:
+                self._authenticator.stop()
+            return 2
         poller = zmq.Poller()
         for sock in (self._publisher.socket, *self._subscriber.sockets):
             poller.register(sock, zmq.POLLIN)
@@ -255,6 +251,27 @@ class Node:
                 authenticator.stop()
             self.log.info("stop exit=%d", exit_code)
         return exit_code
+
+    def _open_sockets(self, context: zmq.Context):
+        cfg = self.config
+        keypair = server_keys = None
+        if cfg.keys_dir:
+            keys = Path(cfg.keys_dir)
+            keypair = load_keypair(keys / f"{cfg.name}.key_secret")
+            server_keys = {i.name: load_public_key(keys / f"{i.name}.key") for i in cfg.inputs}
+            self._authenticator = start_authenticator(context, keys)
+        self._publisher = Publisher(
+            cfg.bind, name=cfg.name, context=context, hwm=cfg.hwm, clock=self.clock, curve=keypair,
+            heartbeat_interval_s=cfg.heartbeat_interval_s,
+        )
+        self._subscriber = Subscriber(
+            {i.name: i.endpoint for i in cfg.inputs}, self.input_topics(), context=context, hwm=cfg.hwm,
+            curve=keypair, server_keys=server_keys, heartbeat_interval_s=cfg.heartbeat_interval_s,
+        )
+        clock_server = ClockServer(cfg.clock_serve, self.clock, context=context) if cfg.clock_serve else None
+        clock_client = ClockClient(cfg.clock_connect, self.clock, context=context) if cfg.clock_connect else None
+        self._clock_client = clock_client
+        return self._authenticator, clock_server, clock_client
 
     def _on_signal(self, signum, frame) -> None:
         self.log.info("signal %s: stopping", signal.Signals(signum).name)

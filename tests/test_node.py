@@ -239,3 +239,15 @@ def test_stats_stay_readable_with_infinite_gauges_and_too_many_counters():
     stats = got[-1][2]
     gauges = dict(zip(stats.gauge_names, stats.gauge_values))
     assert np.isnan(gauges["forever"]) and len(stats.counter_names) == 256
+
+
+def test_endpoint_in_use_is_a_clear_error_with_exit_code_2(caplog):
+    from streamer.node import Node, NodeConfig
+    from streamer.transport import Publisher
+
+    holder = Publisher("tcp://127.0.0.1:0", name="holder")
+    node = Node(NodeConfig(name="late", bind=holder.endpoint, seconds=1.0))
+    with caplog.at_level("ERROR"):
+        assert node.run() == 2
+    assert "cannot set up sockets" in caplog.text and holder.endpoint in caplog.text
+    holder.close()
