@@ -93,35 +93,45 @@ def encode(msg, *, seq: int | None = None) -> list[bytes]:
 
 
 def _encode_struct(obj, payloads: list, arrays: list) -> dict:
-    out = {}
-    for name, spec, _ in _fields(type(obj)):
-        value = getattr(obj, name)
-        if isinstance(spec, Arr):
-            out[name] = _encode_array(value, spec.dtypes, payloads, arrays)
-        elif isinstance(spec, ArrMap):
-            out[name] = {k: _encode_array(v, ("<f4", "<f8"), payloads, arrays) for k, v in value.items()}
-        elif isinstance(spec, Seq):
-            out[name] = [_encode_struct(item, payloads, arrays) for item in value]
-        elif isinstance(spec, Float):
-            out[name] = float(value)
-        elif isinstance(spec, Int):
-            out[name] = int(value)
-        elif isinstance(spec, Bool):
-            out[name] = bool(value)
-        elif isinstance(spec, StrSeq):
-            out[name] = [str(s) for s in value]
-        else:
-            out[name] = str(value)
-    return out
+    return {name: encoder(getattr(obj, name), payloads, arrays) for name, encoder in _encode_plan(type(obj))}
+
+
+@cache
+def _encode_plan(cls: type):
+    """Compiled encoders of a message class: one function per field, specialised to its spec."""
+    return tuple((name, _field_encoder(spec)) for name, spec, _ in _fields(cls))
+
+
+def _field_encoder(spec):
+    if isinstance(spec, Arr):
+        dtypes = spec.dtypes
+        return lambda v, payloads, arrays: _encode_array(v, dtypes, payloads, arrays)
+    if isinstance(spec, ArrMap):
+        return lambda v, payloads, arrays: {
+            k: _encode_array(x, _FLOAT_DTYPES, payloads, arrays) for k, x in v.items()
+        }
+    if isinstance(spec, Seq):
+        return lambda v, payloads, arrays: [_encode_struct(x, payloads, arrays) for x in v]
+    if isinstance(spec, Float):
+        return lambda v, payloads, arrays: float(v)
+    if isinstance(spec, Int):
+        return lambda v, payloads, arrays: int(v)
+    if isinstance(spec, Bool):
+        return lambda v, payloads, arrays: bool(v)
+    if isinstance(spec, StrSeq):
+        return lambda v, payloads, arrays: [str(x) for x in v]
+    return lambda v, payloads, arrays: str(v)
+
+
+_FLOAT_DTYPES = ("<f4", "<f8")
 
 
 def _encode_array(value, dtypes: tuple[str, ...], payloads: list, arrays: list) -> int:
-    arr = np.asarray(value)
+    arr = value if type(value) is np.ndarray else np.asarray(value)
     if arr.dtype.str not in dtypes:
         arr = arr.astype(dtypes[0])
-    arr = np.ascontiguousarray(arr)
     arrays.append([arr.dtype.str, list(arr.shape)])
-    payloads.append(arr.tobytes())
+    payloads.append(arr.tobytes())  # C order whatever the layout of arr
     return len(payloads) - 1
 
 

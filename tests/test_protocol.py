@@ -304,3 +304,14 @@ def test_bad_record_blob_is_rejected():
     with pytest.raises(DecodeError) as info:
         decode_record(b"\xc1garbage")
     assert info.value.reason == "record"
+
+
+def test_non_contiguous_and_other_dtype_arrays_are_sent_in_c_order_as_the_field_dtype():
+    msg = one_person_kp2d()
+    kp = np.asfortranarray(msg.persons[0].keypoints.astype(np.float64))  # f8, Fortran order
+    msg.persons[0].keypoints = kp
+    msg.persons[0].confidence = np.ones((70, 2), np.float32)[:, 0]  # strided view
+    _, back = decode(encode(msg))
+    assert back.persons[0].keypoints.dtype == np.float32
+    assert np.array_equal(back.persons[0].keypoints, kp.astype(np.float32), equal_nan=True)
+    assert np.array_equal(back.persons[0].confidence, np.ones(70, np.float32))
