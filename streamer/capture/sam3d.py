@@ -131,15 +131,17 @@ def infer_sam3d_batch(upstream, views: Sequence[View], *, inference_type: str = 
 def project_camera_points(points_cam: np.ndarray, K: np.ndarray) -> np.ndarray:
     """points_cam: (N, 3) metres, camera frame (x right, y down, z forward) -> (N, 2) pixels with K (3, 3).
 
-    NaN where a point is not finite or not in front of the camera (z <= 1 mm).
+    NaN where a point is not finite, not in front of the camera (z <= 1 mm), or projects to a non-finite pixel.
     """
     points_cam = np.asarray(points_cam, np.float64)
     K = np.asarray(K, np.float64)
     z = points_cam[:, 2]
     valid = np.isfinite(points_cam).all(axis=1) & (z > 1e-3)
     out = np.full((len(points_cam), 2), np.nan)
-    out[valid, 0] = K[0, 0] * points_cam[valid, 0] / z[valid] + K[0, 2]
-    out[valid, 1] = K[1, 1] * points_cam[valid, 1] / z[valid] + K[1, 2]
+    with np.errstate(over="ignore", invalid="ignore"):
+        out[valid, 0] = K[0, 0] * points_cam[valid, 0] / z[valid] + K[0, 2]
+        out[valid, 1] = K[1, 1] * points_cam[valid, 1] / z[valid] + K[1, 2]
+    out[~np.isfinite(out).all(axis=1)] = np.nan
     return out
 
 
@@ -160,9 +162,12 @@ def person_from_sam3d(output: dict, K: np.ndarray, *, score: float = 1.0, track_
     """
     keypoints_3d = _param(output, "pred_keypoints_3d", (70, 3))
     cam_t = _param(output, "pred_cam_t", (3,))
-    points_cam = keypoints_3d + cam_t
-    keypoints = project_camera_points(points_cam, K).astype(np.float32)
-    confidence = np.isfinite(keypoints).all(axis=1).astype(np.float32)
+    with np.errstate(over="ignore", invalid="ignore"):  # absurd values become non-finite -> missing below
+        points_cam = keypoints_3d.astype(np.float64) + cam_t
+        keypoints = project_camera_points(points_cam, K).astype(np.float32)
+    valid = np.isfinite(keypoints).all(axis=1)
+    keypoints[~valid] = np.nan
+    confidence = valid.astype(np.float32)
     params = {name: _param(output, key, shape) for name, (key, shape) in PARAM_KEYS.items()}
     params[KEYPOINTS_3D_CAM] = points_cam.astype(np.float32)
     for name, value in params.items():
