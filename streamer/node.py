@@ -51,6 +51,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 import time
 import types
 import typing
@@ -120,7 +121,8 @@ class Node:
 
     Attributes available in hooks: `name`, `config`, `settings`, `clock` (StageClock;
     `clock.now_ns()` is stage time), `log` (logger named after the node).
-    `tick_interval_s` (default 0.1) may be changed in `setup()`.
+    `tick_interval_s` (default 0.1) may be changed in `setup()`. `run()` may be called from a
+    thread other than the main one (tests); it then installs no signal handlers, use `stop()`.
     """
 
     Settings: typing.ClassVar[type] = type("NoSettings", (), {})
@@ -224,7 +226,8 @@ class Node:
         for extra in (clock_server, clock_client):
             if extra is not None:
                 poller.register(extra.socket, zmq.POLLIN)
-        previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        in_main_thread = threading.current_thread() is threading.main_thread()  # signals only work there
+        previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)} if in_main_thread else {}
         self.log.info("start pid=%d bind=%s inputs=%s", os.getpid(), self._publisher.endpoint,
                       ",".join(f"{i.name}={i.endpoint}" for i in cfg.inputs) or "-")
         exit_code = 0

@@ -251,3 +251,28 @@ def test_endpoint_in_use_is_a_clear_error_with_exit_code_2(caplog):
         assert node.run() == 2
     assert "cannot set up sockets" in caplog.text and holder.endpoint in caplog.text
     holder.close()
+
+
+def test_a_node_runs_in_a_thread_and_stops_on_request():
+    import threading
+
+    from streamer.node import Node, NodeConfig
+
+    class Ticker(Node):
+        INPUT_TOPICS = ()
+
+        def setup(self):
+            self.tick_interval_s = 0.01
+            self.ticks = 0
+
+        def on_tick(self, now_ns):
+            self.ticks += 1
+
+    node = Ticker(NodeConfig(name="t", bind="tcp://127.0.0.1:0"))
+    result = []
+    thread = threading.Thread(target=lambda: result.append(node.run()))
+    thread.start()
+    time.sleep(0.5)
+    node.stop()
+    thread.join(5)
+    assert result == [0] and node.ticks > 10
