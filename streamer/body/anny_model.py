@@ -83,6 +83,7 @@ logger = logging.getLogger(__name__)
 MAPPING_VERSION = 1  # bump when the MHR-70 mapping or the table layout changes (part of the cache key)
 ANNY_SHAPE_NAMES = ("gender", "age", "muscle", "weight", "height", "proportions")
 MOVABLE_SHAPE_NAMES = ("height", "proportions")
+_SHAPE_CACHE_SIZE = 16  # distinct shapes kept (finite-difference Jacobians perturb the shape dims)
 
 _SIDES = ("L", "R")
 _BODY_BONES = (
@@ -359,14 +360,15 @@ class _ShapeTables:
     node_left: (B, N, 3, 3) and node_trans (B, N, 3): the link of posed bone n from its parent node
         is [node_left D_n U_n | node_trans], D_n its pose rotation.
     anchor_from_bone: (B, J, 4, 4) each bone's rest frame in its anchor's frame.
-    kp_anchor: (B, 70, S, 4) keypoint tables in anchor frames, homogeneous (see `_kp_anchor_nodes`).
+    kp_from_nodes: (B, (N + 1) * 4, 70): keypoint k = sum over nodes n of W_n[:3] @ column block n of k,
+        the homogeneous keypoint tables expressed in the node frames.
     """
 
     shape: torch.Tensor
     node_left: torch.Tensor
     node_trans: torch.Tensor
     anchor_from_bone: torch.Tensor
-    kp_anchor: torch.Tensor
+    kp_from_nodes: torch.Tensor
 
 
 class AnnyBody(BodyModel):
@@ -427,7 +429,7 @@ class AnnyBody(BodyModel):
             if s not in MOVABLE_SHAPE_NAMES:
                 self.movable[self.groups[f"shape:{s}"]] = False
         self.keypoint_defined = torch.ones(mhr70.NUM_KEYPOINTS, dtype=torch.bool, device=self.device)
-        self._cache: _ShapeTables | None = None
+        self._cache: dict[bytes, _ShapeTables] = {}
 
     def _init_reduced_tree(self, get_kinematic_chain) -> None:
         """Constants of the reduced FK tree (root + posed bones) and of the per-bone anchoring."""
@@ -457,16 +459,9 @@ class AnnyBody(BodyModel):
         self._is_node_ordered[torch.tensor([int(full_inverse[b]) for b in node_bones])] = True
         self._posed_parent = self._parents[self._posed]
         self._posed_right = self._t["reference_orientations"][self._posed]
-        # Keypoint entries (k, s) on bone b move with node anchor[b]; entries sharing an anchor merge.
-        kp_anchor = self._bone_anchor[self._t["kp_bones"]]  # (70, S)
-        merged = [sorted(set(row.tolist())) for row in kp_anchor]
-        width = max(len(m) for m in merged)
-        self._kp_nodes = torch.tensor([m + [m[0]] * (width - len(m)) for m in merged], device=dev)
-        merge = torch.zeros(len(merged), width, kp_anchor.shape[1], dtype=self.dtype, device=dev)
-        for k, m in enumerate(merged):
-            for s_, node in enumerate(kp_anchor[k].tolist()):
-                merge[k, m.index(node), s_] = 1.0
-        self._kp_merge = merge  # (70, S', S)
+        # Keypoint entry (k, s) on bone b moves with node anchor[b]: one-hot (70, S, N + 1).
+        kp_anchor = self._bone_anchor[self._t["kp_bones"]]
+        self._kp_onehot = torch.nn.functional.one_hot(kp_anchor, len(node_bones)).to(self.dtype)
 
     # -- parameters ------------------------------------------------------------------------
 
@@ -528,11 +523,14 @@ class AnnyBody(BodyModel):
         local = (rest_rot[:, bones].transpose(-1, -2) @ xyz[..., None])[..., 0]
         kp_bone = torch.cat([local, w.expand(*local.shape[:-1], 1)], dim=-1)
         kp_anchor = (anchor_from_bone[:, bones] @ kp_bone[..., None])[..., 0]
-        kp_anchor = self._kp_merge @ kp_anchor
+        # Dense per-node form: keypoints = [W_n rows] (3, N * 4) @ kp_from_nodes (N * 4, 70).
+        kp_from_nodes = torch.einsum("ksn,bksj->bnjk", self._kp_onehot, kp_anchor).flatten(1, 2)
         return _ShapeTables(shape=shape, node_left=node_left, node_trans=node_trans,
-                            anchor_from_bone=anchor_from_bone, kp_anchor=kp_anchor)
+                            anchor_from_bone=anchor_from_bone, kp_from_nodes=kp_from_nodes)
 
     def _shape_tables(self, params: torch.Tensor) -> _ShapeTables:
+        """Tables for the batch's shapes: differentiable when shape dims are movable and params need
+        gradients; else from a small cache keyed by the shape values (one entry per distinct shape)."""
         shape = params[:, self.groups["shape"]]
         if bool(self.movable[self.groups["shape"]].any()) and params.requires_grad:
             frozen = ~self.movable[self.groups["shape"]]
@@ -540,17 +538,24 @@ class AnnyBody(BodyModel):
                 shape = torch.where(frozen, shape.detach(), shape)
             return self._compute_shape_tables(shape)
         shape = shape.detach()
-        cache = self._cache
-        if cache is not None and cache.shape.shape == shape.shape and torch.equal(cache.shape, shape):
-            return cache
-        if shape.shape[0] > 1 and bool((shape == shape[:1]).all()):
-            shape_one = shape[:1]
-            if cache is not None and cache.shape.shape == shape_one.shape and torch.equal(cache.shape, shape_one):
-                return cache
-            shape = shape_one
-        with torch.no_grad():
-            self._cache = self._compute_shape_tables(shape.clone())
-        return self._cache
+        if shape.shape[0] == 1 or bool((shape == shape[:1]).all()):
+            return self._cached_tables(shape[:1])
+        unique, inverse = torch.unique(shape, dim=0, return_inverse=True)
+        parts = [self._cached_tables(u[None]) for u in unique]
+        return _ShapeTables(*(torch.cat([getattr(p, f.name) for p in parts])[inverse]
+                              for f in dataclasses.fields(_ShapeTables)))
+
+    def _cached_tables(self, shape: torch.Tensor) -> _ShapeTables:
+        """Tables of one shape (1, 6), from the cache or computed (no gradient) and cached."""
+        key = shape.cpu().numpy().tobytes()
+        tables = self._cache.pop(key, None)
+        if tables is None:
+            with torch.no_grad():
+                tables = self._compute_shape_tables(shape.clone())
+            while len(self._cache) >= _SHAPE_CACHE_SIZE:
+                self._cache.pop(next(iter(self._cache)))
+        self._cache[key] = tables  # most recently used last
+        return tables
 
     # -- kinematics ------------------------------------------------------------------------
 
@@ -582,8 +587,8 @@ class AnnyBody(BodyModel):
         params = self._check(params)
         tables = self._shape_tables(params)
         nodes = self._node_poses(params, tables)[..., :3, :]  # (B, N + 1, 3, 4)
-        gathered = nodes[:, self._kp_nodes]  # (B, 70, S', 3, 4)
-        return (gathered @ tables.kp_anchor[..., None]).sum(dim=2)[..., 0]
+        rows = nodes.permute(0, 2, 1, 3).flatten(2)  # (B, 3, (N + 1) * 4)
+        return (rows @ tables.kp_from_nodes).transpose(1, 2)
 
     def joint_positions(self, params: torch.Tensor) -> torch.Tensor:
         """(B, P) -> (B, J, 3) Anny bone heads, metres, world frame."""
