@@ -172,6 +172,11 @@ class Node:
 
     # ------------------------------------------------------------ for subclasses
 
+    @property
+    def endpoint(self) -> str | None:
+        """The endpoint actually bound (port 0 resolved), once `run()` has opened the sockets."""
+        return self._publisher.endpoint if self._publisher is not None else None
+
     def publish(self, msg) -> bool:
         """Publish a data message (sets t_send_ns); inside `on_message` also records latency."""
         ok = self._publisher.publish(msg)
