@@ -187,8 +187,9 @@ def run_offline(
     return result
 
 
-def progress_bar(done: int, total: int, *, width: int = 40, stream=sys.stderr) -> None:
-    """Draw `[#####.....]  45%  1234/2700 messages` on one terminal line."""
+def progress_bar(done: int, total: int, *, width: int = 40, stream=None) -> None:
+    """Draw `[#####.....]  45%  1234/2700 messages` on one terminal line (stderr by default)."""
+    stream = stream or sys.stderr
     frac = done / total if total else 1.0
     filled = int(round(frac * width))
     stream.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {frac * 100:5.1f}%  {done}/{total} messages")
