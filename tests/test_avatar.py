@@ -177,3 +177,22 @@ def test_avatar_node_sends_vmc_bundles_to_a_real_osc_server():
     assert len(set(times)) == len(times)  # one bundle per frame, each with its own time
     check_against_keypoints(bones_of(got[phase_a - 1]), poses[0])  # arrived before the switch
     check_against_keypoints(bones_of(got[int(np.argmax(times))]), poses[1])
+
+
+@pytest.mark.slow
+def test_real_body_model_poses_round_trip_through_vmc_bundles():
+    """Keypoints of the real Anny body in random poses (stage frame, Z up) through the documented conversion."""
+    torch = pytest.importorskip("torch")
+    from streamer.body.anny_model import AnnyBody
+
+    body = AnnyBody(device="cpu")
+    generator = torch.Generator().manual_seed(0)
+    params = body.default_params(3)
+    params = params + 0.3 * torch.randn(params.shape, generator=generator, dtype=params.dtype) * body.movable
+    with torch.no_grad():
+        keypoints = body.keypoints(params).numpy().astype(float)
+    previous = None
+    for kp in keypoints:
+        frame = vmc_frame_from_keypoints(kp, previous)
+        previous = frame.local_rotations
+        check_against_keypoints(bones_of(parse_bundle(vmc_bundle(frame, 0.0))), kp)
