@@ -117,3 +117,60 @@ clock_offset_ns = {injected}
         launcher.terminate()
         assert launcher.wait(20) == 0
         sub.close()
+
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def probe_pair():
+    ctx = zmq.Context.instance()
+    server = ClockServer("tcp://127.0.0.1:0", StageClock(), context=ctx)
+    dealer = ctx.socket(zmq.DEALER)
+    dealer.linger = 0
+    dealer.connect(server.endpoint)
+    router = ctx.socket(zmq.ROUTER)  # a fake "server" feeding a real client garbage replies
+    router.linger = 0
+    port = router.bind_to_random_port("tcp://127.0.0.1")
+    client = ClockClient(f"tcp://127.0.0.1:{port}", StageClock(), context=ctx, reestimate_s=3600)
+    yield server, dealer, router, client
+    for s in (dealer, router):
+        s.close()
+    server.close(), client.close()
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(frames=st.lists(st.binary(max_size=40), min_size=1, max_size=3))
+def test_fuzzed_probe_requests_are_counted_never_answered(probe_pair, frames):
+    server, dealer, _, _ = probe_pair
+    before = server.rejects + server.answered
+    dealer.send_multipart(frames)
+    end = time.monotonic() + 2
+    while server.rejects + server.answered == before and time.monotonic() < end:
+        server.socket.poll(10)
+        server.service()
+    valid = len(frames) == 1 and len(frames[0]) == 8
+    assert (server.answered if valid else server.rejects) > 0
+    while dealer.poll(0):
+        dealer.recv_multipart()
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(reply=st.lists(st.binary(max_size=40), min_size=1, max_size=3))
+def test_fuzzed_probe_replies_never_move_the_clock(probe_pair, reply):
+    _, _, router, client = probe_pair
+    end = time.monotonic() + 2
+    identity = None
+    while identity is None and time.monotonic() < end:  # wait for a real probe to answer
+        client.service()
+        if router.poll(10):
+            identity, _ = router.recv_multipart()
+    assert identity is not None
+    rejects = client.rejects
+    router.send_multipart([identity, *reply])
+    time.sleep(0.01)
+    client.service()
+    assert client._burst == []  # no sample taken from garbage (a 24-byte one fails the t0 match)
+    if not (len(reply) == 1 and len(reply[0]) == 24):
+        assert client.rejects == rejects + 1
