@@ -8,6 +8,7 @@ Two threads of its own, so the node loop and the disk never stall the sockets:
   (`gaps`, messages lost before they reached the recorder), and appends the byte-exact frames.
 Chunks close after `chunk_span_s` of data and are flushed to the OS, so SIGKILL loses at most the
 open chunk (repair with `streamer recover TAKE.mcap`); SIGINT/SIGTERM finish the file properly.
+An existing take is never overwritten (a restarted recorder writes `<stem>-<UTC time>.mcap`).
 Heartbeats are not recorded. Counters: `recorded`, `gaps`, `queue_dropped`, `rejects/*`.
 """
 from __future__ import annotations
@@ -23,7 +24,7 @@ import zmq
 
 from protocol import DecodeError, decode_envelope
 from streamer.node import Node, run_node
-from streamer.recording import TakeWriter, capture_time_and_sequence
+from streamer.recording import TakeWriter, capture_time_and_sequence, unused_take_path
 
 __all__ = ["Recorder", "Settings", "main"]
 
@@ -51,20 +52,24 @@ class Recorder(Node):
         self._halt = threading.Event()
         self._receiver_done = threading.Event()
         self._stats = collections.Counter()
+        path = unused_take_path(s.path, time.strftime("%Y%m%dT%H%M%S", time.gmtime()))
+        if str(path) != s.path:
+            self.log.warning("%s exists (an earlier take): recording into %s instead", s.path, path)
         self._take = TakeWriter(
-            s.path,
+            path,
             chunk_span_ns=int(s.chunk_span_s * 1e9),
             chunk_bytes=s.chunk_kib * 1024,
             rotate_s=s.rotate_s,
             rotate_bytes=None if s.rotate_mib is None else int(s.rotate_mib * 2**20),
             metadata={"recorder": self.name},
             fsync=s.fsync,
+            overwrite=False,
         )
         self._receiver = threading.Thread(target=self._receive, name="recorder-receiver", daemon=True)
         self._writer = threading.Thread(target=self._write, name="recorder-writer", daemon=True)
         self._writer.start()
         self._receiver.start()
-        self.log.info("recording %s into %s", ",".join(i.name for i in self.config.inputs) or "-", s.path)
+        self.log.info("recording %s into %s", ",".join(i.name for i in self.config.inputs) or "-", path)
 
     def _receive(self) -> None:
         context = zmq.Context.instance()

@@ -47,6 +47,7 @@ from protocol import DecodeError, decode, decode_record, encode, encode_record, 
 
 __all__ = [
     "MESSAGE_ENCODING",
+    "unused_take_path",
     "TAKE_METADATA_NAME",
     "SalvageReport",
     "TakeError",
@@ -108,6 +109,17 @@ def take_segments(path: str | os.PathLike) -> list[Path]:
     return out
 
 
+def unused_take_path(path: str | os.PathLike, stamp: str) -> Path:
+    """`path` if neither it nor its segments exist, else `<stem>-<stamp>[-n].mcap` that is free."""
+    path = Path(path)
+    candidate, n = path, 1
+    while candidate.exists() or segment_path(candidate, 1).exists():
+        suffix = f"-{stamp}" if n == 1 else f"-{stamp}-{n}"
+        candidate = path.with_name(f"{path.stem}{suffix}{path.suffix}")
+        n += 1
+    return candidate
+
+
 class TakeWriter:
     """Write a take (see module docstring). Not thread-safe: one writer thread owns it.
 
@@ -116,6 +128,7 @@ class TakeWriter:
     chunk_bytes: a chunk is closed once its uncompressed size exceeds this.
     rotate_s / rotate_bytes: start a new segment after this much log time / file size (None: never).
     metadata: string key/values stored in every segment's `streamer.take` metadata record.
+    overwrite: replace existing files; False raises `TakeError` instead (naming the file).
     """
 
     def __init__(
@@ -128,6 +141,7 @@ class TakeWriter:
         rotate_bytes: int | None = None,
         metadata: dict[str, str] | None = None,
         fsync: bool = False,
+        overwrite: bool = True,
     ):
         if chunk_span_ns <= 0 or chunk_bytes <= 0:
             raise ValueError("chunk_span_ns and chunk_bytes must be positive")
@@ -137,6 +151,7 @@ class TakeWriter:
         self.rotate_ns = None if rotate_s is None else int(rotate_s * 1e9)
         self.rotate_bytes = rotate_bytes
         self.fsync = fsync
+        self.overwrite = overwrite
         self.take_id = (metadata or {}).get("take_id") or uuid.uuid4().hex
         self.metadata = {str(k): str(v) for k, v in (metadata or {}).items()}
         self.segments: list[Path] = []
@@ -154,6 +169,8 @@ class TakeWriter:
     def _open_segment(self) -> None:
         target = segment_path(self.path, len(self.segments))
         target.parent.mkdir(parents=True, exist_ok=True)
+        if not self.overwrite and target.exists():
+            raise TakeError(f"{target}: already exists (not overwriting a take)")
         self._file = open(target, "wb")
         self._writer = Writer(
             self._file,

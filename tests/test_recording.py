@@ -174,3 +174,17 @@ def test_salvage_of_any_truncation_keeps_a_readable_prefix(tmp_path_factory, cut
     got = list(read_take(base / "out.mcap"))
     assert len(got) == report.messages
     shutil.rmtree(base)
+
+
+def test_existing_takes_are_not_overwritten_when_asked(tmp_path):
+    from streamer.recording import unused_take_path
+
+    path = tmp_path / "take.mcap"
+    write_sequence(path, n=2)
+    with pytest.raises(TakeError, match="take.mcap: already exists"):
+        TakeWriter(path, overwrite=False)
+    free = unused_take_path(path, "20260101T000000")
+    assert free.name == "take-20260101T000000.mcap" and not free.exists()
+    free.write_bytes(b"")
+    assert unused_take_path(path, "20260101T000000").name == "take-20260101T000000-2.mcap"
+    assert unused_take_path(tmp_path / "new.mcap", "x") == tmp_path / "new.mcap"
