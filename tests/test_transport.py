@@ -340,3 +340,12 @@ def test_an_input_that_never_comes_up_is_reported_once():
     assert live.check(450_000_000) == [("b", False)]  # never heard within 0.4 s
     assert live.check(460_000_000) == []  # reported once
     assert live.check(600_000_000) == [("a", False)]  # heard at 0.1 s, silent since
+
+
+def test_bad_endpoints_raise_and_leave_no_socket_open():
+    ctx = zmq.Context()
+    with pytest.raises(zmq.ZMQError):
+        Publisher("tcp://nonsense", name="x", context=ctx)
+    with pytest.raises(zmq.ZMQError):
+        Subscriber({"a": "tcp://127.0.0.1:6590", "b": "bogus://x"}, context=ctx)
+    ctx.term()  # returns only when every socket of the context is closed

@@ -72,9 +72,13 @@ class Publisher:
         self.socket.setsockopt(zmq.XPUB_VERBOSE, 1)  # see every subscribe, not only the first per topic
         self.socket.heartbeat_ivl = ZMTP_HEARTBEAT_IVL_MS
         self.socket.heartbeat_timeout = ZMTP_HEARTBEAT_TIMEOUT_MS
-        if curve is not None:
-            make_server(self.socket, curve)
-        self.socket.bind(endpoint)
+        try:
+            if curve is not None:
+                make_server(self.socket, curve)
+            self.socket.bind(endpoint)
+        except zmq.ZMQError:
+            self.socket.close(linger=0)
+            raise
         self.endpoint = self.socket.getsockopt_string(zmq.LAST_ENDPOINT)
         self.sent = 0
         self.drops = 0
@@ -191,22 +195,12 @@ class Subscriber:
         self.topics = tuple(topics)
         self.peers = peers
         self.sockets: dict[zmq.Socket, str] = {}
-        for peer, endpoint in peers.items():
-            sock = context.socket(zmq.SUB)
-            sock.linger = 0
-            sock.rcvhwm = hwm
-            sock.maxmsgsize = MAX_FRAME_BYTES
-            sock.reconnect_ivl_max = RECONNECT_IVL_MAX_MS
-            sock.heartbeat_ivl = ZMTP_HEARTBEAT_IVL_MS
-            sock.heartbeat_timeout = ZMTP_HEARTBEAT_TIMEOUT_MS
-            if curve is not None:
-                if not server_keys or peer not in server_keys:
-                    raise ValueError(f"CURVE subscriber: no server public key for peer {peer!r}")
-                make_client(sock, curve, server_keys[peer])
-            for t in topics:
-                sock.setsockopt(zmq.SUBSCRIBE, t.encode())
-            sock.connect(endpoint)
-            self.sockets[sock] = peer
+        try:
+            for peer, endpoint in peers.items():
+                self.sockets[self._connect(context, peer, endpoint, topics, hwm, curve, server_keys)] = peer
+        except (zmq.ZMQError, ValueError):
+            self.close()
+            raise
         self._poller = zmq.Poller()
         for sock in self.sockets:
             self._poller.register(sock, zmq.POLLIN)
@@ -256,6 +250,28 @@ class Subscriber:
     def close(self) -> None:
         for sock in self.sockets:
             sock.close(linger=0)
+
+    @staticmethod
+    def _connect(context, peer, endpoint, topics, hwm, curve, server_keys) -> zmq.Socket:
+        sock = context.socket(zmq.SUB)
+        try:
+            sock.linger = 0
+            sock.rcvhwm = hwm
+            sock.maxmsgsize = MAX_FRAME_BYTES
+            sock.reconnect_ivl_max = RECONNECT_IVL_MAX_MS
+            sock.heartbeat_ivl = ZMTP_HEARTBEAT_IVL_MS
+            sock.heartbeat_timeout = ZMTP_HEARTBEAT_TIMEOUT_MS
+            if curve is not None:
+                if not server_keys or peer not in server_keys:
+                    raise ValueError(f"CURVE subscriber: no server public key for peer {peer!r}")
+                make_client(sock, curve, server_keys[peer])
+            for t in topics:
+                sock.setsockopt(zmq.SUBSCRIBE, t.encode())
+            sock.connect(endpoint)
+        except (zmq.ZMQError, ValueError):
+            sock.close(linger=0)
+            raise
+        return sock
 
     def _fill(self, timeout_ms: int) -> None:
         ready = self._poller.poll(timeout_ms)
