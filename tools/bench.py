@@ -13,6 +13,8 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "body": ("tools.bench_body", "body-model keypoints forward+backward, synthetic generation speed"),
     "fit": ("tools.bench_fit", "warm-started fit latency and accuracy vs a cold Adam fit"),
     "capture": ("tools.bench_capture", "capture node frames per second per camera (video + CPU estimator)"),
+    "sync": ("tools.bench_sync", "frame-set assembly + person choice per frame set"),
+    "consumers": ("tools.bench_consumers", "recorder write/read rate, VMC frame cost"),
     "e2e": ("tools.bench_e2e", "end-to-end latency capture publish -> pose publish, throughput"),
     "estimator": ("tools.bench_estimator", "SAM-3D Body GPU throughput (stock vs fast paths)"),
 }
