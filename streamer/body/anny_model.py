@@ -36,19 +36,29 @@ build `anny.Anny()` (0.1 s, ~10 MB instead of ~1.4 GB).
 
 ## MHR-70 from Anny (see `MAPPING`)
 
-| MHR-70 | Anny source | difference from the MHR-70 definition |
-|---|---|---|
-| 0-16 COCO body (incl. wrists 62/41) | Anny's COCO keypoint regressor (surface-vertex blends) | MHR shoulders/hips are joint centres; Anny's regressor points are close to joint centres too (few cm, see README table) |
-| 15-20 feet | regressor big toe, small toe, heel | same landmarks |
-| finger third joint | thumb: `finger1-1` head (CMC); others: `fingerN-1` head (MCP) | joint centres, as MHR |
-| finger second / first joint | `fingerN-2` / `fingerN-3` heads (PIP / DIP; thumb MCP / IP) | joint centres |
-| fingertips | mean of the 3 rest vertices of `fingerN-3` furthest along the phalanx | surface tip, MHR tip is ~same |
-| 63/64 olecranon | mean of 3 skin vertices behind the elbow (against the flexion side) | surface point, MHR's is ~3.5 cm from the elbow point |
-| 65/66 cubital fossa | mean of 3 skin vertices in front of the elbow (flexion side) | surface point |
-| 67/68 acromion | mean of 3 skin vertices on top of the shoulder | MHR's is ~5 cm from the shoulder point |
-| 69 neck | midpoint of the `clavicle.L/R` heads (base of the neck, 4.5 cm above the shoulder line) | MHR's neck is ~3 cm from its `c_neck` joint |
+Residual = distance left after fitting Anny's pose, shape and root to the four real SAM-3D Body
+outputs in ../shared/data (`python -m streamer.body.anny_vs_mhr`; median / max over points and
+outputs, mm). It bounds how differently the two models define each point (plus proportions no
+Anny phenotype reaches); a fit to MHR-70 data should down-weight the worst groups.
 
-Measured residuals after fitting Anny to real SAM-3D Body MHR-70 outputs: README "Anny vs MHR-70".
+| MHR-70 | Anny source | residual median / max, mm |
+|---|---|---|
+| 0-4 nose, eyes, ears | Anny's COCO keypoint regressor (surface-vertex blends) | 19 / 33 |
+| 5-6 shoulders | COCO regressor (MHR: `*_uparm` joint centres) | 37 / 48 |
+| 7-8 elbows | COCO regressor | 15 / 31 |
+| 41, 62 wrists | COCO regressor wrists (0.6 cm from Anny's `wrist` bone head) | 22 / 32 |
+| 9-10 hips | COCO regressor (MHR: `*_upleg` joint centres) | 25 / 74 |
+| 11-14 knees, ankles | COCO regressor | 35 / 66, 13 / 23 |
+| 15-20 big toe, small toe, heel | COCO-23 regressor feet | 15 / 24 |
+| finger third / second / first joints | thumb: `finger1-1/2/3` heads (CMC, MCP, IP); fingers: `fingerN-1/2/3` heads (MCP, PIP, DIP) | 8 / 23 |
+| fingertips | mean of the 3 skin vertices of `fingerN-3` furthest along the phalanx | 14 / 23 |
+| 63-64 olecranon | mean of 3 skin vertices behind the elbow (against the flexion side) | 27 / 36 |
+| 65-66 cubital fossa | mean of 3 skin vertices in front of the elbow (flexion side) | 25 / 41 |
+| 67-68 acromion | mean of 3 skin vertices on top of the shoulder | 29 / 34 |
+| 69 neck | midpoint of the `clavicle.L/R` heads (base of the neck) | 37 / 51 |
+
+All 70 points: median 13 mm, max 74 mm. Anny's regressor matches its own full mesh forward pass
+exactly (tested to 1e-6 m); the table is only about the definitions.
 """
 from __future__ import annotations
 
