@@ -28,7 +28,7 @@ CAMERAS = {  # name: (clock offset ms, capture jitter ms, delivery delay ms, dro
     "c3": (3.0, 1.5, 6.0, 0, 0),
 }
 MAX_SPREAD_MS = 20.0
-DEADLINE_MS = 33.3
+DEADLINE_MS = 60.0  # about two frame periods: tolerant of a loaded CI machine, still well below stale (100 ms)
 FPS = 30.0
 
 
@@ -140,7 +140,7 @@ def test_sync_node_with_camera_processes(tmp_path):
 
     # the tracked subject (not the distractor seen by c0 and c1) is triangulated
     usable = [m for m in messages if m.usable]
-    assert len(usable) >= 0.9 * len(messages)
+    assert len(usable) >= 0.9 * len(messages), [(m.frame_index, int((m.sources_seq >= 0).sum()), int(m.n_views.astype(bool).sum())) for m in messages if not m.usable]
     errors = [np.nanmedian(np.linalg.norm(m.points - true_subject(m.frame_index), axis=1)) for m in usable]
     assert np.median(errors) < 0.01 and max(errors) < 0.05
 
