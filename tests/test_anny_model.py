@@ -148,3 +148,10 @@ def test_table_cache_keyed_by_content(tmp_path, monkeypatch) -> None:
     # Other settings are another key: a folder that exists is not enough.
     with pytest.raises(AssertionError, match="rebuilt"):
         AnnyBody(cache_dir=tmp_path, posed_bones=anny_model.POSED_BONES[:-1])
+
+
+def test_mhr70_groups_partition_the_layout() -> None:
+    everything = sorted(int(i) for idx in mhr70.GROUPS.values() for i in idx)
+    assert everything == list(range(70))
+    assert all(mhr70.NAMES[i].endswith("-tip") for i in mhr70.FINGERTIPS)
+    assert all("joint" in mhr70.NAMES[i] for i in mhr70.FINGER_JOINTS)

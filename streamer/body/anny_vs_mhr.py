@@ -21,22 +21,7 @@ from streamer.body.anny_model import AnnyBody
 
 __all__ = ["GROUPS", "camera_to_stage", "fit_anny_to_points", "residual_table"]
 
-GROUPS: dict[str, np.ndarray] = {
-    "face (nose, eyes, ears)": np.arange(0, 5),
-    "shoulders": np.array([5, 6]),
-    "elbows": np.array([7, 8]),
-    "wrists": np.array([41, 62]),
-    "hips": np.array([9, 10]),
-    "knees": np.array([11, 12]),
-    "ankles": np.array([13, 14]),
-    "feet (toes, heels)": np.arange(15, 21),
-    "finger joints": np.r_[22:25, 26:29, 30:33, 34:37, 38:41, 43:46, 47:50, 51:54, 55:58, 59:62],
-    "fingertips": np.array([21, 25, 29, 33, 37, 42, 46, 50, 54, 58]),
-    "olecranon": np.array([63, 64]),
-    "cubital fossa": np.array([65, 66]),
-    "acromion": np.array([67, 68]),
-    "neck": np.array([69]),
-}
+GROUPS = mhr70.GROUPS
 
 
 def camera_to_stage(points: np.ndarray) -> np.ndarray:

@@ -9,8 +9,8 @@ from __future__ import annotations
 import numpy as np
 
 __all__ = [
-    "BODY", "COCO17", "FEET", "EXTRA", "FLIP_PERMUTATION", "LEFT_HAND", "LINKS", "NAMES", "NUM_KEYPOINTS",
-    "OPENPOSE_BODY25_TO_MHR70", "RIGHT_HAND", "index_of",
+    "BODY", "COCO17", "FEET", "EXTRA", "FINGERTIPS", "FINGER_JOINTS", "FLIP_PERMUTATION", "GROUPS", "LEFT_HAND",
+    "LINKS", "NAMES", "NUM_KEYPOINTS", "OPENPOSE_BODY25_TO_MHR70", "RIGHT_HAND", "WRISTS", "index_of",
 ]
 
 NAMES: tuple[str, ...] = (
@@ -42,6 +42,27 @@ BODY = np.arange(0, 21)
 RIGHT_HAND = np.arange(21, 42)  # fingertips to first joints, 41 = right-wrist
 LEFT_HAND = np.arange(42, 63)  # 62 = left-wrist
 EXTRA = np.arange(63, 70)  # olecranon, cubital fossa, acromion (left, right), neck
+WRISTS = np.array([62, 41])  # left, right
+FINGERTIPS = np.array([21, 25, 29, 33, 37, 42, 46, 50, 54, 58])  # right thumb..pinky, then left
+FINGER_JOINTS = np.setdiff1d(np.r_[21:41, 42:62], FINGERTIPS)  # first, second, third joints of every finger
+
+# Anatomical groups (name -> indices), e.g. for per-group errors and weights.
+GROUPS: dict[str, np.ndarray] = {
+    "face": np.arange(0, 5),
+    "shoulders": np.array([5, 6]),
+    "elbows": np.array([7, 8]),
+    "wrists": WRISTS,
+    "hips": np.array([9, 10]),
+    "knees": np.array([11, 12]),
+    "ankles": np.array([13, 14]),
+    "feet": FEET,
+    "finger_joints": FINGER_JOINTS,
+    "fingertips": FINGERTIPS,
+    "olecranon": np.array([63, 64]),
+    "cubital_fossa": np.array([65, 66]),
+    "acromion": np.array([67, 68]),
+    "neck": np.array([69]),
+}
 
 # 65 bones as (parent-ish, child) index pairs, for drawing and bone-length checks.
 LINKS: tuple[tuple[int, int], ...] = (
