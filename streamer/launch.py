@@ -10,6 +10,7 @@ the exact names of the upstream nodes it reads (`inputs`). Example:
     clock_master = "cam0"           # optional: this node serves the stage clock ...
     clock_port = 5549               # ... on this port of its host; every other node probes it
     keys_dir = "keys"               # optional: CURVE on every link (NAME.key_secret per node)
+    stop_grace_s = 5.0              # optional: SIGKILL a node still running this long after SIGTERM
 
     [hosts.stage]                   # optional; default one host "local" = 127.0.0.1
     address = "127.0.0.1"
@@ -93,7 +94,8 @@ BACKOFF_RESET_AFTER_S = 10.0
 STOP_GRACE_S = 5.0
 _REPO_ROOT = Path(__file__).resolve().parents[1]
 _NODE_KEYS = {"kind", "host", "port", "endpoint", "inputs", "settings", "restart", "delivery", "hwm", "clock_offset_ns"}
-_GRAPH_KEYS = {"name", "base_port", "heartbeat_interval_s", "stats_interval_s", "clock_master", "clock_port", "keys_dir"}
+_GRAPH_KEYS = {"name", "base_port", "heartbeat_interval_s", "stats_interval_s", "clock_master", "clock_port", "keys_dir",
+               "stop_grace_s"}
 
 
 class GraphError(ValueError):
@@ -127,6 +129,7 @@ class Graph:
     clock_bind: str | None = None
     clock_connect: str | None = None
     keys_dir: Path | None = None
+    stop_grace_s: float = STOP_GRACE_S
 
 
 def import_kind(kind: str):
@@ -297,14 +300,15 @@ def _load_graph(path: Path) -> Graph:
                 fail(f"node {name!r}", f"CURVE key file not found: {secret} (python -m streamer.transport.keygen {path})")
             if spec.connect.startswith("ipc://"):
                 fail(f"node {name!r} field 'endpoint'", "CURVE works over tcp only")
-    for key in ("heartbeat_interval_s", "stats_interval_s"):
+    for key in ("heartbeat_interval_s", "stats_interval_s", "stop_grace_s"):
         v = g.get(key)
-        if v is not None and (type(v) not in (int, float) or not 0.01 <= v <= 60):
-            fail(f"[graph] field {key!r}", f"expected seconds in 0.01..60, got {v!r}")
+        if v is not None and (type(v) not in (int, float) or not 0.01 <= v <= 600):
+            fail(f"[graph] field {key!r}", f"expected seconds in 0.01..600, got {v!r}")
     return Graph(
         path=path, name=g.get("name", path.stem), hosts=hosts, nodes=specs,
         heartbeat_interval_s=g.get("heartbeat_interval_s"), stats_interval_s=g.get("stats_interval_s"),
         clock_master=clock_master, clock_bind=clock_bind, clock_connect=clock_connect, keys_dir=keys_dir,
+        stop_grace_s=float(g.get("stop_grace_s", STOP_GRACE_S)),
     )
 
 
@@ -420,11 +424,12 @@ class Supervisor:
         """0 when every node's last exit was clean (0, or stopped by our SIGTERM while starting)."""
         return 0 if all(p.last_rc in (None, 0, -signal.SIGTERM) for p in self.procs.values()) else 1
 
-    def stop(self, grace_s: float = STOP_GRACE_S) -> int:
+    def stop(self, grace_s: float | None = None) -> int:
         """Stop the graph upstream first (sources, then their consumers, ...), so every consumer still
         receives and flushes what its inputs sent last: SIGTERM one depth level, wait for it (SIGKILL
         after grace_s), then the next. Returns `exit_code()`."""
         self._stopping = True
+        grace_s = self.graph.stop_grace_s if grace_s is None else grace_s
         for level in _depth_levels(self.graph, list(self.procs)):
             running = [self.procs[n] for n in level if self.procs[n].popen is not None and self.procs[n].popen.poll() is None]
             for p in running:
