@@ -54,6 +54,7 @@ class Settings:
     pace: bool = True  # file sources released at their own frame times (like a camera); False: every frame, in order, as fast as the estimator goes
     stop_at_end: bool = True  # stop the node when every file source has ended
     start_delay_s: float = 0.0  # wait this long before the first frame (lets subscribers of file sources connect)
+    warmup: bool = True  # run the estimator once on a blank image per camera before the sources start
     webcam_width_px: int = 0  # 0: the driver's default
     webcam_height_px: int = 0
     webcam_fps: float = 0.0
@@ -162,6 +163,8 @@ class Capture(Node):
         self.estimator, self.detector = build_estimator(s)
         self.policy = BoxPolicy(use_hints=s.use_track_hints, max_hint_age_s=s.max_hint_age_s,
                                 redetect_interval_s=s.redetect_interval_s)
+        if s.warmup and self.estimator is not None:
+            self._warm_up()
         if s.start_delay_s > 0:
             time.sleep(s.start_delay_s)
         t0_ns = self.clock.now_ns()
@@ -184,12 +187,23 @@ class Capture(Node):
         self.window_start_ns = time.monotonic_ns()
         self.tick_interval_s = 0.002
 
+    def _warm_up(self) -> None:
+        """First calls are slow (graph set-up, CUDA context, kernels): pay them before frames are due."""
+        start = time.monotonic_ns()
+        size = {c: self.rig.camera(c).image_size if self.rig is not None else (640, 480) for c in self.settings.cameras}
+        views = [View(c, np.zeros((h, w, 3), np.uint8), self._K(c, (w, h))) for c, (w, h) in size.items()]
+        self.estimator.estimate(views)  # nobody on a blank image: no tracking state is left behind
+        self.log.info("estimator warmed up in %.1f s", (time.monotonic_ns() - start) / 1e9)
+
+    def _K(self, camera: str, image_size: tuple[int, int]) -> np.ndarray:
+        return self.rig.camera(camera).K if self.rig is not None else self._default_K(image_size)
+
     def _default_K(self, view_size: tuple[int, int]) -> np.ndarray:
         width, height = view_size
         return np.array([[max(width, height), 0, width / 2], [0, max(width, height), height / 2], [0, 0, 1.0]])
 
     def _view(self, camera: str, frame: Frame) -> View:
-        K = self.rig.camera(camera).K if self.rig is not None else self._default_K(frame.image_size)
+        K = self._K(camera, frame.image_size)
         # hint/<cam> (the sync node's 3D track re-projected, proposed) is not on the wire yet: no hint until it is
         hinted, run_detector = self.policy.plan(camera, frame.t_capture_ns, None, frame.image_size)
         boxes = scores = track_ids = None

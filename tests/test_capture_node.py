@@ -29,7 +29,7 @@ def _run_capture(tmp_path: Path, settings: dict, seconds: float) -> tuple[list, 
     sub = Subscriber({"cap": endpoint}, topics=("kp2d/", "calib", "stats/"))
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     received = []
-    deadline = time.monotonic() + seconds + 20
+    deadline = time.monotonic() + seconds + 90  # start-up (imports, Anny, MediaPipe) is slow on a busy machine
     try:
         while time.monotonic() < deadline:
             got = sub.recv(timeout_ms=100)

@@ -31,6 +31,19 @@ def videos() -> Path:
     return VIDEOS
 
 
+@pytest.fixture(scope="module")
+def small_video(tmp_path_factory) -> Path:
+    """100 frames, 160 x 120, 60 fps MJPG: decodes in ~1 ms, so timing tests do not depend on a busy CPU
+    keeping up with 1080 x 1920 H.264 (which the real-video tests cover)."""
+    path = tmp_path_factory.mktemp("video") / "small.avi"
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 60.0, (160, 120))
+    assert writer.isOpened()
+    for i in range(100):
+        writer.write(np.full((120, 160, 3), i, np.uint8))
+    writer.release()
+    return path
+
+
 @pytest.mark.data
 @pytest.mark.parametrize("camera", CAMERAS)
 def test_video_source_delivers_100_frames_with_container_times(videos, camera):
@@ -59,13 +72,12 @@ def test_video_source_is_rgb(videos):
     np.testing.assert_array_equal(rgb, bgr[:, :, ::-1])
 
 
-@pytest.mark.data
-def test_latest_frame_grabber_drops_stale_frames_under_a_slow_estimator(videos):
+def test_latest_frame_grabber_drops_stale_frames_under_a_slow_estimator(small_video):
     """Camera-paced 60 fps source, estimator taking 40 ms: drops are counted, nothing queues: a delivered
     frame waited in the slot at most about one estimator iteration, and that wait does not grow over the run."""
     slow_estimator_s = 0.040
     waits_ms, indices = [], []
-    with LatestFrameGrabber(VideoFileSource(videos / "cam01.mp4"), pace=True) as grabber:
+    with LatestFrameGrabber(VideoFileSource(small_video), pace=True) as grabber:
         while (frame := grabber.latest(timeout_s=2.0)) is not None:
             waits_ms.append(grabber.last_wait_ns / 1e6)
             indices.append(frame.index)
@@ -86,13 +98,15 @@ def test_latest_frame_grabber_drops_stale_frames_under_a_slow_estimator(videos):
     assert np.median(last) < np.median(first) + 10
 
 
-@pytest.mark.data
-def test_paced_grabber_with_a_fast_consumer_delivers_every_frame_in_order(videos):
-    with LatestFrameGrabber(VideoFileSource(videos / "cam02.mp4"), pace=True) as grabber:
+def test_paced_grabber_with_a_fast_consumer_delivers_every_frame_in_order(small_video):
+    with LatestFrameGrabber(VideoFileSource(small_video), pace=True) as grabber:
         indices = []
         while (frame := grabber.latest(timeout_s=2.0)) is not None:
             indices.append(frame.index)
-    assert indices == list(range(100)) and grabber.dropped == 0
+    # a consumer faster than the camera gets every frame (a CPU-starved decoder could have to skip a few
+    # to stay live, and would count them)
+    assert indices == sorted(set(indices)) and len(indices) + grabber.dropped == 100
+    assert grabber.dropped <= 5
 
 
 def test_grabber_reports_a_dying_source():
@@ -192,3 +206,23 @@ def test_missing_webcam_is_a_clear_error():
         from streamer.capture.sources import WebcamSource
 
         WebcamSource("/dev/video_does_not_exist")
+
+
+def test_paced_source_behind_real_time_skips_to_stay_live(small_video):
+    """A file 'camera' whose reader stalls (here: 0.5 s in the middle) skips the frames whose successors are
+    already due instead of releasing them late: delivered frames stay close to real time."""
+    class Stalling(VideoFileSource):
+        def read(self):
+            if self._index == 30:
+                time.sleep(0.5)
+            return super().read()
+
+    with LatestFrameGrabber(Stalling(small_video), pace=True) as grabber:
+        late_ms, indices = [], []
+        while (frame := grabber.latest(timeout_s=2.0)) is not None:
+            late_ms.append((time.monotonic_ns() - grabber.last_wait_ns - grabber.release_monotonic_ns(frame)) / 1e6)
+            indices.append(frame.index)
+    assert grabber.grabbed == 100 and grabber.grabbed == grabber.delivered + grabber.dropped
+    after = [late for i, late in zip(indices, late_ms) if i > 30 + 35]  # well after the stall
+    assert grabber.dropped >= 20  # ~0.5 s of frames (30) skipped or overwritten
+    assert after and np.median(after) < 3 * FRAME_NS / 1e6  # back to real time, not 500 ms behind

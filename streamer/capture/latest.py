@@ -6,7 +6,8 @@ frame that is overwritten before the consumer took it is a counted drop. The con
 frames are dropped and counted, never queued: the backlog is at most one frame, always.
 
 `pace=True` makes a file source behave like a camera: frames are released at their own
-capture times (relative to the first), on `time.monotonic`.
+capture times (relative to the first), on `time.monotonic`; when decoding falls behind real time,
+frames whose successor is already due are skipped without decoding an image (counted as drops).
 
 Example::
 
@@ -114,19 +115,43 @@ class LatestFrameGrabber:
 
     def release_monotonic_ns(self, frame: Frame) -> int:
         """Monotonic time at which a paced frame was due (its capture time relative to the first frame's)."""
+        return self._release_ns(frame.t_capture_ns)
+
+    def _release_ns(self, t_capture_ns: int) -> int:
         if self._pace_origin_ns is None or self._first_t_ns is None:
             raise ValueError("release_monotonic_ns: the grabber is not pacing or has not read a frame yet")
-        return self._pace_origin_ns + frame.t_capture_ns - self._first_t_ns
+        return self._pace_origin_ns + t_capture_ns - self._first_t_ns
+
+    def _catch_up(self, last_t_ns: int) -> bool:
+        """Paced file source behind real time: skip (without decoding to an image) every frame whose successor
+        is already due, as a camera would have overwritten it; skipped frames count as grabbed and dropped.
+        Returns False at the end of the stream."""
+        period_ns = int(1e9 / self.source.nominal_fps) if self.source.nominal_fps > 0 else 0
+        if period_ns <= 0:
+            return True
+        while time.monotonic_ns() > self._release_ns(last_t_ns) + 2 * period_ns and not self._stop.is_set():
+            skipped_t_ns = self.source.skip()
+            if skipped_t_ns is None:
+                return False
+            with self._cond:
+                self.grabbed += 1
+                self.dropped += 1
+            last_t_ns = skipped_t_ns
+        return True
 
     def _run(self) -> None:
+        last_t_ns: int | None = None
         try:
             while not self._stop.is_set():
+                if self.pace and last_t_ns is not None and not self._catch_up(last_t_ns):
+                    break
                 frame = self.source.read()
                 if frame is None:
                     break
                 if self.pace:
                     if self._first_t_ns is None:
                         self._first_t_ns, self._pace_origin_ns = frame.t_capture_ns, time.monotonic_ns()
+                    last_t_ns = frame.t_capture_ns
                     wait_s = (self.release_monotonic_ns(frame) - time.monotonic_ns()) / 1e9
                     if wait_s > 0 and self._stop.wait(wait_s):
                         break

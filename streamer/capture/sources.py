@@ -82,6 +82,11 @@ class FrameSource(ABC):
     def read(self) -> Frame | None:
         """The next frame, or None at the end of the stream."""
 
+    def skip(self) -> int | None:
+        """Pass over the next frame (cheaply where the source can); its t_capture_ns, or None at the end."""
+        frame = self.read()
+        return None if frame is None else frame.t_capture_ns
+
     def close(self) -> None:
         """Release the device or file."""
 
@@ -149,6 +154,14 @@ class VideoFileSource(FrameSource):
         frame = Frame(self._index, self.t0_ns + t_ns, (image.shape[1], image.shape[0]), _bgr_to_rgb(image))
         self._index += 1
         return frame
+
+    def skip(self) -> int | None:
+        """Demux and decode the next frame but convert no image (the costly colour conversions)."""
+        if not self._capture.grab():
+            return None
+        t_ns = self._frame_time_ns()
+        self._index += 1
+        return self.t0_ns + t_ns
 
     def close(self) -> None:
         self._capture.release()
