@@ -66,6 +66,7 @@ class Settings:
     epipolar_gate_px: float = 12.0  # association bootstrap: epipolar consistency gate, pixels
     lost_after_frames: int = 15  # frame sets without a consistent person before re-acquiring
     max_jump_m: float = 0.3  # a body whose median point moved farther from the track is not the subject
+    coast_speed_m: float = 0.1  # ... plus this per frame set without a confirmed track
     poll_interval_ms: float = 2.0  # how often deadlines are checked
 
 
@@ -87,7 +88,7 @@ class Sync(Node):
             buffer_ns=_ns(s.buffer_ms), stale_after_ns=_ns(s.stale_after_ms), min_cameras=s.min_cameras)
         self.association_settings = AssociationSettings(
             min_confidence=s.min_confidence, gate_px=s.gate_px, epipolar_gate_px=s.epipolar_gate_px,
-            lost_after_frames=s.lost_after_frames, max_jump_m=s.max_jump_m)
+            lost_after_frames=s.lost_after_frames, max_jump_m=s.max_jump_m, coast_speed_m=s.coast_speed_m)
         self.triangulation_settings = TriangulationSettings(threshold_px=s.threshold_px)
         # without configured cameras the assembler is built when the first calibration names them
         self.assembler = Assembler(list(s.cameras), self.assembly_settings) if s.cameras else None

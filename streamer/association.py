@@ -53,11 +53,14 @@ class AssociationSettings:
     epipolar_gate_px: float = 12.0  # bootstrap: median symmetric epipolar distance, pixels
     min_views: int = 2  # a frame set with fewer consistent cameras does not confirm the track
     lost_after_frames: int = 15  # consecutive unconfirmed frame sets before the track is dropped
-    max_jump_m: float = 0.3  # a new 3D body whose median point moved farther from the track is someone else
+    max_jump_m: float = 0.3  # a 3D body whose median point moved farther from the track is someone else
+    coast_speed_m: float = 0.1  # ... plus this per unconfirmed frame set (about 3 m/s at 30 fps)
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.min_confidence <= 1.0:
             raise ValueError(f"AssociationSettings.min_confidence: expected in [0, 1], got {self.min_confidence}")
+        if self.coast_speed_m < 0:
+            raise ValueError(f"AssociationSettings.coast_speed_m: expected >= 0, got {self.coast_speed_m}")
         for name in ("gate_px", "epipolar_gate_px", "max_jump_m"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"AssociationSettings.{name}: expected > 0, got {getattr(self, name)}")
@@ -283,13 +286,16 @@ def bootstrap_persons(keypoints_undistorted: np.ndarray, counts: np.ndarray, fun
 def consistent_with_track(state: TrackState, points: np.ndarray,
                           settings: AssociationSettings = AssociationSettings()) -> bool:
     """Whether new 3D points continue the track: no track yet, or the median distance of the points
-    valid in both is within `max_jump_m` (a view that sees two people one behind the other cannot
-    tell them apart; this check can). points: (K, 3) metres, world, NaN where missing."""
+    valid in both is within `max_jump_m`, plus `coast_speed_m` per frame set since the track was last
+    confirmed (a view
+    that sees two people one behind the other cannot tell them apart; this check can).
+    points: (K, 3) metres, world, NaN where missing."""
     if state.points is None:
         return True
     jump = np.linalg.norm(np.asarray(points, np.float64) - state.points, axis=-1)
     jump = jump[np.isfinite(jump)]
-    return bool(len(jump) >= settings.min_common_keypoints and np.median(jump) <= settings.max_jump_m)
+    allowed = settings.max_jump_m + settings.coast_speed_m * state.frames_lost
+    return bool(len(jump) >= settings.min_common_keypoints and np.median(jump) <= allowed)
 
 
 def advance_track(state: TrackState, points: np.ndarray | None, confirmed: bool,

@@ -268,3 +268,15 @@ def test_choice_and_bootstrap_never_raise_on_garbage(scene, data, n_views, n_per
     assert np.all((boot == -1) | (boot < packed.counts))
     pixels, confidence = select_persons(packed, chosen)
     assert np.all(np.isnan(pixels[chosen == -1])) and np.all(confidence[chosen == -1] == 0)
+
+
+def test_consistency_gate_grows_while_the_track_coasts():
+    settings = AssociationSettings(max_jump_m=0.3, coast_speed_m=0.1)
+    track = np.zeros((70, 3))
+    moved = track + np.array([0.45, 0.0, 0.0])
+    assert consistent_with_track(TrackState(), moved, settings)  # no track: anything starts one
+    assert not consistent_with_track(TrackState(track, 0), moved, settings)
+    assert not consistent_with_track(TrackState(track, 1), moved, settings)  # 0.4 m allowed
+    assert consistent_with_track(TrackState(track, 2), moved, settings)  # 0.5 m allowed after two lost sets
+    nan = np.full((70, 3), np.nan)
+    assert not consistent_with_track(TrackState(track, 0), nan, settings)  # no common points: no evidence
