@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 import zmq
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from streamer.clock import ClockClient, ClockServer, StageClock, offset_from_probe
 from streamer.transport import Subscriber
@@ -117,10 +119,6 @@ clock_offset_ns = {injected}
         launcher.terminate()
         assert launcher.wait(20) == 0
         sub.close()
-
-
-from hypothesis import HealthCheck, given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -4,10 +4,13 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from streamer.launch import GraphError, Supervisor, list_nodes_main, load_graph, node_command
 
@@ -179,26 +182,19 @@ def test_crashing_node_is_restarted_with_growing_backoff(tmp_path):
     g = load_graph(write(tmp_path, '[graph]\nbase_port = 6620\n[nodes.bad]\nkind = "pulse"\nsettings = { rate_hz = 0.0 }\n'))
     sup = Supervisor(g)
     sup.start()
-    import time
-
-    end = time.monotonic() + 6.0
+    end = time.monotonic() + 30.0
     try:
-        while time.monotonic() < end:
+        while time.monotonic() < end and len(sup.procs["bad"].exit_codes) < 3:
             sup.poll()
             time.sleep(0.05)
     finally:
         rc = sup.stop()
     proc = sup.procs["bad"]
-    assert set(proc.exit_codes) == {1}
-    # backoff 0.5, 1, 2 (+ ~0.5 s process start each): 2 or 3 restarts in 6 s, and the next wait has grown
-    assert 2 <= proc.restarts <= 4
-    assert proc.backoff_s >= 4.0
+    assert proc.exit_codes[:3] == [1, 1, 1]
+    # waits before restart 1, 2, 3: 0.5, 1, 2 s; the next one would be 4 s
+    assert proc.restarts >= 2 and proc.backoff_s == 4.0
     # stopped while crashed: unclean; stopped while (re)starting: our SIGTERM ended it, clean
     assert rc == (1 if proc.last_rc == 1 else 0)
-
-
-from hypothesis import HealthCheck, given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
 
 _JSON = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
