@@ -91,6 +91,10 @@ _MAX_STAT_NAMES = 256
 _MAX_STAT_NAME_LEN = 96
 
 
+class _StoppedDuringSetup(Exception):
+    """Raised by the signal handler while setup() runs: the node ends without finishing its setup."""
+
+
 @dataclass(frozen=True)
 class Input:
     """One upstream node: its name and the endpoint its XPUB is bound on."""
@@ -138,6 +142,7 @@ class Node:
         self.counters: Counter[str] = Counter()
         self.gauges: dict[str, float] = {}
         self._stop = False
+        self._in_setup = False
         self._latencies_ns: list[int] = []
         self._published_in_window = 0
         self._recv_mono_ns: int | None = None
@@ -237,9 +242,16 @@ class Node:
                       ",".join(f"{i.name}={i.endpoint}" for i in cfg.inputs) or "-")
         exit_code = 0
         try:
-            self.setup()
-            self._loop(poller, clock_server, clock_client)
+            self._in_setup = True
+            try:
+                self.setup()
+            finally:
+                self._in_setup = False
+            if not self._stop:
+                self._loop(poller, clock_server, clock_client)
             self.teardown()
+        except _StoppedDuringSetup:
+            self.log.info("stopped during setup")
         except Exception:
             self.log.exception("crashed")
             exit_code = 1
@@ -284,6 +296,8 @@ class Node:
     def _on_signal(self, signum, frame) -> None:
         self.log.info("signal %s: stopping", signal.Signals(signum).name)
         self._stop = True
+        if self._in_setup:  # a slow setup (model loading) must not delay the stop: abandon it
+            raise _StoppedDuringSetup
 
     def _loop(self, poller: zmq.Poller, clock_server, clock_client) -> None:
         cfg = self.config

@@ -14,12 +14,16 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from streamer.body import mhr70
-from streamer.body.anny_model import ANNY_SHAPE_NAMES, AnnyBody
+
+if TYPE_CHECKING:  # torch and anny are imported only when animating (stage start-up loads a cached animation)
+    import torch
+
+    from streamer.body.anny_model import AnnyBody
 
 __all__ = ["MOTIONS", "Animation", "MotionSettings", "animate", "cycle_seconds", "motion_params"]
 
@@ -91,6 +95,10 @@ def _segment_progress(settings: MotionSettings, t: np.ndarray, motion: str) -> t
 def motion_params(body: AnnyBody, settings: MotionSettings, times_s: np.ndarray, *, seed: int,
                   person: int = 0, path_radius_m: float | None = None) -> torch.Tensor:
     """(T, P) AnnyBody parameters at `times_s` (taken modulo the cycle), before ground contact."""
+    import torch
+
+    from streamer.body.anny_model import ANNY_SHAPE_NAMES
+
     rng = np.random.default_rng([seed, person, 7])
     cycle = cycle_seconds(settings)
     t = np.mod(np.asarray(times_s, dtype=np.float64), cycle)
@@ -187,6 +195,8 @@ def motion_params(body: AnnyBody, settings: MotionSettings, times_s: np.ndarray,
 def animate(body: AnnyBody, settings: MotionSettings, *, fps: float, seed: int, person: int = 0,
             path_radius_m: float | None = None, chunk: int = 512) -> Animation:
     """One motion cycle of one person at `fps`, with the feet kept on the floor (z >= 0)."""
+    import torch
+
     frames = max(1, round(cycle_seconds(settings) * fps))
     times = np.arange(frames) / fps
     params = motion_params(body, settings, times, seed=seed, person=person, path_radius_m=path_radius_m)

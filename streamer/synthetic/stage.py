@@ -20,15 +20,19 @@ import json
 import math
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from protocol.messages import Keypoints2D, PersonTruth, RigCalibration, Truth
-from streamer.body.anny_model import AnnyBody
 from streamer.calibration import Rig
+from streamer.synthetic.animation_cache import load_or_build_animations
 from streamer.synthetic.motion import Animation, MotionSettings, animate
 from streamer.synthetic.observe import ObservationSettings, Observed, observe_persons
 from streamer.synthetic.rig import RigSettings, ring_rig
+
+if TYPE_CHECKING:
+    from streamer.body.anny_model import AnnyBody
 
 __all__ = ["StageSettings", "SyntheticStage"]
 
@@ -55,22 +59,22 @@ class StageSettings:
 class SyntheticStage:
     """A synthetic capture stage. See the module docstring for the timing and person model.
 
-    body: the Anny body model to animate (built if not given; shared to save start-up time).
+    body: the Anny body model to animate (shared to save start-up time). Without one the animations
+    come from the on-disk cache (`streamer.synthetic.animation_cache`; no torch import), computed
+    with a default `AnnyBody` by the first process that needs them.
     """
 
     def __init__(self, settings: StageSettings | None = None, body: AnnyBody | None = None) -> None:
         self.settings = settings or StageSettings()
         s = self.settings
-        self.body = body or AnnyBody()
+        self._body = body
         self.rig: Rig = ring_rig(s.rig)
         self.fps = float(s.rig.fps)
         self.camera_names: list[str] = self.rig.names
         self._single = {name: self.rig.subset([name]) for name in self.camera_names}
         self._centers = {cam.name: cam.center for cam in self.rig.cameras}
-        self.animations: list[Animation] = [animate(self.body, s.motion, fps=self.fps, seed=s.seed, person=0)]
-        if s.distractor:
-            self.animations.append(animate(self.body, s.motion, fps=self.fps, seed=s.seed, person=1,
-                                           path_radius_m=s.distractor_path_radius_m))
+        self.animations: list[Animation] = (
+            self._animate() if body is not None else load_or_build_animations(s, self._animate))
         self.cycle_frames = self.animations[0].num_frames
         obs = s.observation
         self._phase_s, self._offset_s = {}, {}
@@ -79,6 +83,23 @@ class SyntheticStage:
             self._phase_s[name] = rng.uniform(0, 1 / self.fps) if obs.trigger_phase else 0.0
             self._offset_s[name] = obs.clock_offset_ms * 1e-3 * rng.standard_normal()
         self._camera_index = {name: i for i, name in enumerate(self.camera_names)}
+
+    @property
+    def body(self) -> AnnyBody:
+        """The Anny body model (built on first use when the animations came from the cache)."""
+        if self._body is None:
+            from streamer.body.anny_model import AnnyBody
+
+            self._body = AnnyBody()
+        return self._body
+
+    def _animate(self) -> list[Animation]:
+        s = self.settings
+        animations = [animate(self.body, s.motion, fps=self.fps, seed=s.seed, person=0)]
+        if s.distractor:
+            animations.append(animate(self.body, s.motion, fps=self.fps, seed=s.seed, person=1,
+                                      path_radius_m=s.distractor_path_radius_m))
+        return animations
 
     # -- ground truth and calibration ------------------------------------------------------
 
