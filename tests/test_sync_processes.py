@@ -28,7 +28,8 @@ CAMERAS = {  # name: (clock offset ms, capture jitter ms, delivery delay ms, dro
     "c3": (3.0, 1.5, 6.0, 0, 0),
 }
 MAX_SPREAD_MS = 20.0
-DEADLINE_MS = 60.0  # about two frame periods: tolerant of a loaded CI machine, still well below stale (100 ms)
+DEADLINE_MS = 60.0  # about two frame periods: tolerant of a loaded CI machine
+STALE_AFTER_MS = 200.0  # a dead camera is waited for (deadline sets) for about this long, then not
 FPS = 30.0
 
 
@@ -56,8 +57,8 @@ def test_sync_node_with_camera_processes(tmp_path):
             "--views", str(len(CAMERAS)), "--anchor-ns", str(anchor_ns), "--fps", str(FPS), "--frames", "600",
             "--offset-ms", str(offset), "--jitter-ms", str(jitter), "--delay-ms", str(delay),
             "--drop-every", str(drop), "--bad-calib-every", str(stale), "--seed", str(view)], tmp_path / f"{name}.log")
-    settings = ('{"cameras": ["c0", "c1", "c2", "c3"], "fps": 30.0, "max_spread_ms": %s, "deadline_ms": %s}'
-                % (MAX_SPREAD_MS, DEADLINE_MS))
+    settings = ('{"cameras": ["c0", "c1", "c2", "c3"], "fps": 30.0, "max_spread_ms": %s, "deadline_ms": %s, '
+                '"stale_after_ms": %s}' % (MAX_SPREAD_MS, DEADLINE_MS, STALE_AFTER_MS))
     sync = spawn(["-m", "streamer", "node", "sync", "--name", "sync", "--bind", sync_endpoint,
                   *[a for name, ep in endpoints.items() for a in ("--input", f"{name}={ep}")],
                   "--settings-json", settings, "--seconds", "60"], tmp_path / "sync.log")
