@@ -26,7 +26,10 @@ from streamer.synthetic.rig import RigSettings
 from streamer.synthetic.stage import StageSettings, SyntheticStage
 from streamer.triangulation import triangulate_robust
 
-__all__ = ["BODY_POINTS", "SyntheticRun", "jitter_mm", "lag_frames", "run_synthetic", "synthetic_frames"]
+__all__ = [
+    "BODY_POINTS", "SyntheticRun", "evaluate_pose2sim_fit", "jitter_mm", "lag_frames", "metrics", "run_synthetic",
+    "synthetic_frames",
+]
 
 BODY_POINTS = np.r_[mhr70.BODY, mhr70.index_of("left-wrist"), mhr70.index_of("right-wrist")]
 
@@ -146,4 +149,65 @@ def metrics(run: SyntheticRun) -> dict[str, float]:
         "lag_fit_frames": lag_frames(fit[walk], truth[walk], fit_valid[walk]),
         "lag_raw_frames": lag_frames(raw[walk], truth[walk], raw_valid[walk]),
         "good_fraction": float(np.mean([v == "good" for v in run.verdicts[w:]])),
+    }
+
+
+def evaluate_pose2sim_fit(
+    trial_dir, *, calibration=None, person: int = 0, min_confidence: float = 0.3, fps: float = 60.0,
+    body: AnnyBody | None = None,
+) -> dict[str, float]:
+    """The fitter on a real Pose2Sim trial (OpenPose BODY_25B, 4 cameras): fitted vs raw triangulated points.
+
+    Both are reprojected into every camera and compared with the 2D observations (confidence >
+    min_confidence) on the same observations of the mapped MHR-70 points; jitter is the mean
+    |acceleration| (mm/frame^2) on frames where the raw point is valid in three consecutive frames.
+    Keys: fit_median_reproj_px, raw_median_reproj_px, reproj_ratio (fit / raw), fit_jitter_mm,
+    raw_jitter_mm, jitter_ratio (raw / fit), good_fraction, frames, fit_p50_ms."""
+    from tools.evaluate import pose2sim_trial
+    from streamer.importing.openpose import LAYOUTS
+    from streamer.triangulation import TriangulationSettings
+
+    trial = pose2sim_trial(trial_dir, calibration=calibration, person=person, fps=fps,
+                           settings=TriangulationSettings(min_confidence=min_confidence))
+    body = body or AnnyBody()
+    context = make_context(body)
+    state = track_init(context)
+    raw = trial.points
+    fit = np.full_like(raw, np.nan)
+    verdicts, fit_ms = [], []
+    for f, result in enumerate(trial.results):
+        targets = fit_targets(result.points, n_views=result.n_views, confidence=result.confidence,
+                              defined=context.defined, settings=context.settings.targets)
+        t0 = time.perf_counter()
+        state, out = track_step(state, targets, int(round(trial.frames[f] * 1e9 / fps)) + 1, context)
+        fit_ms.append((time.perf_counter() - t0) * 1000)
+        if out is not None:
+            fit[f] = _finite_keypoints(out)
+            verdicts.append(out.evaluation.verdict)
+    mapped = np.array(sorted(set(LAYOUTS["body25b"][1].values())))
+    observed = trial.confidence[:, :, mapped] > min_confidence  # (F, V, M)
+    obs_px = trial.pixels[:, :, mapped]
+
+    def reproj(points: np.ndarray) -> np.ndarray:
+        projected = trial.rig.project(points[:, mapped])  # (F, V, M, 2)
+        return np.where(observed, np.linalg.norm(projected - obs_px, axis=-1), np.nan)
+
+    err_fit, err_raw = reproj(np.nan_to_num(fit, nan=1e6)), reproj(np.nan_to_num(raw, nan=1e6))
+    both = observed & np.isfinite(raw[:, mapped]).all(-1)[:, None, :] & np.isfinite(fit[:, mapped]).all(-1)[:, None, :]
+    raw_valid = np.isfinite(raw[:, mapped]).all(-1)
+    fit_valid = np.isfinite(fit[:, mapped]).all(-1)
+    raw_jit = jitter_mm(raw[:, mapped], raw_valid)
+    fit_jit = jitter_mm(fit[:, mapped], raw_valid & fit_valid)
+    fit_med = float(np.median(err_fit[both]))
+    raw_med = float(np.median(err_raw[both]))
+    per_camera = {f"{name}_fit_median_px": float(np.median(err_fit[:, v][both[:, v]])) for v, name in enumerate(trial.rig.names)}
+    per_camera.update({f"{name}_raw_median_px": float(np.median(err_raw[:, v][both[:, v]]))
+                       for v, name in enumerate(trial.rig.names)})
+    return {
+        **per_camera,
+        "fit_median_reproj_px": fit_med, "raw_median_reproj_px": raw_med, "reproj_ratio": fit_med / raw_med,
+        "fit_jitter_mm": fit_jit, "raw_jitter_mm": raw_jit, "jitter_ratio": raw_jit / fit_jit,
+        "good_fraction": float(np.mean([v == "good" for v in verdicts])) if verdicts else 0.0,
+        "frames": float(len(trial.frames)), "observations": float(both.sum()),
+        "fit_p50_ms": float(np.median(fit_ms)),
     }

@@ -363,6 +363,8 @@ def main(argv: list[str]) -> int:
     p2s.add_argument("--min-confidence", type=float, default=0.3, help="ignore 2D points below this confidence")
     p2s.add_argument("--threshold-px", type=float, default=15.0, help="triangulation inlier gate, pixels")
     p2s.add_argument("--json", action="store_true", help="print one JSON object")
+    p2s.add_argument("--fit", action="store_true", help="also run the fitter: fitted vs raw reprojection and jitter "
+                     "(keys fit_*, see tools/eval_fit.py)")
     args = parser.parse_args(argv)
     try:
         if args.check == "charuco":
@@ -374,6 +376,11 @@ def main(argv: list[str]) -> int:
                 min_confidence=args.min_confidence, threshold_px=args.threshold_px,
             )
             title = f"Pose2Sim trial {args.dir}: ours vs Pose2Sim .trc on the same frames and observations"
+            if args.fit:
+                from tools.eval_fit import evaluate_pose2sim_fit
+                fit = evaluate_pose2sim_fit(args.dir, calibration=args.calibration, person=args.person,
+                                            min_confidence=args.min_confidence)
+                result.update({k if k.startswith("fit_") else f"fit_{k}": v for k, v in fit.items()})
     except (OSError, ValueError) as exc:
         print(f"streamer eval {args.check}: {exc}", file=sys.stderr)
         return 1

@@ -52,6 +52,7 @@ class TrackSettings:
     max_speed_mps: float = 4.0
     shape_frames: int = 30
     fit_hands: bool = False
+    all_shape_dims: bool = False
     frozen_groups: tuple[str, ...] = ("jaw",)
     jacobian_stagger: int = 3
     smooth_output: bool = True
@@ -79,7 +80,8 @@ class TrackContext:
 class TrackState:
     """params: (P,) float64 last shipped (None before the first fit); t_ns: last step; t_fit_ns: last
     fitted frame; root_kf / pose_kf: Kalman states of the root and the other dims; slewing: the
-    next fit is slew-limited; shape_sum / shape_count / shape_held: the shape estimate."""
+    next fit is slew-limited; shape_sum / shape_count / shape_held: the shape estimate; jacobian,
+    jacobian_phase: the carried keypoint Jacobian and its refresh phase."""
 
     params: np.ndarray | None
     t_ns: int
@@ -115,7 +117,7 @@ def make_context(model: BodyModel, settings: TrackSettings = TrackSettings()) ->
     movable = model.movable.cpu().numpy().astype(bool)
     g = model.groups
     group_mask = lambda name: np.isin(np.arange(p), np.arange(p)[g[name]]) if name in g else np.zeros(p, bool)  # noqa: E731
-    shape = group_mask("shape") & movable
+    shape = group_mask("shape") & (movable | settings.all_shape_dims)
     root = group_mask("transl")  # coasted long; rotations (global and joints) coast briefly
     free = movable & ~shape
     for name in settings.frozen_groups:
@@ -194,16 +196,17 @@ def _update_filters(context: TrackContext, state: TrackState, params: np.ndarray
     return root_kf, pose_kf, coasted, coasting
 
 
-def _slew_limit(context: TrackContext, previous: np.ndarray, fitted: np.ndarray, dt_s: float) -> tuple[np.ndarray, bool]:
+def _slew_limit(context: TrackContext, model: BodyModel, previous: np.ndarray, fitted: np.ndarray, dt_s: float
+                ) -> tuple[np.ndarray, bool]:
     """Params moved from `previous` toward `fitted` so that no defined keypoint moves more than
     max_speed_mps * dt_s; returns (params, limited)."""
     limit = context.settings.max_speed_mps * max(dt_s, 1e-3)
     d = context.defined
-    kp_prev = model_keypoints(context.model, previous)[d]
+    kp_prev = model_keypoints(model, previous)[d]
     alpha = 1.0
     for _ in range(12):
         cand = previous + alpha * (fitted - previous)
-        move = np.linalg.norm(model_keypoints(context.model, cand)[d] - kp_prev, axis=1).max()
+        move = np.linalg.norm(model_keypoints(model, cand)[d] - kp_prev, axis=1).max()
         if move <= limit:
             return cand, alpha < 1.0
         alpha *= 0.95 * limit / move  # keypoints are close to linear in small parameter steps
@@ -219,7 +222,8 @@ def track_step(
     t_ns = int(t_ns)
     if t_ns <= state.t_ns:
         return state, None
-    model, s = context.model, context.settings
+    s = context.settings
+    model = context.model
     lost = state.params is None or (t_ns - state.t_fit_ns) * 1e-9 > s.lost_after_s
     if not targets.usable:
         if state.params is None:
@@ -229,7 +233,7 @@ def track_step(
         if not coasting:
             coasted = state.params
         if source == "coast":  # a coasted pose moves no faster than a fitted one may
-            coasted, _ = _slew_limit(context, state.params, coasted, (t_ns - state.t_ns) * 1e-9)
+            coasted, _ = _slew_limit(context, model, state.params, coasted, (t_ns - state.t_ns) * 1e-9)
         params32 = coasted.astype(np.float32)
         evaluation = evaluate(model, params32, targets, context.free, Prior(), s.fit)
         new = replace(state, params=params32.astype(np.float64), t_ns=t_ns, root_kf=root_kf, pose_kf=pose_kf,
@@ -272,7 +276,7 @@ def track_step(
         params, changed = np.where(free, filtered, params), True
     slewing = False
     if state.slewing and state.params is not None:
-        params, slewing = _slew_limit(context, state.params, params, (t_ns - state.t_ns) * 1e-9)
+        params, slewing = _slew_limit(context, model, state.params, params, (t_ns - state.t_ns) * 1e-9)
         changed |= slewing
     if changed or evaluation is None:  # judge what ships
         params = params.astype(np.float32).astype(np.float64)

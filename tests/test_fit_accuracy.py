@@ -1,0 +1,36 @@
+"""Fitter accuracy on the synthetic stage (real Anny body, real triangulation) and on real Pose2Sim data."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+SHARED = Path(os.environ.get("STREAMER_SHARED_DATA", Path(__file__).resolve().parents[1] / ".." / "shared" / "data"))
+BALANCING = SHARED / "pose2sim_demo" / "S00_P00_T01_BalancingTrial"
+
+
+def test_synthetic_stage_fit_beats_raw_triangulation():
+    """4 cameras, 2 px noise, 10 % outliers, 30 fps walk: MPJPE <= 25 mm and below raw; jitter 3x lower; lag <= 1 frame."""
+    from tools.eval_fit import run_synthetic
+
+    m = run_synthetic(seconds=3.5, fps=30.0, seed=0).metrics
+    assert m["mpjpe_mm"] <= 25.0 and m["mpjpe_mm"] < m["raw_mpjpe_mm"], m
+    assert m["jitter_ratio"] >= 3.0, m
+    assert abs(m["lag_fit_frames"] - m["lag_raw_frames"]) <= 1.0, m
+    assert m["good_fraction"] > 0.9, m
+
+
+@pytest.mark.data
+def test_pose2sim_balancing_trial_fit():
+    """Real OpenPose data: jitter drops >= 2x. The fitted points' median reprojection error is about
+    2.3x the raw robust triangulation's (which fits each frame's 2D noise with 3 of 4 cameras; Pose2Sim's
+    own .trc is 1.9x): the 1.5x goal is NOT met, this test pins the current level so it cannot regress."""
+    if not BALANCING.is_dir():
+        pytest.skip(f"shared test data not found at {BALANCING} (see ../shared/reference/data.md)")
+    from tools.eval_fit import evaluate_pose2sim_fit
+
+    r = evaluate_pose2sim_fit(BALANCING)
+    assert r["jitter_ratio"] >= 2.0, r
+    assert r["reproj_ratio"] < 2.5, r
+    assert r["good_fraction"] > 0.7, r
