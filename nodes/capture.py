@@ -178,10 +178,12 @@ class Capture(Node):
                 self.rig = Rig.from_message(source.calibration).subset(list(s.cameras))
                 self.calib = self.rig.to_message()
                 self.publish_state(self.calib)
-            if s.pace or source.live:
-                self.grabbers[camera] = LatestFrameGrabber(source, pace=not source.live).start()
-            else:
+            if isinstance(source, SyntheticSource) or not (s.pace or source.live):
+                # offline files: every frame in order; the synthetic stage paces itself on the stage clock and
+                # skips to the current frame when behind, so it is read in the loop (publish the moment it is due)
                 self.grabbers[camera] = SequentialReader(source)
+            else:
+                self.grabbers[camera] = LatestFrameGrabber(source, pace=not source.live).start()
         self.seq = dict.fromkeys(s.cameras, 0)
         self.published = dict.fromkeys(s.cameras, 0)
         self.window_start_ns = time.monotonic_ns()
