@@ -18,6 +18,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("streamer.launch:main", "start a graph file (all nodes, or one host's share)"),
     "nodes": ("streamer.launch:list_nodes_main", "list node kinds and their settings"),
     "node": ("streamer.launch:node_main", "run a single node (used by the launcher)"),
+    "keys": ("streamer.transport.keygen:main", "generate CURVE key pairs for the nodes of a graph"),
     "synth": ("tools.synth:main", "generate a synthetic take with ground truth"),
     "import": ("tools.importers:main", "import real takes (pose2sim, caliscope, legacy npy) as kp2d recordings"),
     "eval": ("tools.evaluate:main", "accuracy checks on real data (charuco, pose2sim)"),
