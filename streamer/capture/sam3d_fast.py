@@ -1,4 +1,4 @@
-"""Fast SAM-3D Body inference for several cameras sharing one GPU (body-only, batched, bf16, CUDA graphs).
+"""Fast SAM-3D Body inference for several cameras sharing one GPU (body-only, batched, CUDA graphs, compile).
 
 Wraps a model built by the upstream package (`sam_3d_body.load_sam_3d_body`, or `SAM3DBody(cfg)`): it uses
 the upstream modules as they are and changes only how they are driven. Against the stock call
@@ -9,12 +9,21 @@ the upstream modules as they are and changes only how they are driven. Against t
 2. batches the person crops of all cameras into one forward (each crop keeps its own camera matrix);
 3. crops on the GPU (one bilinear `grid_sample` per crop, the same affine as upstream's `TopdownAffine`)
    instead of `cv2.warpAffine` of the image and of an all-zero mask on the CPU;
-4. replays the backbone (optionally `torch.compile`d) from a CUDA graph per batch size, and can
-   `torch.compile` the decoder (layers, heads, projections), keeping the output-only mesh faces on the host;
-5. can run the decoder's transformer layers under bf16 autocast (heads, camera and MHR stay float32);
-6. takes person boxes from hints (the 3D track reprojected, `streamer.capture.boxes`), so no detector runs;
-7. can overlap the backbone of one batch with the (launch-bound) decoder of the previous one on a second
-   CUDA stream (`run_pipelined`).
+4. replays the backbone (optionally `torch.compile`d) from a CUDA graph per batch size, and keeps the
+   output-only mesh faces on the host (upstream copies them out after every decoder layer);
+5. takes person boxes from hints (the 3D track reprojected, `streamer.capture.boxes`), so no detector runs.
+
+Measured options that are kept off by default (`streamer bench estimator`, README "SAM-3D Body speed"): bf16
+autocast of the decoder layers (no gain, outputs moved beyond the agreement tolerance), `torch.compile` of the
+decoder (no gain: graph breaks), a second CUDA stream overlapping backbone and decoder (`run_pipelined`, ~2 %).
+What remains slow is upstream's decoder, bound by host work (thousands of small kernels and host->device copies
+of index constants, each a stream sync, per call) rather than by the GPU.
+
+Use in the capture node (one process serving the cameras that share a GPU):
+
+    upstream = build_sam3d_body(checkpoint, mhr_path)            # streamer.capture.sam3d
+    fast = FastBodyEstimator(upstream.model, compile_backbone=True)
+    estimator = FastSam3dEstimator(fast, upstream)               # hinted views: one forward; others: stock + detector
 
 Call contract relied on (upstream sam-3d-body 1.0.0): `model.image_mean`, `model.image_std` ((3, 1, 1)),
 `model.backbone(x (B, 3, S, S), backbone dtype) -> (B, C, h, w)`, `model.backbone_dtype`,
