@@ -3,8 +3,10 @@
 Same synthetic frames for both: V cameras (4, 8, 16) on a ring, 1280x720, OpenCV distortion; a
 70-point symmetric body-sized point set per frame; 2 px detector noise; in the "outliers" runs 10 %
 of the observations are replaced by gross outliers (half: the same point of another person standing
-0.6-1.0 m away, half: the left/right mirror point). Reported per view count: time per frame (median,
-ms) and mean 3D error (mm) with and without outliers, plus the speed ratio.
+0.6-1.0 m away, half: the left/right mirror point). Reported per view count: time per frame (median
+wall time of one call, ms, on the outlier frames) and mean 3D error (mm) with and without outliers,
+plus the speed ratio. Both processes get the same malloc settings (`keep_freed_memory`). aniposelib's
+robust `triangulate_ransac` is timed on a few frames too (--ransac-frames, off by default: seconds to minutes per frame; up to 8 views), for reference.
 
 aniposelib 0.8 needs jax and opencv-contrib-python, which conflict with this project's
 opencv-python-headless, so it lives in its own virtual environment. Its interpreter is, in order:
@@ -30,6 +32,7 @@ import numpy as np
 __all__ = ["make_scene", "main"]
 
 VIEW_COUNTS = (4, 8, 16)
+RANSAC_MAX_VIEWS = 8  # aniposelib triangulate_ransac explores camera subsets: ~74 s per frame at 8 views here
 NUM_POINTS = 70
 _REPO = Path(__file__).resolve().parents[1]
 
@@ -148,6 +151,15 @@ def _aniposelib_worker(in_path: str, out_path: str) -> None:
                 times.append(time.perf_counter() - start)
         out[f"{key}_points"] = np.stack(points)
         out[f"{key}_times"] = np.array(times)
+    ransac_frames = data["outliers"][: int(data["ransac_frames"])]
+    if len(ransac_frames):  # aniposelib's robust variant (a Python loop per point): a few frames only
+        group.triangulate_ransac(ransac_frames[0].copy(), progress=False)  # numba compile
+        times, points = [], []
+        for pixels in ransac_frames:
+            start = time.perf_counter()
+            points.append(group.triangulate_ransac(pixels.copy(), progress=False)[0])
+            times.append(time.perf_counter() - start)
+        out["ransac_points"], out["ransac_times"] = np.stack(points), np.array(times)
     np.savez(out_path, **out)
 
 
@@ -162,7 +174,7 @@ def _aniposelib_python(explicit: str | None) -> str | None:
     return str(sibling) if sibling.exists() else None
 
 
-def _run_aniposelib(python: str, scene: dict, repeats: int) -> dict:
+def _run_aniposelib(python: str, scene: dict, repeats: int, ransac_frames: int) -> dict:
     import cv2
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -170,8 +182,11 @@ def _run_aniposelib(python: str, scene: dict, repeats: int) -> dict:
         cams = scene["cameras"]
         np.savez(in_path, K=np.stack([c[2] for c in cams]), dist=np.stack([c[3] for c in cams]),
                  size=np.array([c[1] for c in cams]), rvec=np.stack([cv2.Rodrigues(c[4])[0].ravel() for c in cams]),
-                 t=np.stack([c[5] for c in cams]), clean=scene["clean"], outliers=scene["outliers"], repeats=repeats)
-        env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH="")
+                 t=np.stack([c[5] for c in cams]), clean=scene["clean"], outliers=scene["outliers"], repeats=repeats,
+                 ransac_frames=ransac_frames)
+        # the same malloc settings as keep_freed_memory() in this process, through glibc's environment knobs
+        env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH="", MALLOC_TRIM_THRESHOLD_=str(128 << 20),
+                   MALLOC_TOP_PAD_=str(64 << 20), MALLOC_MMAP_THRESHOLD_=str(32 << 20))
         proc = subprocess.run([python, str(Path(__file__).resolve()), "--aniposelib-worker", str(in_path),
                                str(out_path)], capture_output=True, text=True, env=env, timeout=600)
         if proc.returncode != 0:
@@ -181,8 +196,11 @@ def _run_aniposelib(python: str, scene: dict, repeats: int) -> dict:
 
 
 def run(view_counts=VIEW_COUNTS, frames: int = 40, repeats: int = 3, aniposelib_python: str | None = None,
-        seed: int = 0) -> dict:
+        seed: int = 0, ransac_frames: int = 0) -> dict:
     """Measure both methods at every view count; returns the flat result dictionary (see --json)."""
+    from streamer.triangulation import keep_freed_memory
+
+    keep_freed_memory()
     python = _aniposelib_python(aniposelib_python)
     result: dict = {"frames": frames, "points": NUM_POINTS, "noise_px": 2.0, "outlier_fraction": 0.1,
                     "aniposelib_python": python}
@@ -194,11 +212,15 @@ def run(view_counts=VIEW_COUNTS, frames: int = 40, repeats: int = 3, aniposelib_
             if key == "outliers":
                 result[f"ours_ms_{views}v"] = ms
         if python is not None:
-            ani = _run_aniposelib(python, scene, repeats)
+            ani = _run_aniposelib(python, scene, repeats, ransac_frames if views <= RANSAC_MAX_VIEWS else 0)
             result[f"aniposelib_ms_{views}v"] = float(np.median(ani["outliers_times"]) * 1000.0)
             result[f"err_aniposelib_clean_mm_{views}v"] = _mean_error_mm(ani["clean_points"], scene["truth"])
             result[f"err_aniposelib_outliers_mm_{views}v"] = _mean_error_mm(ani["outliers_points"], scene["truth"])
             result[f"speedup_{views}v"] = result[f"aniposelib_ms_{views}v"] / result[f"ours_ms_{views}v"]
+            if "ransac_times" in ani:
+                result[f"aniposelib_ransac_ms_{views}v"] = float(np.median(ani["ransac_times"]) * 1000.0)
+                result[f"err_aniposelib_ransac_outliers_mm_{views}v"] = _mean_error_mm(
+                    ani["ransac_points"], scene["truth"][:ransac_frames])
     if 8 in view_counts:  # the stable headline keys
         result["err_ours_outliers_mm"] = result["err_ours_outliers_mm_8v"]
         for key in ("aniposelib_ms_8v", "speedup_8v", "err_aniposelib_outliers_mm"):
@@ -214,12 +236,14 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--repeats", type=int, default=3, help="timing passes over the frames")
     parser.add_argument("--views", type=int, nargs="+", default=list(VIEW_COUNTS), help="view counts")
     parser.add_argument("--aniposelib-python", help="interpreter that can import aniposelib")
+    parser.add_argument("--ransac-frames", type=int, default=0,
+                        help="frames for aniposelib's triangulate_ransac (slow: a Python loop per point); 0: skip")
     parser.add_argument("--aniposelib-worker", nargs=2, metavar=("IN", "OUT"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.aniposelib_worker:
         _aniposelib_worker(*args.aniposelib_worker)
         return 0
-    result = run(tuple(args.views), args.frames, args.repeats, args.aniposelib_python)
+    result = run(tuple(args.views), args.frames, args.repeats, args.aniposelib_python, ransac_frames=args.ransac_frames)
     if args.json:
         print(json.dumps(result))
         return 0
@@ -228,13 +252,14 @@ def main(argv: list[str]) -> int:
     if result["aniposelib_python"] is None:
         print("aniposelib: not found (see --help for how to set up its virtual environment)")
     header = f"{'views':>5} {'ours ms':>8} {'anipose ms':>10} {'speedup':>8} {'ours mm':>8} {'anip mm':>8} " \
-             f"{'ours mm (outl)':>15} {'anip mm (outl)':>15}"
+             f"{'ours mm (outl)':>15} {'anip mm (outl)':>15} {'ransac ms':>10} {'ransac mm (outl)':>17}"
     print(header)
     for views in args.views:
         get = lambda key: result.get(f"{key}_{views}v", float("nan"))  # noqa: E731
         print(f"{views:>5} {get('ours_ms'):8.3f} {get('aniposelib_ms'):10.3f} {get('speedup'):8.1f} "
               f"{get('err_ours_clean_mm'):8.2f} {get('err_aniposelib_clean_mm'):8.2f} "
-              f"{get('err_ours_outliers_mm'):15.2f} {get('err_aniposelib_outliers_mm'):15.2f}")
+              f"{get('err_ours_outliers_mm'):15.2f} {get('err_aniposelib_outliers_mm'):15.2f} "
+              f"{get('aniposelib_ransac_ms'):10.1f} {get('err_aniposelib_ransac_outliers_mm'):17.2f}")
     return 0
 
 
