@@ -155,3 +155,20 @@ def test_mhr70_groups_partition_the_layout() -> None:
     assert everything == list(range(70))
     assert all(mhr70.NAMES[i].endswith("-tip") for i in mhr70.FINGERTIPS)
     assert all("joint" in mhr70.NAMES[i] for i in mhr70.FINGER_JOINTS)
+
+
+@pytest.mark.slow
+def test_processes_starting_together_build_the_tables_once(tmp_path) -> None:
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = ("import logging, sys; logging.basicConfig(level=logging.INFO, stream=sys.stdout); "
+            "from streamer.body.anny_model import AnnyBody; AnnyBody(cache_dir=sys.argv[1])")
+    repo = Path(__file__).resolve().parents[1]
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], cwd=repo, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True) for _ in range(2)]
+    outputs = [p.communicate(timeout=300)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs), outputs
+    assert sum(out.count("building them once") for out in outputs) == 1, outputs
+    assert not list(tmp_path.glob("*.tmp"))

@@ -64,10 +64,12 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import fcntl
 import hashlib
 import importlib.metadata
 import json
 import logging
+import os
 import threading
 import time
 from pathlib import Path
@@ -328,23 +330,35 @@ def load_or_build_tables(
 ) -> tuple[dict[str, torch.Tensor], list[str]]:
     """The tables of `build_anny_tables`, from `cache_dir` (default `default_table_cache_dir()`) when a
     file with the same content key exists (anny version, mapping version, posed bones), else built
-    and saved there. Returns (tables, bone labels)."""
+    and saved there, under a file lock so that processes starting together build once.
+    Returns (tables, bone labels)."""
     from safetensors.torch import load_file, save_file
 
     cache_dir = Path(cache_dir) if cache_dir is not None else default_table_cache_dir()
     path = cache_dir / f"anny_mhr70_{_settings_key(posed_bones)}.safetensors"
     labels_path = path.with_suffix(".json")
-    if path.exists() and labels_path.exists():
-        logger.debug("loading Anny MHR-70 tables from %s", path)
-        return load_file(str(path)), json.loads(labels_path.read_text())["bone_labels"]
-    logger.info("Anny MHR-70 tables not cached at %s: building them once", path)
-    tables, labels = build_anny_tables(posed_bones)
+
+    def cached() -> tuple[dict[str, torch.Tensor], list[str]] | None:
+        if path.exists() and labels_path.exists():
+            logger.debug("loading Anny MHR-70 tables from %s", path)
+            return load_file(str(path)), json.loads(labels_path.read_text())["bone_labels"]
+        return None
+
+    if (hit := cached()) is not None:
+        return hit
     cache_dir.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    save_file({k: v.contiguous() for k, v in tables.items()}, str(tmp))
-    labels_path.write_text(json.dumps({"bone_labels": labels, "posed_bones": list(posed_bones)}))
-    tmp.replace(path)  # the tables appear atomically, after the labels
-    logger.info("saved Anny MHR-70 tables to %s", path)
+    # One builder at a time (a stage starts several processes at once): the others wait, then load.
+    with open(cache_dir / "build.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if (hit := cached()) is not None:
+            return hit
+        logger.info("Anny MHR-70 tables not cached at %s: building them once", path)
+        tables, labels = build_anny_tables(posed_bones)
+        tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp")
+        save_file({k: v.contiguous() for k, v in tables.items()}, str(tmp))
+        labels_path.write_text(json.dumps({"bone_labels": labels, "posed_bones": list(posed_bones)}))
+        tmp.replace(path)  # the tables appear atomically, after the labels
+        logger.info("saved Anny MHR-70 tables to %s", path)
     return tables, labels
 
 
