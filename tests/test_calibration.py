@@ -10,8 +10,9 @@ import pytest
 import tomli_w
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
 
-from protocol import RigCalibration, decode, encode
+from protocol import CameraCalibration, RigCalibration, decode, encode
 from streamer.calibration import Camera, Rig
 from streamer.calibration_io import (
     CalibrationError,
@@ -271,3 +272,29 @@ def test_fuzzed_camera_tables_load_or_raise_calibration_error(tmp_path, table):
     assert len(rig) == 1 and rig.names == ["1"]
     if rig.cameras[0].is_posed:  # a loaded posed camera always projects (NaN only behind it)
         assert rig.project(np.array([[0.0, 0.0, 2.0]])).shape == (1, 1, 2)
+
+
+_matrix = st.one_of(
+    hnp.arrays(np.float64, (3, 3), elements=st.floats(-2e3, 2e3)),
+    st.just(np.array([[900.0, 0, 640], [0, 900, 360], [0, 0, 1]])),
+    hnp.arrays(np.float64, (3, 3), elements=st.sampled_from([np.nan, np.inf, 0.0, 1.0])),
+)
+_rotation = st.one_of(
+    st.builds(lambda v: cv2.Rodrigues(np.asarray(v, dtype=np.float64))[0],
+              hnp.arrays(np.float64, (3,), elements=st.floats(-4, 4))),
+    hnp.arrays(np.float64, (3, 3), elements=st.one_of(st.floats(-2, 2), st.just(np.nan))),
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(K=_matrix, R=_rotation, t=hnp.arrays(np.float64, (3,), elements=st.one_of(st.floats(-1e3, 1e3), st.just(np.nan))),
+       dist=hnp.arrays(np.float64, st.sampled_from([0, 4, 5, 7, 8, 12, 14]), elements=st.floats(-1, 1)),
+       size=hnp.arrays(np.int32, (2,), elements=st.integers(-5, 5000)))
+def test_fuzzed_calibration_messages_build_a_rig_or_raise_value_error(K, R, t, dist, size):
+    msg = RigCalibration(version="", cameras=[CameraCalibration(camera="x", image_size=size, K=K, dist=dist, R=R, t=t)])
+    try:
+        rig = Rig.from_message(msg)
+    except ValueError:
+        return
+    assert rig.to_message().version == rig.version
+    assert rig.project(np.array([[0.1, 0.2, 5.0]])).shape == (1, 1, 2)  # a valid rig always projects
