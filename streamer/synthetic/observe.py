@@ -127,10 +127,8 @@ def observe_persons(points: np.ndarray, pixels: np.ndarray, camera_center: np.nd
     normals = rng.standard_normal((n_persons, 70, 3))  # noise x, y, confidence
     order = rng.permutation(n_persons)
 
-    finite = np.all(np.isfinite(pixels), axis=2)
-    with np.errstate(invalid="ignore"):
-        inside = finite & (pixels[..., 0] >= 0) & (pixels[..., 0] < width) & (pixels[..., 1] >= 0) & (
-            pixels[..., 1] < height)
+    u, v = pixels[..., 0], pixels[..., 1]
+    inside = (u >= 0) & (u < width) & (v >= 0) & (v < height)  # False for NaN (behind the camera)
     starts, ends, radii = _capsules(points, settings)
     occluded = occluded_points(camera_center, points.reshape(-1, 3), starts, ends, radii).reshape(n_persons, 70)
     labels = np.where(occluded, OCCLUDED, CLEAN).astype(np.uint8)
