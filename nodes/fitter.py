@@ -46,7 +46,7 @@ class Settings:
     min_valid_points: int = 6  # fewer valid 3D points: the frame is unusable
     huber_m: float = 0.03  # Huber threshold of the data term, metres
     accel_prior: float = 2e-3  # weight of the constant-velocity prior (per rad^2 / m^2)
-    max_iterations: int = 2  # LM steps per warm-started frame
+    max_iterations: int = 1  # LM steps per warm-started frame
     max_iterations_cold: int = 60  # LM steps when (re)initialising
     good_rms_m: float = 0.04  # verdict "good" at most this inlier RMS error, metres
     smooth_output: bool = True  # ship the parameter Kalman's posterior (less jitter, no steady lag)

@@ -139,8 +139,11 @@ def test_one_nan_frame_does_not_poison_the_sequence(model, context):
     coast_error = np.linalg.norm(nan_out.keypoints - truths[20], axis=1)[defined]
     assert coast_error.mean() < 0.05 and coast_error.max() < 0.12  # one frame of a swinging limb
     later = np.array([np.linalg.norm(a.keypoints - b.keypoints, axis=1)[defined].max() for a, b in zip(clean[21:], broken[21:])])
-    # the warm-started fit (2 LM steps, carried Jacobian) is path dependent to within about a centimetre
-    assert later[:3].max() < 0.08 and later[5:].max() < 0.025 and np.median(later[5:]) < 0.01
+    # the warm-started fit (one LM step, carried Jacobian, Kalman output) keeps a memory: the NaN frame's
+    # trace stays below the output's own error to the truth (~1 cm on this noisy test body)
+    clean_error = np.array([np.linalg.norm(a.keypoints - t, axis=1)[defined].mean() for a, t in zip(clean[21:], truths[21:])])
+    assert later[:3].max() < 0.08 and later[5:].max() < 0.03 and np.median(later[5:]) < 0.015
+    assert np.median(later[5:]) < np.median(clean_error)
     assert all(np.isfinite(o.params).all() for o in broken)
 
 

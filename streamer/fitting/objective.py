@@ -44,7 +44,7 @@ class FitSettings:
     velocity_prior: float = 0.0
     pose_prior: float = 1e-6
     shape_prior: float = 1e-4
-    max_iterations: int = 2
+    max_iterations: int = 1
     max_iterations_cold: int = 60
     rel_tolerance: float = 1e-3
     lm_damping: float = 1e-3

@@ -27,7 +27,8 @@ __all__ = ["FitResult", "fit_frame", "jacobian_method"]
 
 logger = logging.getLogger(__name__)
 
-_MAX_DAMPING_RETRIES = 6
+_MAX_DAMPING_RETRIES = 6  # per LM step of a cold fit
+_MAX_DAMPING_RETRIES_WARM = 2  # a warm frame keeps its latency bounded; a failed step ships the start
 
 
 @dataclass(frozen=True)
@@ -197,7 +198,7 @@ def fit_frame(
         gradient = gradient + prior_grad
         diag = hessian.diagonal().clamp_min(1e-12)
         accepted = False
-        for _ in range(_MAX_DAMPING_RETRIES):
+        for _ in range(_MAX_DAMPING_RETRIES if cold else _MAX_DAMPING_RETRIES_WARM):
             step = torch.linalg.solve(hessian + torch.diag(damping * diag), -gradient)
             candidate = x + step
             new_loss, new_kp = objective(candidate)

@@ -167,11 +167,20 @@ def _output(context: TrackContext, params32: np.ndarray, evaluation: FitEvaluati
 
 
 def _predicted(context: TrackContext, state: TrackState, t_ns: int) -> np.ndarray | None:
-    """(P,) the parameters predicted at t_ns: constant velocity within the coasting windows, the
-    last shipped value beyond them (None without a track)."""
+    """(P,) the parameters predicted at t_ns: constant velocity for rows measured within their coasting
+    window, the last shipped value for the others (None without a track)."""
     if state.params is None:
         return None
-    return _update_filters(context, state, None, t_ns)[2]
+    s = context.settings
+    pred = state.params.copy()
+    for kf, rows, gap_s in ((state.root_kf, context.root, s.coast_root_s), (state.pose_kf, ~context.root, s.coast_pose_s)):
+        ahead = kalman_predict(kf, t_ns, _kalman_settings(context, 1.0, gap_s)).position[:, 0]  # noise: unused
+        seen = kf.t_ns != np.iinfo(np.int64).min
+        live = seen & ((t_ns - kf.t_ns) * 1e-9 <= gap_s) & np.isfinite(ahead)
+        sub = pred[rows]
+        sub[live] = ahead[live]
+        pred[rows] = sub
+    return pred
 
 
 def _update_filters(context: TrackContext, state: TrackState, params: np.ndarray | None, t_ns: int
