@@ -66,7 +66,7 @@ class TriangulationSettings:
     threshold_px: float = 15.0
     min_confidence: float = 0.0
     huber_px: float = 4.0
-    lm_iterations: int = 2
+    lm_iterations: int = 1
     seed_views: int = 6
     prior_gate_m: float = 0.2
     prior_weight: float = 1.0
