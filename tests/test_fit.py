@@ -195,3 +195,31 @@ def test_fuzzed_points_never_ship_nan(points, n_views):
     assert result.evaluation.verdict in (Verdict.GOOD, Verdict.POOR, Verdict.UNUSABLE)
     if result.evaluation.verdict != Verdict.UNUSABLE:
         assert targets.usable and np.isfinite(result.evaluation.loss)
+
+
+def test_start_from_estimator_candidates_picks_the_consistent_view(model):
+    """Per-view estimator parameters: the candidate that fits the 3D points best (after alignment) wins."""
+    rng = np.random.default_rng(6)
+    poses = random_poses(model, 3, rng, pose_std=0.5).numpy()
+    _, noisy = observe(model, poses[1], rng)
+    targets = fit_targets(noisy, defined=model.keypoint_defined.numpy())
+    candidates = poses.copy()
+    candidates[:, model.groups["transl"]] += 5.0  # estimator parameters live in camera frames: alignment fixes that
+    candidates[0, 0] = np.nan  # a broken candidate is skipped
+    start = choose_start(model, targets, candidates=candidates)
+    assert start.source == "estimator" and start.cold and start.rms_m < 0.02
+    assert np.allclose(start.params[model.groups["pose"]], poses[1][model.groups["pose"]])
+    fallback = choose_start(model, targets, previous=poses[0])
+    assert fallback.source == "previous" and not fallback.cold
+
+
+def test_track_lost_is_reinitialised_cold(model, context):
+    """A gap longer than lost_after_s: the next usable frame re-initialises (canonical pose aligned, cold fit)."""
+    truths, frames = walk_targets(model, 80, seed=7)
+    empty = fit_targets(np.full((70, 3), np.nan), defined=model.keypoint_defined.numpy())
+    frames[20:70] = [empty] * 50  # 1.7 s > lost_after_s = 1.5 s
+    outs = run_track(model, context, frames)
+    assert outs[69].source == "hold" and (outs[69].flags == PoseFlag.MISSING).all()
+    assert outs[70].source == "fit" and outs[70].iterations > context.settings.fit.max_iterations
+    defined = model.keypoint_defined.numpy()
+    assert np.linalg.norm(outs[79].keypoints - truths[79], axis=1)[defined].mean() < 0.05

@@ -9,8 +9,9 @@ node keeps one `TrackState` per person). Per frame:
 - unusable targets (or NaN input): never fitted and never fed to any filter; the root
   translation is coasted for up to `coast_root_s` and every rotation (global and joints) for
   `coast_pose_s` (flags PREDICTED), then held (flags MISSING).
-- after any frame that was not a fit, the next fits are slew-limited: no keypoint moves faster
-  than `max_speed_mps` between shipped poses (no jump at re-acquisition).
+- after any frame that was not a fit (or a gap without frames), the next fits are slew-limited:
+  no keypoint moves faster than `max_speed_mps` between shipped poses (no jump at re-acquisition);
+  a lost track starts afresh instead (its held pose was flagged MISSING).
 - shape: free (if the model lets it move) over the first `shape_frames` good fits, then held at
   their mean for the rest of the track.
 Every shipped number is judged at the shipped parameters (`objective.evaluate`).
@@ -264,7 +265,8 @@ def track_step(
             start.params[context.shape] = reference[context.shape]
         start_params, cold = start.params, True
         root_kf, pose_kf = kalman_init(int(context.root.sum()), 1), kalman_init(int((~context.root).sum()), 1)
-        state = replace(state, root_kf=root_kf, pose_kf=pose_kf)
+        # a new track: no continuity with the held (MISSING-flagged) pose, so no slew limit
+        state = replace(state, root_kf=root_kf, pose_kf=pose_kf, slewing=False)
     else:  # after a gap (slewing), the data may be far from the prediction: allow a cold fit's iterations
         start_params, cold = prediction, state.slewing
     start_params = np.where(free, start_params, reference if state.params is None else start_params)
