@@ -106,6 +106,7 @@ class Sync(Node):
         self.next_stats_refresh = 0
         self.n_keypoints: int | None = None  # K of the first accepted kp2d; others are rejected
         self.errors_logged = 0
+        self.first_seq: dict[str, int] = {}  # per camera, the seq of the first kp2d that arrived (drop accounting)
 
     # ------------------------------------------------------------ inputs
 
@@ -160,6 +161,8 @@ class Sync(Node):
 
     def _on_keypoints(self, msg: Keypoints2D) -> None:
         camera = msg.camera
+        if camera in self.first_seq or len(self.first_seq) < 64:  # bounded against made-up camera names
+            self.first_seq.setdefault(camera, msg.seq)
         reject = self._reject_reason(msg)
         if reject is not None:
             self.count(f"{reject}/{camera}")
@@ -311,6 +314,8 @@ class Sync(Node):
             detections = self.local[f"detections/{name}"]
             self.gauge(f"detections_used_share/{name}", self.local[f"chosen/{name}"] / detections if detections else 0.0)
             self.gauge(f"period_ms/{name}", cc.period_ns / 1e6)
+        for name, seq in self.first_seq.items():
+            self.counters[f"first_seq/{name}"] = seq
         for key, value in self.local.items():
             if not key.startswith(("detections/", "chosen/")):
                 self.counters[key] = value
