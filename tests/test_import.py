@@ -207,3 +207,5 @@ def test_caliscope_import_rejects_unknown_cameras(tmp_path, capsys):
     code = importers.main(["caliscope", str(tmp_path), str(tmp_path / "x.mcap"),
                            "--calibration", str(session / "camera_array.toml")])
     assert code == 1 and "camera '9'" in capsys.readouterr().err
+    code = importers.main(["caliscope", str(session), str(tmp_path / "y.mcap")])  # xy_CHARUCO.csv: board corners
+    assert code == 1 and "CHARUCO is not a body tracker" in capsys.readouterr().err

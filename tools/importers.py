@@ -111,6 +111,9 @@ def import_pose2sim(
     return report
 
 
+_NOT_BODY_TRACKERS = frozenset({"CHARUCO", "ARUCO", "FACE"})  # Caliscope trackers whose ids are not MediaPipe body
+
+
 def _caliscope_calibration(folder: Path) -> Path:
     for name in ("camera_array.toml", "config.toml"):
         if (folder / name).is_file():
@@ -141,6 +144,9 @@ def import_caliscope(
     folder = Path(folder)
     rig = load_calibration(calibration or _caliscope_calibration(folder))
     xy_path = _caliscope_xy(folder, tracker)
+    tracker_name = xy_path.stem.removeprefix("xy_")
+    if tracker_name in _NOT_BODY_TRACKERS:
+        raise ValueError(f"{xy_path}: {tracker_name} is not a body tracker (MediaPipe pose/hand point ids expected)")
     data = read_caliscope_xy(xy_path)
     for name in data.cameras:
         if name not in rig.names or not rig.camera(name).is_posed:
