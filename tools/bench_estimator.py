@@ -90,10 +90,12 @@ MODEL:
   ENABLE_HAND: true
 """
 
-INSTALL_HELP = ("cannot import sam_3d_body. Install the upstream package (README 'SAM-3D Body speed'): "
-                "git clone https://github.com/facebookresearch/sam-3d-body && pip install -e sam-3d-body "
-                "roma yacs omegaconf braceexpand einops timm pytorch-lightning opencv-python-headless; the backbone "
-                "is built through torch.hub from facebookresearch/dinov3 (network, or a pre-filled $TORCH_HOME/hub)")
+INSTALL_HELP = ("cannot import sam_3d_body. Install the upstream code (README 'SAM-3D Body speed'): it has no "
+                "packaging files, so clone it and put it on the path: git clone "
+                "https://github.com/facebookresearch/sam-3d-body && export PYTHONPATH=$PWD/sam-3d-body:$PYTHONPATH; "
+                "pip install roma yacs omegaconf braceexpand einops timm pytorch-lightning opencv-python-headless "
+                "termcolor submitit; the backbone is built through torch.hub from facebookresearch/dinov3 (network, "
+                "or a pre-filled $TORCH_HOME/hub/facebookresearch_dinov3_main)")
 
 NUM_VERTS, NUM_JOINTS = 18439, 127
 AGREEMENT_KEYS = ("pred_keypoints_3d", "pred_keypoints_2d", "pred_cam_t", "pred_vertices", "global_rot",
