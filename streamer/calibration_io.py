@@ -81,7 +81,8 @@ def _array(path, camera, table: dict, field: str, shapes: tuple[tuple[int, ...],
     except (TypeError, ValueError):
         raise CalibrationError(path, camera, field, f"expected numbers, got {value!r}") from None
     if array.shape not in shapes:
-        raise CalibrationError(path, camera, field, f"expected shape {' or '.join(map(str, shapes))}, got {array.shape}")
+        expected = " or ".join(map(str, shapes))
+        raise CalibrationError(path, camera, field, f"expected shape {expected}, got {array.shape}")
     if not np.all(np.isfinite(array)):
         raise CalibrationError(path, camera, field, f"expected finite numbers, got {value!r}")
     return array

@@ -201,7 +201,8 @@ def _linear_terms(rig: Rig, nx: np.ndarray, ny: np.ndarray, w2: np.ndarray) -> n
     ay = [ny * R[:, 2, j, None] - R[:, 1, j, None] for j in range(3)]
     bx = (t[:, 0, None] - nx * t[:, 2, None]) * w2
     by = (t[:, 1, None] - ny * t[:, 2, None]) * w2
-    return np.stack([(ax[i] * ax[j] + ay[i] * ay[j]) * w2 for i, j in _SYM] + [ax[j] * bx + ay[j] * by for j in range(3)])
+    A = [(ax[i] * ax[j] + ay[i] * ay[j]) * w2 for i, j in _SYM]
+    return np.stack(A + [ax[j] * bx + ay[j] * by for j in range(3)])
 
 
 def _solve3(A: np.ndarray, r: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -153,7 +153,8 @@ def test_caliscope_edge_cases():
     big = load_caliscope(arrays / "larger_calibration_post_monocal.toml")
     assert big.names[-3:] == ["9", "10", "11"]
     matrix_form = load_caliscope(arrays / "post_optimization.toml").camera("0")  # legacy 3x3 rotation
-    assert matrix_form.R[0, 0] == pytest.approx(-0.7070716153979968) and matrix_form.dist[0] == pytest.approx(-0.3321, abs=1e-4)
+    assert matrix_form.R[0, 0] == pytest.approx(-0.7070716153979968)
+    assert matrix_form.dist[0] == pytest.approx(-0.3321, abs=1e-4)
 
 
 @pytest.mark.data
@@ -287,7 +288,8 @@ _rotation = st.one_of(
 
 
 @settings(max_examples=150, deadline=None)
-@given(K=_matrix, R=_rotation, t=hnp.arrays(np.float64, (3,), elements=st.one_of(st.floats(-1e3, 1e3), st.just(np.nan))),
+@given(K=_matrix, R=_rotation,
+       t=hnp.arrays(np.float64, (3,), elements=st.one_of(st.floats(-1e3, 1e3), st.just(np.nan))),
        dist=hnp.arrays(np.float64, st.sampled_from([0, 4, 5, 7, 8, 12, 14]), elements=st.floats(-1, 1)),
        size=hnp.arrays(np.int32, (2,), elements=st.integers(-5, 5000)))
 def test_fuzzed_calibration_messages_build_a_rig_or_raise_value_error(K, R, t, dist, size):

@@ -1,4 +1,4 @@
-"""`streamer import pose2sim|caliscope`: real Pose2Sim JSON, Caliscope-format CSV with real calibration and frame times."""
+"""`streamer import pose2sim|caliscope`: real Pose2Sim JSON; Caliscope-format CSV, real calibration and frame times."""
 from __future__ import annotations
 
 import csv
@@ -105,7 +105,8 @@ def test_openpose_reader_errors_name_the_file(tmp_path):
     assert np.isnan(person.keypoints).all() and not person.confidence.any()  # zero confidence = missing
 
 
-_json = st.recursive(st.one_of(st.none(), st.booleans(), st.floats(allow_nan=False), st.integers(), st.text(max_size=4)),
+_scalar = st.one_of(st.none(), st.booleans(), st.floats(allow_nan=False), st.integers(), st.text(max_size=4))
+_json = st.recursive(_scalar,
                      lambda inner: st.one_of(st.lists(inner, max_size=80), st.dictionaries(st.text(max_size=20), inner,
                                                                                            max_size=4)), max_leaves=90)
 
@@ -142,7 +143,8 @@ def _write_holistic_take(folder: Path, rig: Rig, syncs: list[int], truth: np.nda
                 for point in ids:
                     if (sync, cam, point) in drop:
                         continue
-                    k = CALISCOPE_TO_MHR70.get(point, index_of("left-wrist") if point == 15 else index_of("right-wrist"))
+                    pose_wrist = index_of("left-wrist") if point == 15 else index_of("right-wrist")
+                    k = CALISCOPE_TO_MHR70.get(point, pose_wrist)
                     x, y = projected[v, k] + (7.0 if point in (15, 16) else 0.0)  # pose wrists 10 px off
                     writer.writerow([sync, cam, s, point, f"{x:.4f}", f"{y:.4f}"])
 

@@ -6,7 +6,8 @@ of the observations are replaced by gross outliers (half: the same point of anot
 0.6-1.0 m away, half: the left/right mirror point). Reported per view count: time per frame (median
 wall time of one call, ms, on the outlier frames) and mean 3D error (mm) with and without outliers,
 plus the speed ratio. Both processes get the same malloc settings (`keep_freed_memory`). aniposelib's
-robust `triangulate_ransac` is timed on a few frames too (--ransac-frames, off by default: seconds to minutes per frame; up to 8 views), for reference.
+robust `triangulate_ransac` is timed on a few frames too (--ransac-frames, off by default: seconds to
+minutes per frame; up to 8 views), for reference.
 
 aniposelib 0.8 needs jax and opencv-contrib-python, which conflict with this project's
 opencv-python-headless, so it lives in its own virtual environment. Its interpreter is, in order:

@@ -74,7 +74,8 @@ def _default_calibration(trial: Path) -> Path:
             tomls = sorted(folder.glob("*.toml"))
             if len(tomls) == 1:
                 return tomls[0]
-            raise ValueError(f"{folder}: expected exactly one calibration .toml (found {len(tomls)}); pass --calibration")
+            raise ValueError(
+                f"{folder}: expected exactly one calibration .toml (found {len(tomls)}); pass --calibration")
     raise ValueError(f"{trial}: no calibration/ folder here or beside it; pass --calibration")
 
 
