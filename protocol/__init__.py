@@ -2,6 +2,7 @@
 from protocol.codec import DecodeError, decode, decode_envelope, decode_record, encode, encode_record, topic_of
 from protocol.messages import (
     MESSAGE_TYPES,
+    BoxHints,
     CameraCalibration,
     Heartbeat,
     Keypoints2D,
@@ -18,6 +19,7 @@ from protocol.messages import (
 
 __all__ = [
     "MESSAGE_TYPES",
+    "BoxHints",
     "CameraCalibration",
     "DecodeError",
     "Heartbeat",

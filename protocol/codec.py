@@ -18,7 +18,7 @@ from functools import cache
 import msgpack
 import numpy as np
 
-from protocol.messages import MAX_CAMERAS, MAX_KEYPOINTS, MESSAGE_TYPES
+from protocol.messages import MAX_CAMERAS, MAX_KEYPOINTS, MAX_PERSONS, MESSAGE_TYPES
 from protocol.schema import Arr, ArrMap, Bool, Float, Int, Seq, Str, StrSeq
 
 __all__ = [
@@ -54,10 +54,11 @@ class DecodeError(ValueError):
 
 
 def topic_of(msg) -> str:
-    """The topic a message is published on: `kp2d/<camera>`, `stats/<node>`, `hb/<node>`, else its kind."""
+    """The topic a message is published on: `kp2d/<camera>`, `hint/<camera>`, `stats/<node>`, `hb/<node>`,
+    else its kind."""
     kind = msg.KIND
-    if kind == "kp2d":
-        return f"kp2d/{msg.camera}"
+    if kind in ("kp2d", "hint"):
+        return f"{kind}/{msg.camera}"
     if kind in ("stats", "hb"):
         return f"{kind}/{msg.node}"
     return kind
@@ -391,7 +392,7 @@ def _field_decoder(spec):
     raise TypeError(f"no decoder for {spec!r}")  # pragma: no cover
 
 
-_SYMBOL_LIMITS = {"K": MAX_KEYPOINTS, "V": MAX_CAMERAS}
+_SYMBOL_LIMITS = {"K": MAX_KEYPOINTS, "V": MAX_CAMERAS, "P": MAX_PERSONS}
 
 
 def _array_decoder(spec: Arr):

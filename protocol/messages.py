@@ -20,6 +20,7 @@ __all__ = [
     "MAX_KEYPOINTS",
     "MAX_PERSONS",
     "MESSAGE_TYPES",
+    "BoxHints",
     "CameraCalibration",
     "Heartbeat",
     "Keypoints2D",
@@ -91,6 +92,28 @@ class Keypoints2D:
     image_size: Annotated[np.ndarray, Arr(("<i4",), (2,))]  # width, height in pixels
     calib_version: Annotated[str, Str(64)]
     persons: Annotated[list, Seq(Person2D, MAX_PERSONS)]
+    t_send_ns: Annotated[int, Int()] = 0
+
+
+@dataclass(slots=True)
+class BoxHints:
+    """Topic `hint/<camera>`: the tracked persons' boxes in one camera, re-projected from the 3D track.
+
+    Published by the sync node per camera per frame set while the track is confirmed (latest-value
+    data: only the newest matters); a capture node uses them instead of running a person detector.
+    t_ns: stage-clock time of the frame set the track comes from. calib_version: version of the
+    one-camera rig of `camera` the boxes were projected with (`Rig((camera,)).version`).
+    track_ids: (P,) int64. boxes: (P, 4) float32 pixels x0 y0 x1 y1, NaN row = not visible in this
+    camera. scores: (P,) float32 in [0, 1], the track's confidence.
+    """
+
+    KIND: ClassVar[str] = "hint"
+    camera: Annotated[str, Str(64)]
+    t_ns: Annotated[int, Int()]
+    calib_version: Annotated[str, Str(64)]
+    track_ids: Annotated[np.ndarray, Arr(("<i8",), ("P",))]
+    boxes: Annotated[np.ndarray, Arr(F32, ("P", 4), allow_nan=True)]
+    scores: Annotated[np.ndarray, Arr(F32, ("P",))]
     t_send_ns: Annotated[int, Int()] = 0
 
 
@@ -228,5 +251,5 @@ class Heartbeat:
 
 
 MESSAGE_TYPES: dict[str, type] = {
-    cls.KIND: cls for cls in (Keypoints2D, Points3D, Pose, NodeStats, Truth, RigCalibration, Heartbeat)
+    cls.KIND: cls for cls in (Keypoints2D, BoxHints, Points3D, Pose, NodeStats, Truth, RigCalibration, Heartbeat)
 }

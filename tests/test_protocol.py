@@ -85,7 +85,7 @@ def _struct(cls, symbols, draw):
 
 @st.composite
 def messages(draw, cls):
-    symbols = {s: draw(st.integers(0, 6)) for s in ("K", "V", "J", "C", "G")}
+    symbols = {s: draw(st.integers(0, 6)) for s in ("K", "V", "P", "J", "C", "G")}
     msg = _struct(cls, symbols, draw)
     # the counter/gauge name lists must match their value arrays
     if cls.KIND == "stats":
