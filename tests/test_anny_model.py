@@ -99,6 +99,24 @@ def test_gradients_reach_every_movable_dim(body: AnnyBody) -> None:
     assert float(grad[:, ~body.movable].abs().max()) == 0.0  # frozen shape dims get none
 
 
+def test_analytic_jacobian_matches_autograd(body: AnnyBody) -> None:
+    params = _random_params(body, 2, seed=6, pose_scale=0.4)
+    keypoints, jac = body.keypoints_and_jacobian(params)
+    assert torch.allclose(keypoints, body.keypoints(params), atol=1e-12)
+    columns = body.movable.nonzero().squeeze(1)
+    shape = body.groups["shape"]
+    rigid = columns < shape.start
+    for i in range(2):
+        expected = torch.autograd.functional.jacobian(lambda x: body.keypoints(x[None])[0], params[i])
+        assert torch.allclose(jac[i][..., rigid], expected[..., columns[rigid]], atol=1e-9)
+        # Shape columns are forward differences (they also see the rest-orientation change that the
+        # autograd path leaves out): close, not equal.
+        assert float((jac[i][..., ~rigid] - expected[..., columns[~rigid]]).abs().max()) < 0.05
+    some = torch.tensor([0, 4, body.groups["pose:lowerarm01.L"].start])
+    full = body.keypoints_and_jacobian(params, torch.arange(body.num_params))[1]
+    assert torch.allclose(body.keypoints_and_jacobian(params, some)[1], full[..., some])
+
+
 def test_frozen_shape_uses_cached_tables_and_same_values(body: AnnyBody) -> None:
     params = _random_params(body, 3, seed=4)
     fresh = body.keypoints(params.clone().requires_grad_(True))  # shape path with gradients
