@@ -11,7 +11,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from protocol import encode
 from protocol.messages import Points3D, Pose, PoseFlag, Verdict
 from streamer.node import NodeConfig
 from tools.offline import VirtualClock
