@@ -17,6 +17,7 @@ import argparse
 import json
 import logging
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -108,6 +109,21 @@ class _LoggingSupervisor(Supervisor):
         proc.started_mono = time.monotonic()
 
 
+def _cpu_seconds(pids: dict[str, int | None]) -> dict[str, float]:
+    """CPU time (user + system, s) used so far by each running node process (Linux /proc)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out = {}
+    for name, pid in pids.items():
+        if pid is None:
+            continue
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        out[name] = (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+    return out
+
+
 class _Progress:
     """One status line on stderr: rewritten in place on a terminal, else printed when it changes."""
 
@@ -164,6 +180,7 @@ def run_graph_and_summarize(graph_path: Path, seconds: float, *, startup_timeout
             elif topic == "pose":
                 window = (msg.t_ns, msg.t_ns + int(seconds * 1e9))
         measure_start = time.monotonic()
+        cpu_start = _cpu_seconds(supervisor.pids())
         while True:
             supervisor.poll()
             elapsed = time.monotonic() - measure_start
@@ -173,14 +190,23 @@ def run_graph_and_summarize(graph_path: Path, seconds: float, *, startup_timeout
                 break
             if elapsed > seconds + 10:  # poses stopped: end anyway, the summary shows it
                 break
+        cpu_end = _cpu_seconds(supervisor.pids())
+        measured_s = time.monotonic() - measure_start
         progress("stopping...")
     finally:
         subscriber.close()
-        supervisor.stop()
+        ignored = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:  # a second Ctrl-C must not orphan the nodes
+            supervisor.stop()
+        finally:
+            for s, handler in ignored.items():
+                signal.signal(s, handler)
         progress("")
     data = load_take(take_path)
     summary = summarize(data, window, sync_node=sync_node)
     summary["startup_s"] = round(measure_start - started, 1)
+    cores = {n: round((cpu_end[n] - cpu_start[n]) / measured_s, 3) for n in cpu_end if n in cpu_start}
+    summary["cpu_cores"] = cores | {"total": round(sum(cores.values()), 3)}  # CPU s per wall s while measuring
     summary["logs"] = str(supervisor.log_dir)
     summary["exit_codes"] = {n: p.last_rc for n, p in supervisor.procs.items()}
     return summary
@@ -205,6 +231,7 @@ def _format(summary: dict) -> str:
         lines.append(f"{node:<10} {f(summary['fps'].get(_OUTPUT.get(node, ''))):>7} {f(lat['p50']):>8} {f(lat['p95']):>8} "
                      f"{f(lat['p99']):>8} {queue:>9}")
     lines += ["(fps: the node's data output in the window, from the take; latency: the node's own stats)",
+              "CPU while measuring (cores): " + ", ".join(f"{n} {v}" for n, v in summary["cpu_cores"].items()),
               "", "rates (/s): " + ", ".join(f"{k} {v}" for k, v in summary["fps"].items()),
               "verdicts: " + ", ".join(f"{k} {v}" for k, v in summary["verdicts"].items()), "",
               f"{'camera':<7} {'published':>9} {'received':>8} {'used':>6} {'late':>5} {'evicted':>7} {'gaps':>5} "
@@ -251,7 +278,7 @@ def main(argv: list[str]) -> int:
         print(f"streamer demo: {args.cameras} cameras x {args.fps:g} fps, {args.seconds:g} s; graph {graph_path}",
               file=sys.stderr)
         print("preparing the synthetic stage (the first run computes its animation, ~20-60 s)...", file=sys.stderr)
-    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # stop the graph cleanly, as on Ctrl-C
     warm_stage_cache(doc)
     try:
         summary = run_graph_and_summarize(graph_path, args.seconds, startup_timeout_s=args.startup_timeout,
