@@ -109,9 +109,16 @@ def test_analytic_jacobian_matches_autograd(body: AnnyBody) -> None:
     for i in range(2):
         expected = torch.autograd.functional.jacobian(lambda x: body.keypoints(x[None])[0], params[i])
         assert torch.allclose(jac[i][..., rigid], expected[..., columns[rigid]], atol=1e-9)
-        # Shape columns are forward differences (they also see the rest-orientation change that the
-        # autograd path leaves out): close, not equal.
-        assert float((jac[i][..., ~rigid] - expected[..., columns[~rigid]]).abs().max()) < 0.05
+        # Shape columns are forward differences of the exact keypoints; the autograd path leaves out
+        # the rest-orientation change (documented), so the two only roughly agree.
+        assert float((jac[i][..., ~rigid] - expected[..., columns[~rigid]]).abs().max()) < 0.15
+        step = 1e-4
+        for c in columns[~rigid].tolist():
+            hi, lo = params[i:i + 1].clone(), params[i:i + 1].clone()
+            hi[0, c] += step
+            lo[0, c] -= step
+            central = (body.keypoints(hi) - body.keypoints(lo))[0] / (2 * step)
+            assert torch.allclose(jac[i][..., columns.tolist().index(c)], central, atol=1e-3)
     some = torch.tensor([0, 4, body.groups["pose:lowerarm01.L"].start])
     full = body.keypoints_and_jacobian(params, torch.arange(body.num_params))[1]
     assert torch.allclose(body.keypoints_and_jacobian(params, some)[1], full[..., some])
