@@ -8,6 +8,14 @@ found is published on `kp2d/<cam>` with the capture time on the stage clock. Rep
 synthetic stage's observation model carry their persons already (estimators `replay`, `synthetic`). The node publishes its cameras' calibration as
 last-value state on `calib` and, in stats, per camera: fps, drops, estimator latency.
 
+Box hints (`use_track_hints`): the node subscribes to `hint/<cam>` of its cameras on its inputs (the
+sync node; an input edge sync -> capture in the graph) and keeps the newest hint per camera whose
+calibration matches its own. `BoxPolicy` then gives the estimator the hinted boxes, and the person
+detector (the ONNX one, or the estimator's own search without one) runs only without a fresh hint
+(acquire, re-acquire) and every `redetect_interval_s` to find newcomers. The synthetic stage stands
+in for a box-driven estimator: with a hint it reports only the persons inside the hinted boxes (with
+their track ids), everyone when the detector ran. Stats: `hinted_frames`, `detector_runs`.
+
 Recovery: a camera whose source fails ends its stream (counted as `source_errors/<cam>`, logged);
 the others continue. With `stop_at_end` the node stops once every source has ended; if a live camera
 (webcam) failed, it then exits non-zero so the launcher restarts it and the device is opened again.
@@ -22,10 +30,11 @@ from typing import Literal
 
 import numpy as np
 
-from protocol import Keypoints2D, RigCalibration
+from protocol import BoxHints, Keypoints2D, RigCalibration
 from streamer.calibration import Rig
 from streamer.capture.boxes import BoxPolicy, merge_detections
 from streamer.capture.estimator import Estimator, View
+from streamer.capture.hints import accept_hint, hint_calib_version, persons_in_boxes
 from streamer.capture.latest import LatestFrameGrabber, SequentialReader
 from streamer.capture.sources import (
     Frame,
@@ -66,7 +75,7 @@ class Settings:
     detector_onnx_path: str = ""  # user-supplied ONNX person detector (see streamer/capture/onnx_detector.py)
     detector_device: str = "cpu"  # "cuda" uses onnxruntime-gpu when installed
     detector_score: float = 0.5
-    use_track_hints: bool = False  # boxes from the sync node's 3D track (hint/<cam>, proposed; off until it exists)
+    use_track_hints: bool = False  # boxes from the sync node's 3D track (hint/<cam>; give the sync node as an input)
     max_hint_age_s: float = 0.2
     redetect_interval_s: float = 2.0
     mediapipe_min_visibility: float = 0.1
@@ -137,6 +146,9 @@ class Capture(Node):
     Settings = Settings
     INPUT_TOPICS = ()
 
+    def input_topics(self) -> tuple[str, ...]:
+        return tuple(f"hint/{c}" for c in self.settings.cameras) if self.settings.use_track_hints else ()
+
     def setup(self) -> None:
         s = self.settings
         if not s.cameras or (s.source != "synthetic" and len(s.sources) != len(s.cameras)):
@@ -184,10 +196,23 @@ class Capture(Node):
                 self.grabbers[camera] = SequentialReader(source)
             else:
                 self.grabbers[camera] = LatestFrameGrabber(source, pace=not source.live).start()
+        self.hints: dict[str, BoxHints] = {}
+        self.hint_versions = ({c: hint_calib_version(self.rig.camera(c)) for c in s.cameras}
+                              if self.rig is not None else {})
         self.seq = dict.fromkeys(s.cameras, 0)
         self.published = dict.fromkeys(s.cameras, 0)
         self.window_start_ns = time.monotonic_ns()
         self.tick_interval_s = 0.002
+
+    def on_message(self, topic: str, msg) -> None:
+        if not isinstance(msg, BoxHints) or msg.camera not in self.seq:  # prefix hint/cam1 also matches cam10
+            return
+        rejected = accept_hint(self.hints.get(msg.camera), msg, self.hint_versions.get(msg.camera))
+        if rejected is not None:
+            self.count(f"{rejected}/{msg.camera}")
+            return
+        self.hints[msg.camera] = msg
+        self.count(f"hints/{msg.camera}")
 
     def _warm_up(self) -> None:
         """First calls are slow (graph set-up, CUDA context, kernels): pay them before frames are due."""
@@ -206,8 +231,7 @@ class Capture(Node):
 
     def _view(self, camera: str, frame: Frame) -> View:
         K = self._K(camera, frame.image_size)
-        # hint/<cam> (the sync node's 3D track re-projected, proposed) is not on the wire yet: no hint until it is
-        hinted, run_detector = self.policy.plan(camera, frame.t_capture_ns, None, frame.image_size)
+        hinted, run_detector = self.policy.plan(camera, frame.t_capture_ns, self.hints.get(camera), frame.image_size)
         boxes = scores = track_ids = None
         if hinted is not None:
             boxes, scores, track_ids = hinted
@@ -217,6 +241,10 @@ class Capture(Node):
                 boxes, scores, track_ids = det_boxes, det_scores, np.full(len(det_boxes), -1, np.int64)
             else:  # while tracked: add only the people no hint covers
                 boxes, scores, track_ids = merge_detections(boxes, scores, track_ids, det_boxes, det_scores)
+        if boxes is None or (self.detector is not None and run_detector):  # a person search ran on this frame
+            self.count("detector_runs")
+        if hinted is not None:
+            self.count("hinted_frames")
         return View(camera, frame.image, K, boxes=boxes, box_scores=scores, track_ids=track_ids)
 
     def on_tick(self, now_ns: int) -> None:
@@ -227,6 +255,8 @@ class Capture(Node):
                 frames[camera] = frame
         image_frames = {c: f for c, f in frames.items() if f.image is not None}
         persons = {c: f.persons for c, f in frames.items() if f.image is None}
+        if self.stage is not None and self.settings.use_track_hints:
+            persons = {c: self._synthetic_persons(c, frames[c]) for c in persons}
         if image_frames:
             start = time.monotonic_ns()
             views = [self._view(c, f) for c, f in image_frames.items()]
@@ -240,6 +270,17 @@ class Capture(Node):
         if self.settings.stop_at_end and all(g.ended for g in self.grabbers.values()):
             self.log.info("every source has ended: stopping")
             self.stop()
+
+    def _synthetic_persons(self, camera: str, frame: Frame) -> list:
+        """The stage's persons as a box-driven estimator would report them under the box policy."""
+        hinted, run_detector = self.policy.plan(camera, frame.t_capture_ns, self.hints.get(camera), frame.image_size)
+        if run_detector:
+            self.count("detector_runs")
+        if hinted is None:
+            return frame.persons or []
+        self.count("hinted_frames")
+        boxes, _, track_ids = hinted
+        return persons_in_boxes(frame.persons or [], boxes, track_ids, keep_unmatched=run_detector)
 
     def _publish(self, camera: str, frame: Frame, persons: list) -> None:
         msg = Keypoints2D(camera=camera, seq=self.seq[camera], frame_index=frame.index,
@@ -266,8 +307,6 @@ class Capture(Node):
             if grabber.error is not None:
                 self.counters[f"source_errors/{camera}"] = 1
             self.published[camera] = 0
-        self.counters["detector_frames"] = self.policy.detector_frames
-        self.counters["hinted_frames"] = self.policy.hinted_frames
         self.window_start_ns = time.monotonic_ns()
 
     def queue_depth(self) -> int:

@@ -9,6 +9,12 @@ epipolar consistency when there is none (`streamer.association`); the chosen key
 triangulated robustly with the previous frame's points as a temporal prior and published as
 `points3d` (usable only with at least `min_valid_points` valid points).
 
+Box hints: while the track is confirmed, each frame set also yields one `hint/<cam>` per camera
+(protocol `BoxHints`, `streamer.capture.hints.track_hints`): the track's 3D points re-projected into
+that camera and boxed, so capture nodes with `use_track_hints` run no person detector per frame.
+Hints are data whose latest value matters; they are not counted in the node's fps or latency
+(counter `hints_sent`).
+
 Recovery: frames whose `calib_version` does not match the calibration received for their
 camera are counted (`calib_mismatch/<cam>`) and dropped, as are frames of cameras without a
 calibration yet (`no_calib/<cam>`) and frames whose keypoint count differs from the first one
@@ -40,6 +46,7 @@ from streamer.association import (
 )
 from streamer.body import mhr70
 from streamer.calibration import Camera, Rig
+from streamer.capture.hints import track_hints
 from streamer.framesets import Assembler, AssemblySettings, FrameSet, PushOutcome
 from streamer.node import Node, run_node
 from streamer.triangulation import TriangulationSettings, triangulate_robust
@@ -68,6 +75,8 @@ class Settings:
     max_jump_m: float = 0.3  # a body whose median point moved farther from the track is not the subject
     coast_speed_m: float = 0.1  # ... plus this per frame set without a confirmed track
     poll_interval_ms: float = 2.0  # how often deadlines are checked
+    publish_hints: bool = True  # hint/<cam>: the confirmed track's boxes per camera, for capture nodes
+    hint_margin: float = 0.15  # share of the projected box size added on every side of a hint box
 
 
 def _ns(ms: float) -> int:
@@ -227,6 +236,7 @@ class Sync(Node):
             self.spreads_ns.append(frame_set.spread_ns)
             self.waits_ns.append(frame_set.t_emit_ns - min(f.t_arrival_ns for f in frame_set.frames))
             self.publish(points)
+            self._publish_hints(frame_set.t_ns)
             if from_tick:  # no receive in progress: latency from the newest member's arrival
                 newest = max(f.t_arrival_ns for f in frame_set.frames)
                 self.observe_latency_ns(time.monotonic_ns() - newest)
@@ -282,6 +292,21 @@ class Sync(Node):
             mean_reproj_px=float(result.mean_reproj_px),
             usable=bool(usable),
         )
+
+    def _publish_hints(self, t_ns: int) -> None:
+        """`hint/<cam>` for every camera of the rig when this frame set confirmed the track (not while coasting:
+        the capture nodes' hints then age out and their detectors re-acquire)."""
+        track = self.track
+        if not self.settings.publish_hints or track.points is None or track.frames_lost > 0:
+            return
+        valid = np.isfinite(track.points).all(axis=1)
+        score = float(np.mean(valid))  # share of the keypoints the track holds
+        hints = track_hints(self.rig, track.points[None], [self.person_id], [score], t_ns=t_ns,
+                            margin=self.settings.hint_margin)
+        for hint in hints:
+            # straight to the publisher: hints are feedback, not this node's output rate or latency
+            self._publisher.publish(hint)
+        self.local["hints_sent"] += len(hints)
 
     def _bootstrap(self, detections) -> np.ndarray:
         """Choose persons without a track (epipolar consistency on undistorted pixels)."""

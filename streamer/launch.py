@@ -451,17 +451,37 @@ class Supervisor:
 
 
 def _depth_levels(graph: Graph, names: list[str]) -> list[list[str]]:
-    """Nodes grouped by depth in the graph (0 = reads no node); inputs on other hosts count too."""
+    """Nodes grouped by depth in the graph (0 = reads no node); inputs on other hosts count too.
+
+    Cycles are allowed (box hints fed back from sync to capture): within a cycle the node declared
+    first in the graph file counts as upstream, i.e. an input from a later-declared node that closes a
+    cycle is not an ordering edge. Declare sources before their consumers."""
+    order = {name: i for i, name in enumerate(graph.nodes)}
+    reads: dict[str, set[str]] = {}  # every node a node reads, directly or not
+
+    def upstream(name: str) -> set[str]:
+        if name not in reads:
+            reads[name] = seen = set()
+            todo = list(graph.nodes[name].inputs)
+            while todo:
+                up = todo.pop()
+                if up not in seen:
+                    seen.add(up)
+                    todo += graph.nodes[up].inputs
+        return reads[name]
+
+    def ordering_inputs(name: str) -> list[str]:
+        return [u for u in graph.nodes[name].inputs if not (order[u] > order[name] and name in upstream(u))]
+
     depth: dict[str, int] = {}
 
-    def visit(name: str, seen: frozenset) -> int:
+    def visit(name: str) -> int:  # the ordering edges form no cycle: within one, they only go forward
         if name not in depth:
-            ups = [u for u in graph.nodes[name].inputs if u not in seen]  # cycles are allowed; cut them
-            depth[name] = 1 + max((visit(u, seen | {name}) for u in ups), default=-1)
+            depth[name] = 1 + max((visit(u) for u in ordering_inputs(name)), default=-1)
         return depth[name]
 
     for name in names:
-        visit(name, frozenset())
+        visit(name)
     levels: dict[int, list[str]] = {}
     for name in names:
         levels.setdefault(depth[name], []).append(name)
