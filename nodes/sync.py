@@ -12,8 +12,8 @@ triangulated robustly with the previous frame's points as a temporal prior and p
 Box hints: while the track is confirmed, each frame set also yields one `hint/<cam>` per camera
 (protocol `BoxHints`, `streamer.capture.hints.track_hints`): the track's 3D points re-projected into
 that camera and boxed, so capture nodes with `use_track_hints` run no person detector per frame.
-Hints are data whose latest value matters; they are not counted in the node's fps or latency
-(counter `hints_sent`).
+Hints are data whose latest value matters (counter `hints_sent`; like every data message they
+count in the node's `published` and fps).
 
 Recovery: frames whose `calib_version` does not match the calibration received for their
 camera are counted (`calib_mismatch/<cam>`) and dropped, as are frames of cameras without a
@@ -304,8 +304,7 @@ class Sync(Node):
         hints = track_hints(self.rig, track.points[None], [self.person_id], [score], t_ns=t_ns,
                             margin=self.settings.hint_margin)
         for hint in hints:
-            # straight to the publisher: hints are feedback, not this node's output rate or latency
-            self._publisher.publish(hint)
+            self.publish(hint)
         self.local["hints_sent"] += len(hints)
 
     def _bootstrap(self, detections) -> np.ndarray:
