@@ -58,6 +58,10 @@ def test_observe_is_stateless_and_deterministic(stage, body) -> None:
         for p, q in zip(first.persons, other.persons):
             np.testing.assert_array_equal(p.keypoints, q.keypoints)
             np.testing.assert_array_equal(p.confidence, q.confidence)
+    together = stage.observe_cameras(7)  # vectorised over cameras: the same messages
+    assert together["cam2"][0].t_capture_ns == first.t_capture_ns
+    for p, q in zip(first.persons, together["cam2"][0].persons):
+        np.testing.assert_array_equal(p.keypoints, q.keypoints)
     frames = list(stage.frames("cam0", start=0, stop=20))
     assert [m.frame_index for m in frames] == sorted(m.frame_index for m in frames)
     with pytest.raises(KeyError, match="known: cam0"):
@@ -96,7 +100,8 @@ def test_measured_rates_match_settings(stage) -> None:
             points = stage.truth_points(k)
             pixels = single.project(points.reshape(-1, 3))[0].reshape(points.shape[0], 70, 2)
             rng = np.random.default_rng([99, repeat, k])
-            observed = observe_persons(points, pixels, cam.center, cam.image_size, settings, rng)
+            observed = observe_persons(points[None], pixels[None], cam.center[None], [cam.image_size], settings,
+                                       [rng])[0]
             in_view = [p for p in range(len(points)) if (np.isfinite(pixels[p]).all(1) & (pixels[p, :, 0] >= 0)
                        & (pixels[p, :, 0] < cam.image_size[0]) & (pixels[p, :, 1] >= 0)
                        & (pixels[p, :, 1] < cam.image_size[1])).sum() >= 3]

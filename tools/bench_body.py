@@ -6,7 +6,7 @@
   shared host; wall-clock medians are reported beside them with a `_wall` suffix). "shape frozen" is the fitter's per-frame path (tables cached per shape);
   "shape moving" also differentiates the height/proportions phenotypes.
 - Synthetic stage: generating kp2d for 8 cameras at 60 fps (projection + observation model, two
-  persons) as a multiple of real time (stage seconds per CPU second of this process), after the
+  persons, `observe_cameras`: vectorised over the cameras, as `streamer synth` does) as a multiple of real time (stage seconds per CPU second of this process), after the
   one-off animation precompute (reported too).
 
 `--json` prints one object; stable keys: fwd_bwd_ms_1, fwd_bwd_ms_8 (CPU, shape frozen),
@@ -72,10 +72,20 @@ def measure_synth(body, *, cameras: int = 8, fps: float = 60.0, seconds: float =
     wall0, cpu0 = time.perf_counter(), time.process_time()
     for k in range(frames):
         stage.truth(k)
-        for camera in stage.camera_names:
-            stage.observe(k, camera)
+        stage.observe_cameras(k)
     cpu, wall = time.process_time() - cpu0, time.perf_counter() - wall0
     return (frames / fps) / cpu, (frames / fps) / wall, setup_s
+
+
+def measure_observe_one(body, *, frames: int = 120) -> float:
+    """CPU ms of one camera's frame alone (what a live capture process pays per frame)."""
+    from streamer.synthetic import RigSettings, StageSettings, SyntheticStage
+
+    stage = SyntheticStage(StageSettings(rig=RigSettings(cameras=8)), body=body)
+    cpu0 = time.process_time()
+    for k in range(frames):
+        stage.observe(k, "cam3")
+    return 1e3 * (time.process_time() - cpu0) / frames
 
 
 def main(argv: list[str]) -> int:
@@ -103,6 +113,7 @@ def main(argv: list[str]) -> int:
             results[f"cuda_fwd_bwd_ms_{batch}"], _ = measure_keypoints(gpu, batch, shape_moving=False,
                                                                        repeats=args.repeats)
     factor, factor_wall, setup_s = measure_synth(body, seconds=args.synth_seconds)
+    results["synth_observe_ms_per_camera"] = measure_observe_one(body)
     results["synth_realtime_factor"] = factor
     results["synth_realtime_factor_wall"] = factor_wall
     results["synth_setup_s"] = setup_s
@@ -119,5 +130,6 @@ def main(argv: list[str]) -> int:
     for key in (k for k in results if k.startswith("cuda_")):
         print(f"{key}: {results[key]:.2f}")
     print(f"synthetic stage, 8 cameras x 60 fps, 2 persons: {factor:.1f}x real time by CPU time "
-          f"({factor_wall:.1f}x by wall time); one-off animation precompute {setup_s:.1f} s")
+          f"({factor_wall:.1f}x by wall time); one-off animation precompute {setup_s:.1f} s; "
+          f"one camera alone {results['synth_observe_ms_per_camera']:.2f} ms CPU per frame")
     return 0

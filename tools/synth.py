@@ -76,8 +76,7 @@ def write_take(stage, path: Path, seconds: float) -> dict[str, int]:
         for k in range(frames):
             take.write(stage.truth(k), log_time_ns=stage.frame_time_ns(k))
             counts["truth"] += 1
-            for camera in stage.camera_names:
-                msg = stage.observe(k, camera)
+            for msg, _ in stage.observe_cameras(k).values():
                 if msg is None:
                     counts["dropped"] += 1
                     continue

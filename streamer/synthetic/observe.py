@@ -77,65 +77,70 @@ class Observed:
 
 
 def _capsules(points: np.ndarray, settings: ObservationSettings) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(M, 3) start, (M, 3) end, (M,) radius: torso and head of each person; points (N, 70, 3)."""
-    hips = 0.5 * (points[:, _LHIP] + points[:, _RHIP])
-    neck = points[:, _NECK]
-    head = 0.5 * (points[:, _LEAR] + points[:, _REAR])
-    starts = np.concatenate([hips, head])
-    ends = np.concatenate([neck, head])
-    radii = np.concatenate([np.full(len(points), settings.torso_radius_m), np.full(len(points), settings.head_radius_m)])
+    """(..., M, 3) start, (..., M, 3) end, (..., M) radius: torso and head of each person; points (..., N, 70, 3)."""
+    hips = 0.5 * (points[..., _LHIP, :] + points[..., _RHIP, :])
+    head = 0.5 * (points[..., _LEAR, :] + points[..., _REAR, :])
+    starts = np.concatenate([hips, head], axis=-2)
+    ends = np.concatenate([points[..., _NECK, :], head], axis=-2)
+    n = points.shape[-3]
+    radii = np.broadcast_to(np.repeat([settings.torso_radius_m, settings.head_radius_m], n), starts.shape[:-1])
     return starts, ends, radii
 
 
 def occluded_points(camera_center: np.ndarray, points: np.ndarray, starts: np.ndarray, ends: np.ndarray,
                     radii: np.ndarray) -> np.ndarray:
-    """(N,) bool: the segment camera->point passes through a capsule (start, end, radius) at least one
-    radius before reaching the point. points (N, 3); capsules (M, 3), (M, 3), (M,); metres, world."""
+    """(..., P) bool: the segment camera->point passes through a capsule (start, end, radius) at least one
+    radius before reaching the point. camera_center (..., 3); points (..., P, 3); capsules (..., M, 3),
+    (..., M, 3), (..., M); metres, world. Leading dims (e.g. cameras) broadcast."""
     # Broadcast products, not matmul: tiny BLAS calls contend for the cores with the rest of the stage.
-    d1 = points - camera_center  # (N, 3) ray segments from the camera
-    d2 = ends - starts  # (M, 3) capsule axes
-    r = camera_center - starts  # (M, 3)
-    a = (d1 * d1).sum(1)[:, None]
-    e = (d2 * d2).sum(1)[None, :]
-    b = (d1[:, None, :] * d2[None]).sum(2)
-    c = (d1[:, None, :] * r[None]).sum(2)
-    f = (d2 * r).sum(1)[None, :]
+    center = camera_center[..., None, :]
+    d1 = (points - center)[..., :, None, :]  # (..., P, 1, 3) ray segments from the camera
+    d2 = (ends - starts)[..., None, :, :]  # (..., 1, M, 3) capsule axes
+    r = (center - starts)[..., None, :, :]  # (..., 1, M, 3)
+    a = (d1 * d1).sum(-1)
+    e = (d2 * d2).sum(-1)
+    b = (d1 * d2).sum(-1)
+    c = (d1 * r).sum(-1)
+    f = (d2 * r).sum(-1)
     denom = a * e - b * b
     with np.errstate(divide="ignore", invalid="ignore"):
         s = np.clip(np.where(denom > 1e-12, (b * f - c * e) / denom, 0.0), 0, 1)
         t = np.clip(np.where(e > 1e-12, (b * s + f) / e, 0.0), 0, 1)
         s = np.clip(np.where(a > 1e-12, (b * t - c) / a, 0.0), 0, 1)
-    gap = (camera_center - starts)[None] + s[..., None] * d1[:, None, :] - t[..., None] * d2[None]
-    distance2 = (gap * gap).sum(2)
-    behind = (1 - s) ** 2 * a > radii[None, :] ** 2  # the point lies beyond the capsule along the ray
-    return ((distance2 < radii[None, :] ** 2) & behind).any(axis=1)
+    gap = r + s[..., None] * d1 - t[..., None] * d2
+    radius2 = radii[..., None, :] ** 2
+    behind = (1 - s) ** 2 * a > radius2  # the point lies beyond the capsule along the ray
+    return (((gap * gap).sum(-1) < radius2) & behind).any(axis=-1)
 
 
-def observe_persons(points: np.ndarray, pixels: np.ndarray, camera_center: np.ndarray,
-                    image_size: tuple[int, int], settings: ObservationSettings,
-                    rng: np.random.Generator) -> Observed:
-    """Detections of N persons in one camera frame.
+def observe_persons(points: np.ndarray, pixels: np.ndarray, camera_centers: np.ndarray,
+                    image_sizes: np.ndarray, settings: ObservationSettings,
+                    rngs: list[np.random.Generator]) -> list[Observed]:
+    """Detections of N persons in one frame of each of V cameras (vectorised over cameras).
 
-    points: (N, 70, 3) true points, metres, world, at the exposure time.
-    pixels: (N, 70, 2) their noise-free distorted projections (NaN behind the camera).
+    points: (V, N, 70, 3) true points, metres, world, at each camera's exposure time.
+    pixels: (V, N, 70, 2) their noise-free distorted projections (NaN behind the camera).
+    camera_centers: (V, 3) metres, world; image_sizes: (V, 2) width, height; rngs: one per camera.
     """
-    n_persons = len(points)
-    width, height = image_size
-    # One draw order, fixed sizes: the stream of random numbers does not depend on the data.
-    events = rng.random((n_persons, 3))  # miss, swap, score
-    uniforms = rng.random((n_persons, 70, 5))  # keep occluded, outlier, low confidence, throw length, angle
-    normals = rng.standard_normal((n_persons, 70, 3))  # noise x, y, confidence
-    order = rng.permutation(n_persons)
+    n_cams, n_persons = points.shape[:2]
+    # Per camera one draw order, fixed sizes: the random stream does not depend on the data.
+    draws = [(rng.random((n_persons, 3)), rng.random((n_persons, 70, 5)), rng.standard_normal((n_persons, 70, 3)),
+              rng.permutation(n_persons)) for rng in rngs]
+    events = np.stack([d[0] for d in draws])  # miss, swap, score
+    uniforms = np.stack([d[1] for d in draws])  # keep occluded, outlier, low confidence, throw length, angle
+    normals = np.stack([d[2] for d in draws])  # noise x, y, confidence
 
+    sizes = np.asarray(image_sizes, dtype=np.float64).reshape(n_cams, 1, 1, 2)
     u, v = pixels[..., 0], pixels[..., 1]
-    inside = (u >= 0) & (u < width) & (v >= 0) & (v < height)  # False for NaN (behind the camera)
+    inside = (u >= 0) & (u < sizes[..., 0]) & (v >= 0) & (v < sizes[..., 1])  # False for NaN
     starts, ends, radii = _capsules(points, settings)
-    occluded = occluded_points(camera_center, points.reshape(-1, 3), starts, ends, radii).reshape(n_persons, 70)
+    occluded = occluded_points(camera_centers, points.reshape(n_cams, -1, 3), starts, ends, radii)
+    occluded = occluded.reshape(n_cams, n_persons, 70)
     labels = np.where(occluded, OCCLUDED, CLEAN).astype(np.uint8)
     labels[occluded & (uniforms[..., 0] < settings.occluded_drop_prob)] = DROPPED
     labels[~inside] = DROPPED
     sigma = settings.noise_px * np.where(labels == OCCLUDED, settings.occluded_noise_scale, 1.0)
-    sigma[:, _HANDS] *= settings.hand_noise_scale
+    sigma[..., _HANDS] *= settings.hand_noise_scale
     observed = pixels + normals[..., :2] * sigma[..., None]
     confidence = np.where(labels == OCCLUDED, 0.05 + 0.35 * uniforms[..., 2],
                           np.clip(settings.confidence_mean + settings.confidence_spread * normals[..., 2], 0.05, 1.0))
@@ -145,28 +150,36 @@ def observe_persons(points: np.ndarray, pixels: np.ndarray, camera_center: np.nd
         angle = 2 * np.pi * uniforms[..., 4]
         length = 20 + 60 * uniforms[..., 3]
         thrown = observed + np.stack([length * np.cos(angle), length * np.sin(angle)], axis=-1)
-        other = pixels[::-1] if n_persons == 2 else np.full_like(pixels, np.nan)  # the other person (two persons)
-        use_other = inside[::-1] if n_persons == 2 else np.zeros_like(inside)
-        replacement = np.where(use_other[..., None], other, thrown)
+        if n_persons == 2:  # the other person
+            replacement = np.where(inside[:, ::-1, :, None], pixels[:, ::-1], thrown)
+        else:
+            replacement = thrown
         observed = np.where(is_outlier[..., None], replacement, observed)
         labels[is_outlier] = OUTLIER
+    observed = np.where((labels == DROPPED)[..., None], np.nan, observed)
+    confidence = np.where(labels == DROPPED, 0.0, confidence)
+    visible_counts = inside.sum(-1)
+    return [_detections(draws[c][3], events[c], observed[c], confidence[c], labels[c], pixels[c], inside[c],
+                        visible_counts[c], sizes[c, 0, 0], settings) for c in range(n_cams)]
 
+
+def _detections(order: np.ndarray, events: np.ndarray, observed: np.ndarray, confidence: np.ndarray,
+                labels: np.ndarray, pixels: np.ndarray, inside: np.ndarray, visible_counts: np.ndarray,
+                size: np.ndarray, settings: ObservationSettings) -> Observed:
+    """One camera's `Observed` from its (N, 70, ...) arrays: misses, swaps, boxes, detection order."""
     persons, ids, kept_labels, swapped, cleans = [], [], [], [], []
+    flip = mhr70.FLIP_PERMUTATION
     for p in order:
-        if events[p, 0] < settings.miss_rate or inside[p].sum() < 3:
+        if events[p, 0] < settings.miss_rate or visible_counts[p] < 3:
             continue  # missed, or not in view
         obs_p, conf_p, labels_p, clean_p = observed[p], confidence[p], labels[p], pixels[p]
         swap = bool(events[p, 1] < settings.lr_swap_rate)
         if swap:
-            flip = mhr70.FLIP_PERMUTATION
             obs_p, conf_p, labels_p, clean_p = obs_p[flip], conf_p[flip], labels_p[flip], clean_p[flip]
-        dropped = labels_p == DROPPED
-        obs_p = np.where(dropped[:, None], np.nan, obs_p)
-        conf_p = np.where(dropped, 0.0, conf_p)
         visible = pixels[p][inside[p]]
         lo, hi = visible.min(0), visible.max(0)
         margin = 0.1 * np.maximum(hi - lo, 1.0)
-        box = np.clip(np.concatenate([lo - margin, hi + margin]), 0, [width, height, width, height])
+        box = np.clip(np.concatenate([lo - margin, hi + margin]), 0, np.tile(size, 2))
         persons.append(Person2D(box=box.astype(np.float32), score=float(0.75 + 0.25 * events[p, 2]),
                                 keypoints=obs_p.astype(np.float32), confidence=conf_p.astype(np.float32)))
         ids.append(int(p))

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING
@@ -71,11 +70,12 @@ class SyntheticStage:
         self.rig: Rig = ring_rig(s.rig)
         self.fps = float(s.rig.fps)
         self.camera_names: list[str] = self.rig.names
-        self._single = {name: self.rig.subset([name]) for name in self.camera_names}
+        self._subsets: dict[tuple[str, ...], Rig] = {}
         self._centers = {cam.name: cam.center for cam in self.rig.cameras}
         self.animations: list[Animation] = (
             self._animate() if body is not None else load_or_build_animations(s, self._animate))
         self.cycle_frames = self.animations[0].num_frames
+        self._keypoints = np.stack([a.keypoints for a in self.animations])  # (N, T, 70, 3)
         obs = s.observation
         self._phase_s, self._offset_s = {}, {}
         for index, name in enumerate(self.camera_names):
@@ -123,41 +123,71 @@ class SyntheticStage:
                    for i, a in enumerate(self.animations)]
         return Truth(t_ns=self.frame_time_ns(frame_index), frame_index=frame_index, persons=persons)
 
-    def points_at(self, t_s: float) -> np.ndarray:
-        """(N, 70, 3) true points at time `t_s` after frame 0 (linear between frames, periodic)."""
-        f = t_s * self.fps
-        base = math.floor(f)
-        w = f - base
-        i0, i1 = base % self.cycle_frames, (base + 1) % self.cycle_frames
-        return np.stack([(1 - w) * a.keypoints[i0] + w * a.keypoints[i1] for a in self.animations])
+    def points_at(self, t_s: np.ndarray | float) -> np.ndarray:
+        """(..., N, 70, 3) true points at times `t_s` (...) after frame 0 (linear between frames, periodic)."""
+        f = np.asarray(t_s, dtype=np.float64) * self.fps
+        base = np.floor(f)
+        w = (f - base)[..., None, None, None]
+        i0 = base.astype(np.int64) % self.cycle_frames
+        i1 = (i0 + 1) % self.cycle_frames
+        k = self._keypoints  # (N, T, 70, 3)
+        return np.moveaxis(k[:, i0], 0, -3) * (1 - w) + np.moveaxis(k[:, i1], 0, -3) * w
 
     # -- observations ----------------------------------------------------------------------
 
-    def observe_detailed(self, frame_index: int, camera: str) -> tuple[Keypoints2D | None, Observed | None]:
-        """(message, what the observation model did), or (None, None) for a dropped frame."""
-        if camera not in self._camera_index:
-            raise KeyError(f"no camera {camera!r} in the synthetic rig; known: {', '.join(self.camera_names)}")
+    def observe_cameras(self, frame_index: int, cameras: list[str] | None = None
+                        ) -> dict[str, tuple[Keypoints2D | None, Observed | None]]:
+        """{camera: (message, what the observation model did)} for frame `frame_index`, vectorised over
+        the cameras (default all); (None, None) for a dropped frame. Same result as camera by camera."""
+        cameras = self.camera_names if cameras is None else list(cameras)
+        for camera in cameras:
+            if camera not in self._camera_index:
+                raise KeyError(f"no camera {camera!r} in the synthetic rig; known: {', '.join(self.camera_names)}")
         if frame_index < 0:
             raise ValueError(f"frame_index must be >= 0, got {frame_index}")
         s = self.settings
         obs = s.observation
-        rng = np.random.default_rng([s.seed, self._camera_index[camera], frame_index])
-        dropped = rng.random() < obs.drop_rate
-        jitter_s = obs.jitter_ms * 1e-3 * rng.standard_normal()
-        if dropped:
-            return None, None
-        exposure_s = frame_index / self.fps + self._phase_s[camera] + jitter_s
-        points = self.points_at(exposure_s)
-        u, v = self._single[camera].project_columns(points.reshape(-1, 3).T)
-        pixels = np.stack([u[0], v[0]], axis=-1).reshape(points.shape[0], -1, 2)
-        cam = self._single[camera].cameras[0]
-        observed = observe_persons(points, pixels, self._centers[camera], cam.image_size, obs, rng)
-        reported_ns = s.t0_ns + round((exposure_s + self._offset_s[camera]) * _NS)
-        message = Keypoints2D(
-            camera=camera, seq=frame_index, frame_index=frame_index, t_capture_ns=reported_ns,
-            image_size=np.asarray(cam.image_size, dtype=np.int32), calib_version=self.rig.version,
-            persons=observed.persons)
-        return message, observed
+        out: dict[str, tuple[Keypoints2D | None, Observed | None]] = {}
+        live, rngs, exposures = [], [], []
+        for camera in cameras:
+            rng = np.random.default_rng([s.seed, self._camera_index[camera], frame_index])
+            dropped = rng.random() < obs.drop_rate
+            jitter_s = obs.jitter_ms * 1e-3 * rng.standard_normal()
+            if dropped:
+                out[camera] = (None, None)
+                continue
+            live.append(camera)
+            rngs.append(rng)
+            exposures.append(frame_index / self.fps + self._phase_s[camera] + jitter_s)
+        if live:
+            rig = self._subset(tuple(live))
+            points = self.points_at(np.array(exposures))  # (V, N, 70, 3)
+            n_cams = len(live)
+            u, v = rig.project_columns(points.reshape(-1, 3).T)  # every camera sees every camera's points
+            diagonal = np.arange(n_cams)
+            u = u.reshape(n_cams, n_cams, -1)[diagonal, diagonal]
+            v = v.reshape(n_cams, n_cams, -1)[diagonal, diagonal]
+            pixels = np.stack([u, v], axis=-1).reshape(points.shape[:-1] + (2,))
+            centers = np.stack([self._centers[c] for c in live])
+            sizes = np.array([rig.cameras[i].image_size for i in range(n_cams)])
+            observed = observe_persons(points, pixels, centers, sizes, obs, rngs)
+            for i, camera in enumerate(live):
+                reported_ns = s.t0_ns + round((exposures[i] + self._offset_s[camera]) * _NS)
+                out[camera] = (Keypoints2D(
+                    camera=camera, seq=frame_index, frame_index=frame_index, t_capture_ns=reported_ns,
+                    image_size=np.asarray(sizes[i], dtype=np.int32), calib_version=self.rig.version,
+                    persons=observed[i].persons), observed[i])
+        return {camera: out[camera] for camera in cameras}
+
+    def observe_detailed(self, frame_index: int, camera: str) -> tuple[Keypoints2D | None, Observed | None]:
+        """(message, what the observation model did), or (None, None) for a dropped frame."""
+        return self.observe_cameras(frame_index, [camera])[camera]
+
+    def _subset(self, cameras: tuple[str, ...]) -> Rig:
+        rig = self._subsets.get(cameras)
+        if rig is None:
+            rig = self._subsets[cameras] = self.rig.subset(list(cameras))
+        return rig
 
     def observe(self, frame_index: int, camera: str) -> Keypoints2D | None:
         """The `kp2d/<camera>` message of frame `frame_index`, or None when that frame is dropped."""
