@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Sequence
+from functools import lru_cache
 
 import numpy as np
 
@@ -24,6 +25,7 @@ from streamer.capture.boxes import box_iou, boxes_from_track
 __all__ = ["accept_hint", "hint_calib_version", "persons_in_boxes", "track_hints"]
 
 
+@lru_cache(maxsize=256)  # Camera objects are immutable and hashed by identity: one hash per calibration
 def hint_calib_version(camera: Camera) -> str:
     """The `calib_version` of a hint for this camera: the version of a rig holding only this camera."""
     return Rig((camera,)).version
