@@ -103,7 +103,7 @@ def motion_params(body: AnnyBody, settings: MotionSettings, times_s: np.ndarray,
     cycle = cycle_seconds(settings)
     t = np.mod(np.asarray(times_s, dtype=np.float64), cycle)
     radius = settings.path_radius_m if path_radius_m is None else path_radius_m
-    params = body.default_params(len(t)).to(torch.float64).numpy().copy()
+    params = body.default_params(len(t)).to(torch.float64).cpu().numpy().copy()
     g = body.groups
 
     def set_rot(bone: str, axis: int, values: np.ndarray) -> None:
@@ -171,7 +171,7 @@ def motion_params(body: AnnyBody, settings: MotionSettings, times_s: np.ndarray,
     # Hands: open and close twice; fingers also play a little all the time.
     u_hands, _ = _segment_progress(settings, t, "hands")
     curl = 1.1 * np.sin(2 * math.pi * u_hands) ** 2 + 0.15 + 0.1 * np.sin(2 * math.pi * t / cycle * 3 + phases[0])
-    reference = body._t["reference_orientations"].to(torch.float64).numpy()
+    reference = body._t["reference_orientations"].to(torch.float64).cpu().numpy()
     for s in ("L", "R"):
         for finger in range(1, 6):
             for phalanx in range(1, 4):
@@ -200,14 +200,14 @@ def animate(body: AnnyBody, settings: MotionSettings, *, fps: float, seed: int, 
     frames = max(1, round(cycle_seconds(settings) * fps))
     times = np.arange(frames) / fps
     params = motion_params(body, settings, times, seed=seed, person=person, path_radius_m=path_radius_m)
-    params = params.to(body.dtype)
+    params = params.to(device=body.device, dtype=body.dtype)
     with torch.no_grad():
         rest_floor = float(body.keypoints(body.default_params(1))[0, _FOOT_POINTS, 2].min())
         keypoints = torch.cat([body.keypoints(params[i:i + chunk]) for i in range(0, frames, chunk)])
-    keypoints = keypoints.to(torch.float64).numpy()
+    keypoints = keypoints.to(torch.float64).cpu().numpy()
     lift = rest_floor - keypoints[:, _FOOT_POINTS, 2].min(axis=1)  # lowest foot point on its rest height
     keypoints[:, :, 2] += lift[:, None]
-    params_np = params.to(torch.float64).numpy()
+    params_np = params.to(torch.float64).cpu().numpy()
     params_np[:, body.groups["transl"].start + 2] += lift
     assert keypoints.shape[1] == mhr70.NUM_KEYPOINTS
     return Animation(fps=float(fps), params=params_np.astype(np.float32), keypoints=keypoints)
