@@ -229,21 +229,30 @@ def test_hints_replace_the_detector_while_the_track_is_held(tmp_path):
     sync_stats = [_counters(m) for _, t, m in received if t == "stats/sync"]
     assert len(kp2d) >= 4 * FPS * 3, f"too few frames: {len(kp2d)}"
 
-    # the sync node sent one hint per camera per confirmed frame set, each boxing the subject's keypoints
+    # the sync node sent one hint per camera per confirmed frame set, each boxing the tracked person's keypoints
     assert sync_stats[-1]["hints_sent"] >= len(hints) >= 4 * FPS * 2
     assert {h.camera for h in hints} == {"cam0", "cam1", "cam2", "cam3"}
-    inside = []
-    for hint in hints[::7]:
+    points_at = {p.t_ns: p for p in points}
+    inside, tracked_person = [], []
+    for hint in hints[::5]:
         camera = stage.rig.camera(hint.camera)
         assert hint.calib_version == Rig((camera,)).version
-        subject = stage.points_at((hint.t_ns - stage.settings.t0_ns) / 1e9)[0]  # person 0 at the frame-set time
-        pixels = camera.project(subject)
+        if hint.t_ns not in points_at:  # its points3d was not received
+            continue
+        truth = stage.points_at((hint.t_ns - stage.settings.t0_ns) / 1e9)  # (persons, K, 3) at the frame-set time
+        # the person the track follows: the one nearest to the frame set's triangulated points
+        person = int(np.argmin([np.nanmedian(np.linalg.norm(points_at[hint.t_ns].points - body, axis=1))
+                                for body in truth]))
+        tracked_person.append(person)
+        pixels = camera.project(truth[person])
         pixels = pixels[(pixels >= 0).all(axis=1) & (pixels <= camera.image_size).all(axis=1)]
         x0, y0, x1, y1 = hint.boxes[0]
         inside.append(np.mean((pixels >= [x0, y0]).all(axis=1) & (pixels <= [x1, y1]).all(axis=1)))
-    print(f"share of the subject's visible keypoints inside its hint box: median {np.median(inside):.3f}, "
-          f"min {np.min(inside):.3f} over {len(inside)} hints")
-    assert np.median(inside) >= 0.98 and np.min(inside) >= 0.85
+    inside = np.array(inside)
+    print(f"tracked person(s) {sorted(set(tracked_person))}; share of its visible keypoints inside its hint box: "
+          f"median {np.median(inside):.3f}, 5th percentile {np.percentile(inside, 5):.3f} over {len(inside)} hints")
+    assert len(inside) >= 0.9 * len(hints[::5])
+    assert np.median(inside) == 1.0 and np.mean(inside >= 0.9) >= 0.95
 
     # capture: once hints flow, frames are hinted and the detector runs only every REDETECT_S per camera
     tracked = [(at, c) for at, c in cap_stats if c.get("hinted_frames", 0) > 0]
