@@ -19,11 +19,13 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import zmq
 
 from protocol import DecodeError, decode_envelope
 from streamer.node import Node, run_node
+from streamer.transport.curve import load_keypair, load_public_key, make_client
 from streamer.recording import TakeWriter, capture_time_and_sequence, unused_take_path
 
 __all__ = ["Recorder", "Settings", "main"]
@@ -75,10 +77,14 @@ class Recorder(Node):
         context = zmq.Context.instance()
         sockets = {}
         poller = zmq.Poller()
+        keys = Path(self.config.keys_dir) if self.config.keys_dir else None
+        keypair = load_keypair(keys / f"{self.config.name}.key_secret") if keys is not None else None
         for inp in self.config.inputs:
             sock = context.socket(zmq.SUB)
             sock.linger = 0
             sock.rcvhwm = self.settings.rcvhwm
+            if keypair is not None:  # CURVE graph: the inputs only talk to authorised clients
+                make_client(sock, keypair, load_public_key(keys / f"{inp.name}.key"))
             for prefix in self.settings.topics:
                 sock.setsockopt(zmq.SUBSCRIBE, prefix.encode())
             sock.connect(inp.endpoint)

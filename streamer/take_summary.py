@@ -230,8 +230,12 @@ def summarize(data: TakeData, window_ns: tuple[int, int] | None = None, *, captu
 
     window_ns: (start, end) stage time; poses and points by `t_ns`, kp2d by capture time, truth by frame
     time. capture_of: camera -> capture node (default: the node whose stats count `frames/<cam>`)."""
+    if window_ns is None:  # the whole take: from the first to the last capture or pose time
+        times = [t for t, _ in data.kp2d.values()] + [p.t_ns for p in data.poses]
+        window_ns = (min(times), max(times) + 1) if times else (0, 1)
+
     def inside(t: int) -> bool:
-        return window_ns is None or window_ns[0] <= t < window_ns[1]
+        return window_ns[0] <= t < window_ns[1]
 
     poses = [p for p in data.poses if inside(p.t_ns) and p.verdict != Verdict.STALE]
     final, instances = _final_stats(data.stats)
@@ -240,11 +244,7 @@ def summarize(data: TakeData, window_ns: tuple[int, int] | None = None, *, captu
                       if name.startswith("frames/")}
     ledger = drop_ledger(final, instances, capture_of, sync_node)
     latencies = _latencies(data, poses)
-    if window_ns is not None:
-        span_s = (window_ns[1] - window_ns[0]) / 1e9
-    else:
-        times = [p.t_ns for p in data.poses]
-        span_s = (max(times) - min(times)) / 1e9 if len(times) > 1 else 0.0
+    span_s = (window_ns[1] - window_ns[0]) / 1e9
     counts = Counter(f"kp2d/{cam}" for (cam, _), (t_capture, _) in data.kp2d.items() if inside(t_capture))
     counts["points3d"] = sum(1 for p in data.points3d.values() if inside(p.t_ns))
     counts["pose"] = len(poses)

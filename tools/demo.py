@@ -30,7 +30,7 @@ from streamer.launch import Supervisor, load_graph
 from streamer.take_summary import load_take, summarize
 from streamer.transport import Subscriber
 
-__all__ = ["adjust_graph", "main", "run_graph_and_summarize"]
+__all__ = ["LoggingSupervisor", "adjust_graph", "main", "run_graph_and_summarize", "warm_stage_cache"]
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +94,7 @@ def warm_stage_cache(doc: dict) -> None:
     build_synthetic_stage(Settings(**fields))
 
 
-class _LoggingSupervisor(Supervisor):
+class LoggingSupervisor(Supervisor):
     """A Supervisor whose node processes log into `<log_dir>/<node>.log` instead of the terminal."""
 
     def __init__(self, graph, log_dir: Path, host: str | None = None):
@@ -153,7 +153,7 @@ def run_graph_and_summarize(graph_path: Path, seconds: float, *, startup_timeout
     graph = load_graph(graph_path)
     recorder = next(s for s in graph.nodes.values() if s.kind == "recorder")
     take_path = Path(recorder.settings["path"])
-    supervisor = _LoggingSupervisor(graph, graph_path.parent / "logs")
+    supervisor = LoggingSupervisor(graph, graph_path.parent / "logs")
     subscriber = Subscriber({n: s.connect for n, s in graph.nodes.items()}, ("stats/", "pose"))
     window: tuple[int, int] | None = None
     progress = _Progress(quiet)
