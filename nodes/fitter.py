@@ -12,8 +12,8 @@ weights, or `usable` cleared upstream) is never fitted: the pose coasts (root tr
 arrives for `stale_after_s`, the last pose of each person is re-sent every `stale_interval_s` with
 verdict "stale". When input returns the track continues (re-initialised after `lost_after_s`), and
 the re-acquired pose is slew-limited to `max_speed_mps`, so it never jumps. Shipped parameters are
-never NaN. On unusable and stale poses `loss` and `data_loss` are 0.0 meaning "not computed" (the
-wire requires finite floats): read the verdict.
+never NaN. On unusable and stale poses `loss` and `data_loss` are NaN ("not computed"; a zero loss
+would claim a perfect fit, ARCHITECTURE.md §4 rule 2): read the verdict.
 
 Counters: frames, published, stale_sent, verdict/<v>, source/<fit|coast|hold>, rejects/bad_points3d,
 not_published/<first_unusable|time_not_advancing>. Gauges: fit_ms, iterations, rms_mm, persons.
@@ -84,12 +84,11 @@ def pose_message(model, output: TrackOutput, points: Points3D, t_input_ns: int) 
     world_from_root[:3, :3] = rotations[0].to(torch.float32).cpu().numpy()
     world_from_root[:3, 3] = root_position.to(torch.float32).cpu().numpy()
     ev = output.evaluation
-    finite = lambda v: float(v) if np.isfinite(v) else 0.0  # noqa: E731  "not computed" (see docstring)
     return Pose(
         t_ns=points.t_ns, frame_index=points.frame_index, person_id=points.person_id, body_model=model.name,
         params=output.params.astype(np.float32), keypoints=output.keypoints.astype(np.float32),
         joint_rotations=quats, world_from_root=world_from_root, flags=output.flags.astype(np.uint8),
-        loss=finite(ev.loss), data_loss=finite(ev.data_loss), n_valid=int(ev.n_valid), verdict=ev.verdict,
+        loss=float(ev.loss), data_loss=float(ev.data_loss), n_valid=int(ev.n_valid), verdict=ev.verdict,
         iterations=int(output.iterations), t_input_ns=t_input_ns)
 
 
@@ -168,7 +167,8 @@ class Fitter(Node):
             if last is not None and (now_ns - last) * 1e-9 < s.stale_interval_s:
                 continue
             flags = np.where(pose.flags == PoseFlag.MISSING, PoseFlag.MISSING, PoseFlag.PREDICTED).astype(np.uint8)
-            stale = replace(pose, verdict=Verdict.STALE, flags=flags, loss=0.0, data_loss=0.0, iterations=0)
+            stale = replace(pose, verdict=Verdict.STALE, flags=flags, loss=float("nan"), data_loss=float("nan"),
+                            iterations=0)
             self.publish(stale)
             self.last_stale_ns[person] = now_ns
             self.count("stale_sent")

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from protocol.codec import decode, encode
 from protocol.messages import Points3D, Pose, PoseFlag, Verdict
 from streamer.node import NodeConfig
 from tools.offline import VirtualClock
@@ -75,6 +76,10 @@ def test_node_fits_coasts_goes_stale_and_recovers(walk):
     assert all(p.verdict == Verdict.GOOD for p in out[5:30])
     assert out[30].verdict == Verdict.UNUSABLE and out[31].verdict == Verdict.UNUSABLE
     assert (out[30].flags == PoseFlag.PREDICTED).all() and out[30].n_valid == 0
+    # not computed is NaN, never a loss of 0 that would read as a perfect fit; it survives the wire
+    for pose in (out[30], out[31], decode(encode(out[30]))[1]):
+        assert np.isnan(pose.loss) and np.isnan(pose.data_loss)
+    assert all(np.isfinite(p.loss) and p.loss > 0 and np.isfinite(p.data_loss) for p in out[5:30])
     assert (out[20].flags == PoseFlag.MEASURED).all()
     err = [np.linalg.norm(p.keypoints[:21] - walk[p.frame_index][:21], axis=1).mean() for p in out[5:]]
     assert np.mean(err) < 0.03
@@ -88,6 +93,7 @@ def test_node_fits_coasts_goes_stale_and_recovers(walk):
         node.on_tick(now)
     stale = out[n:]
     assert len(stale) >= 2 and all(p.verdict == Verdict.STALE for p in stale)
+    assert all(np.isnan(p.loss) and np.isnan(p.data_loss) for p in stale)
     assert np.array_equal(stale[0].keypoints, out[n - 1].keypoints) and stale[0].frame_index == 39
     # input returns (1 s later): fitted again, no jump above the slew limit
     m = len(out)
