@@ -211,3 +211,23 @@ def test_caliscope_import_rejects_unknown_cameras(tmp_path, capsys):
     assert code == 1 and "camera '9'" in capsys.readouterr().err
     code = importers.main(["caliscope", str(session), str(tmp_path / "y.mcap")])  # xy_CHARUCO.csv: board corners
     assert code == 1 and "CHARUCO is not a body tracker" in capsys.readouterr().err
+
+
+@pytest.mark.data
+def test_caliscope_import_reads_frame_times_from_an_older_xy_file(tmp_path):
+    """Older Caliscope versions write `port` instead of cam_id and a frame_time column in xy_<TRACKER>.csv."""
+    session = shared("caliscope/charuco_session")
+    rig = load_calibration(session / "camera_array.toml")
+    point = rig.project(np.array([[0.0, 0.0, 0.0]]))  # (V, 1, 2)
+    rows = ["sync_index,port,frame_index,frame_time,point_id,img_loc_x,img_loc_y"]
+    for sync in (0, 1):
+        for v, cam in enumerate(rig.names):
+            t = 100.0 + sync / 30 + 0.004 * v
+            rows.append(f"{sync},{cam},{sync},{t},0,{point[v, 0, 0]},{point[v, 0, 1]}")
+    (tmp_path / "xy_POSE.csv").write_text("\n".join(rows) + "\n")
+    report = importers.import_caliscope(tmp_path, tmp_path / "t.mcap", calibration=session / "camera_array.toml")
+    assert report.time_source == "xy_POSE.csv frame_time column"
+    kp = [m for _, _, m in take_messages(tmp_path / "t.mcap") if isinstance(m, Keypoints2D)]
+    assert sorted(m.t_capture_ns for m in kp if m.frame_index == 1) == [
+        round((100.0 + 1 / 30 + 0.004 * v) * 1e9) for v in range(4)]
+    assert all(np.allclose(m.persons[0].keypoints[index_of("nose")], point[int(m.camera), 0]) for m in kp)
