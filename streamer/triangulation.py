@@ -189,20 +189,37 @@ def _rank_pairs(M: int) -> tuple[np.ndarray, np.ndarray]:
     return np.triu_indices(M, k=1)
 
 
+@lru_cache(maxsize=16)
+def _linear_constants(rig: Rig) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Per-view constants (9, V, 1) each of `_linear_terms`: terms = w2 (s Cs + x Cx + y Cy + C0), s = x^2 + y^2.
+
+    From a_x = x R_3 - R_1, a_y = y R_3 - R_2 (rows of R), b_x = t_1 - x t_3, b_y = t_2 - y t_3:
+    a_x a_x^T + a_y a_y^T = s R3 R3^T - x (R3 R1^T + R1 R3^T) - y (R3 R2^T + R2 R3^T) + R1 R1^T + R2 R2^T and
+    a_x b_x + a_y b_y = -s t_3 R3 + x (t_1 R3 + t_3 R1) + y (t_2 R3 + t_3 R2) - t_1 R1 - t_2 R2.
+    Cached per Rig object (rigs are immutable).
+    """
+    R0, R1, R2 = rig.R[:, 0], rig.R[:, 1], rig.R[:, 2]  # (V, 3) rows
+    t0, t1, t2 = rig.t[:, 0:1], rig.t[:, 1:2], rig.t[:, 2:3]  # (V, 1)
+
+    def sym(P, Q):  # unique entries of P Q^T + Q P^T (P == Q: P P^T counted twice)
+        return [P[:, i] * Q[:, j] + Q[:, i] * P[:, j] for i, j in _SYM]
+
+    C_s = [0.5 * e for e in sym(R2, R2)] + list((-t2 * R2).T)
+    C_x = [-e for e in sym(R2, R0)] + list((t0 * R2 + t2 * R0).T)
+    C_y = [-e for e in sym(R2, R1)] + list((t1 * R2 + t2 * R1).T)
+    C_0 = [0.5 * (p + q) for p, q in zip(sym(R0, R0), sym(R1, R1))] + list((-t0 * R0 - t1 * R1).T)
+    return tuple(np.stack(c)[:, :, None] for c in (C_s, C_x, C_y, C_0))
+
+
 def _linear_terms(rig: Rig, nx: np.ndarray, ny: np.ndarray, w2: np.ndarray) -> np.ndarray:
     """Per-view normal-equation terms of the inhomogeneous DLT, rows weighted by `w2` (squared confidence).
 
-    nx, ny, w2: (V, K). Row for x: (x R_3 - R_1) . X = t_1 - x t_3 (likewise for y).
+    nx, ny, w2: (V, K). Rows: (x R_3 - R_1) . X = t_1 - x t_3 and (y R_3 - R_2) . X = t_2 - y t_3.
     Returns (9, V, K): 0-5 the unique entries of A = sum a a^T over the view's two rows, 6-8 b = sum a * rhs.
     Terms add over views: the system of any set of views is the sum of theirs.
     """
-    R, t = rig.R, rig.t
-    ax = [nx * R[:, 2, j, None] - R[:, 0, j, None] for j in range(3)]  # 3 x (V, K)
-    ay = [ny * R[:, 2, j, None] - R[:, 1, j, None] for j in range(3)]
-    bx = (t[:, 0, None] - nx * t[:, 2, None]) * w2
-    by = (t[:, 1, None] - ny * t[:, 2, None]) * w2
-    A = [(ax[i] * ax[j] + ay[i] * ay[j]) * w2 for i, j in _SYM]
-    return np.stack(A + [ax[j] * bx + ay[j] * by for j in range(3)])
+    C_s, C_x, C_y, C_0 = _linear_constants(rig)
+    return (C_s * (nx * nx + ny * ny) + C_x * nx + C_y * ny + C_0) * w2
 
 
 def _solve3(A: np.ndarray, r: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
