@@ -49,7 +49,7 @@ from streamer.calibration import Camera, Rig
 from streamer.capture.hints import track_hints
 from streamer.framesets import Assembler, AssemblySettings, FrameSet, PushOutcome
 from streamer.node import Node, run_node
-from streamer.triangulation import TriangulationSettings, triangulate_robust
+from streamer.triangulation import TriangulationSettings, keep_freed_memory, triangulate_robust
 
 __all__ = ["Settings", "Sync", "main"]
 
@@ -357,6 +357,7 @@ class Sync(Node):
 
 
 def main(argv: list[str]) -> int:
+    keep_freed_memory()  # once at start: keeps per-frame temporaries mapped (streamer.triangulation)
     return run_node(Sync, argv)
 
 
