@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -168,7 +169,7 @@ def test_launcher_accepts_the_capture_sync_cycle_and_stops_captures_first(tmp_pa
 
 FPS = 30.0
 REDETECT_S = 1.0
-RUN_S = 9.0
+TRACKED_S = 5.0  # run until this much stage time has been received with hints flowing (start-up time varies)
 HINT_GRAPH = """
 [graph]
 name = "hints"
@@ -203,18 +204,29 @@ def test_hints_replace_the_detector_while_the_track_is_held(tmp_path):
                      topics=("kp2d/", "hint/", "points3d", "stats/"))
     env = dict(os.environ, PYTHONPATH=str(REPO))
     log = open(tmp_path / "run.log", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "streamer", "run", str(graph), "--seconds", str(RUN_S)], cwd=REPO,
-                            env=env, stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen([sys.executable, "-m", "streamer", "run", str(graph)], cwd=REPO, env=env, stdout=log,
+                            stderr=subprocess.STDOUT)
     received = []
-    deadline = time.monotonic() + RUN_S + 60  # the first synthetic stage of a machine computes its animation
+    deadline = time.monotonic() + 90  # the first synthetic stage of a machine computes its animation
+    first_hint_ns = None
     try:
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline and proc.poll() is None:
+            got = sub.recv(timeout_ms=100)
+            if got is None:
+                continue
+            received.append((time.monotonic(), *got))
+            topic, msg = got
+            if topic.startswith("hint/") and first_hint_ns is None:
+                first_hint_ns = msg.t_ns
+            if topic.startswith("kp2d/") and first_hint_ns is not None and msg.t_capture_ns - first_hint_ns > TRACKED_S * 1e9:
+                break
+        proc.send_signal(signal.SIGTERM)
+        stop_deadline = time.monotonic() + 30
+        while proc.poll() is None and time.monotonic() < stop_deadline:  # the nodes' final stats come on stopping
             got = sub.recv(timeout_ms=100)
             if got is not None:
                 received.append((time.monotonic(), *got))
-            elif proc.poll() is not None:
-                break
-        assert proc.wait(timeout=20) == 0, (tmp_path / "run.log").read_text()[-3000:]
+        assert proc.wait(timeout=5) == 0, (tmp_path / "run.log").read_text()[-3000:]
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -227,7 +239,7 @@ def test_hints_replace_the_detector_while_the_track_is_held(tmp_path):
     points = [m for _, t, m in received if t == "points3d"]
     cap_stats = [(at, _counters(m)) for at, t, m in received if t == "stats/cap"]
     sync_stats = [_counters(m) for _, t, m in received if t == "stats/sync"]
-    assert len(kp2d) >= 4 * FPS * 3, f"too few frames: {len(kp2d)}"
+    assert first_hint_ns is not None, "no hint was published: " + (tmp_path / "run.log").read_text()[-3000:]
 
     # the sync node sent one hint per camera per confirmed frame set, each boxing the tracked person's keypoints
     assert sync_stats[-1]["hints_sent"] >= len(hints) >= 4 * FPS * 2
@@ -253,6 +265,7 @@ def test_hints_replace_the_detector_while_the_track_is_held(tmp_path):
           f"median {np.median(inside):.3f}, 5th percentile {np.percentile(inside, 5):.3f} over {len(inside)} hints")
     assert len(inside) >= 0.9 * len(hints[::5])
     assert np.median(inside) == 1.0 and np.mean(inside >= 0.9) >= 0.95
+    assert len(set(tracked_person)) == 1  # on hinted boxes the track keeps its person
 
     # capture: once hints flow, frames are hinted and the detector runs only every REDETECT_S per camera
     tracked = [(at, c) for at, c in cap_stats if c.get("hinted_frames", 0) > 0]
@@ -261,7 +274,7 @@ def test_hints_replace_the_detector_while_the_track_is_held(tmp_path):
     frames = sum(last[f"frames/cam{i}"] - first[f"frames/cam{i}"] for i in range(4))
     hinted = last["hinted_frames"] - first["hinted_frames"]
     detector = last["detector_runs"] - first["detector_runs"]
-    allowed = 4 * ((t_last - t_first) / REDETECT_S + 2)
+    allowed = (frames - hinted) + 4 * ((t_last - t_first) / REDETECT_S + 1.5)  # re-acquisitions + periodic searches
     print(f"while tracked ({t_last - t_first:.1f} s): {frames} frames, {hinted} hinted, {detector} detector runs "
           f"(allowed {allowed:.0f}); before: {first['detector_runs']} detector runs (acquisition)")
     assert frames >= 4 * FPS * 2 and hinted >= 0.9 * frames
