@@ -37,7 +37,8 @@ Each node runs as `python -m streamer node KIND --name NAME --bind EP --input UP
 with exponential backoff (0.5 s doubling to 8 s; reset after 10 s of running). `streamer run`
 stops the graph upstream first (sources, then their consumers, ...) on SIGINT/SIGTERM, after
 `--seconds`, or when every node has exited for good; its exit code is 0 when every node's last
-exit was clean.
+exit was clean. Edges may form cycles (box hints: a capture node reads the sync node that reads
+it); within a cycle the node declared first in the file counts as upstream.
 """
 from __future__ import annotations
 
