@@ -3,10 +3,10 @@
 Same synthetic frames for both: V cameras (4, 8, 16) on a ring, 1280x720, OpenCV distortion; a
 70-point symmetric body-sized point set per frame; 2 px detector noise; in the "outliers" runs 10 %
 of the observations are replaced by gross outliers (half: the same point of another person standing
-0.6-1.0 m away, half: the left/right mirror point). Reported per view count: time per frame (wall time
-of one call on the outlier frames, best of --repeats passes per frame, median over frames, ms) and mean
-3D error (mm) with and without outliers,
-plus the speed ratio. Both processes get the same malloc settings (`keep_freed_memory`). aniposelib's
+0.6-1.0 m away, half: the left/right mirror point). Reported per view count: time per frame on the outlier
+frames (best of --repeats passes per frame, median over frames, ms), as wall time and as CPU time of the
+process (the CPU figure is steadier on a machine shared with other work), mean 3D error (mm) with and
+without outliers, and the speed ratios. Both processes get the same malloc settings (`keep_freed_memory`). aniposelib's
 robust `triangulate_ransac` is timed on a few frames too (--ransac-frames, off by default: seconds to
 minutes per frame; up to 8 views), for reference.
 
@@ -124,15 +124,16 @@ def _time_ours(scene: dict, key: str, repeats: int) -> tuple[float, np.ndarray]:
 
     rig, frames = scene["rig"], scene[key]
     triangulate_robust(frames[0], None, rig)  # warm caches
-    times, points = [], []
+    times, cpu_times, points = [], [], []
     for _ in range(repeats):
         points = []
         for pixels in frames:
-            start = time.perf_counter()
+            start, cpu_start = time.perf_counter(), time.process_time()
             result = triangulate_robust(pixels, None, rig)
             times.append(time.perf_counter() - start)
+            cpu_times.append(time.process_time() - cpu_start)
             points.append(result.points)
-    return _frame_ms(times, repeats, len(frames)), np.stack(points)
+    return _frame_ms(times, repeats, len(frames)), _frame_ms(cpu_times, repeats, len(frames)), np.stack(points)
 
 
 def _aniposelib_worker(in_path: str, out_path: str) -> None:
@@ -150,15 +151,17 @@ def _aniposelib_worker(in_path: str, out_path: str) -> None:
     for key in ("clean", "outliers"):
         frames = data[key]
         group.triangulate(frames[0].copy(), progress=False)  # jit warm-up
-        times, points = [], []
+        times, cpu_times, points = [], [], []
         for _ in range(int(data["repeats"])):
             points = []
             for pixels in frames:
-                start = time.perf_counter()
+                start, cpu_start = time.perf_counter(), time.process_time()
                 points.append(group.triangulate(pixels.copy(), progress=False))
                 times.append(time.perf_counter() - start)
+                cpu_times.append(time.process_time() - cpu_start)
         out[f"{key}_points"] = np.stack(points)
         out[f"{key}_times"] = np.array(times).reshape(int(data["repeats"]), len(frames))
+        out[f"{key}_cpu_times"] = np.array(cpu_times).reshape(int(data["repeats"]), len(frames))
     ransac_frames = data["outliers"][: int(data["ransac_frames"])]
     if len(ransac_frames):  # aniposelib's robust variant (a Python loop per point): a few frames only
         group.triangulate_ransac(ransac_frames[0].copy(), progress=False)  # numba compile
@@ -215,16 +218,18 @@ def run(view_counts=VIEW_COUNTS, frames: int = 40, repeats: int = 3, aniposelib_
     for views in view_counts:
         scene = make_scene(views, frames, seed=seed + views)
         for key, suffix in (("clean", "clean"), ("outliers", "outliers")):
-            ms, points = _time_ours(scene, key, repeats)
+            ms, cpu_ms, points = _time_ours(scene, key, repeats)
             result[f"err_ours_{suffix}_mm_{views}v"] = _mean_error_mm(points, scene["truth"])
             if key == "outliers":
-                result[f"ours_ms_{views}v"] = ms
+                result[f"ours_ms_{views}v"], result[f"ours_cpu_ms_{views}v"] = ms, cpu_ms
         if python is not None:
             ani = _run_aniposelib(python, scene, repeats, ransac_frames if views <= RANSAC_MAX_VIEWS else 0)
             result[f"aniposelib_ms_{views}v"] = _frame_ms(ani["outliers_times"], repeats, frames)
             result[f"err_aniposelib_clean_mm_{views}v"] = _mean_error_mm(ani["clean_points"], scene["truth"])
             result[f"err_aniposelib_outliers_mm_{views}v"] = _mean_error_mm(ani["outliers_points"], scene["truth"])
+            result[f"aniposelib_cpu_ms_{views}v"] = _frame_ms(ani["outliers_cpu_times"], repeats, frames)
             result[f"speedup_{views}v"] = result[f"aniposelib_ms_{views}v"] / result[f"ours_ms_{views}v"]
+            result[f"speedup_cpu_{views}v"] = result[f"aniposelib_cpu_ms_{views}v"] / result[f"ours_cpu_ms_{views}v"]
             if "ransac_times" in ani:
                 result[f"aniposelib_ransac_ms_{views}v"] = float(np.median(ani["ransac_times"]) * 1000.0)
                 result[f"err_aniposelib_ransac_outliers_mm_{views}v"] = _mean_error_mm(
@@ -259,12 +264,15 @@ def main(argv: list[str]) -> int:
           f"{args.frames} frames, 2 px noise, 10 % gross outliers")
     if result["aniposelib_python"] is None:
         print("aniposelib: not found (see --help for how to set up its virtual environment)")
-    header = f"{'views':>5} {'ours ms':>8} {'anipose ms':>10} {'speedup':>8} {'ours mm':>8} {'anip mm':>8} " \
+    print("ms: wall time per frame; cpu ms: CPU time of the process per frame")
+    header = f"{'views':>5} {'ours ms':>8} {'anipose ms':>10} {'speedup':>8} {'ours cpu ms':>11} " \
+             f"{'anip cpu ms':>11} {'cpu speedup':>11} {'ours mm':>8} {'anip mm':>8} " \
              f"{'ours mm (outl)':>15} {'anip mm (outl)':>15} {'ransac ms':>10} {'ransac mm (outl)':>17}"
     print(header)
     for views in args.views:
         get = lambda key: result.get(f"{key}_{views}v", float("nan"))  # noqa: E731
         print(f"{views:>5} {get('ours_ms'):8.3f} {get('aniposelib_ms'):10.3f} {get('speedup'):8.1f} "
+              f"{get('ours_cpu_ms'):11.3f} {get('aniposelib_cpu_ms'):11.3f} {get('speedup_cpu'):11.1f} "
               f"{get('err_ours_clean_mm'):8.2f} {get('err_aniposelib_clean_mm'):8.2f} "
               f"{get('err_ours_outliers_mm'):15.2f} {get('err_aniposelib_outliers_mm'):15.2f} "
               f"{get('aniposelib_ransac_ms'):10.1f} {get('err_aniposelib_ransac_outliers_mm'):17.2f}")
