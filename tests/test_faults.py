@@ -18,6 +18,7 @@ import zmq
 from protocol import encode
 from protocol.messages import Keypoints2D, Person2D, Verdict
 from streamer.launch import load_graph
+from streamer.recording import read_take
 from streamer.take_summary import load_take, summarize
 from streamer.transport import Subscriber
 from tools.demo import DEMO_GRAPH, TAKE_NAME, LoggingSupervisor, adjust_graph, warm_stage_cache
@@ -119,9 +120,10 @@ def test_killed_capture_and_sync_recover(tmp_path):
         held = [p for t, p in run.poses if p.verdict != Verdict.STALE and (p.t_ns, p.person_id) == (
             stale[0].t_ns, stale[0].person_id)]
         assert held and np.allclose(stale[0].keypoints, held[-1].keypoints)  # the last pose, held, flagged stale
-        recovered = run.pump_until(lambda: any(t > killed_at and p.verdict in (Verdict.GOOD, Verdict.POOR)
-                                               and p.t_ns > stale[0].t_ns for t, p in run.poses), 40,
-                                   "fresh poses after the sync restarted")
+        run.pump_until(lambda: run.supervisor.procs["sync"].restarts >= 1, 20, "restart of the sync")
+        sync_back_ns = time.time_ns()
+        recovered = run.pump_until(lambda: any(p.verdict in (Verdict.GOOD, Verdict.POOR) and p.t_ns > sync_back_ns
+                                               for t, p in run.poses), 40, "fresh poses after the sync restarted")
         assert recovered - killed_at < 40
         restarts = {n: p.restarts for n, p in run.supervisor.procs.items()}
     assert restarts["sync"] == 1 and restarts["cam7"] == 1
@@ -166,7 +168,8 @@ def test_injected_garbage_and_a_clock_off_by_300ms(tmp_path):
     sent = Counter()
     try:
         with _Running(_graph(tmp_path, 7200, edit), host="local") as run:
-            run.pump(1.0)
+            run.pump(3.0)  # past start-up stalls (e.g. JIT compiles): the window below starts clean
+            inject_start_ns = time.time_ns()
             end = time.monotonic() + 6.0
             i = 0
             while time.monotonic() < end:  # ~300 defective messages/s, one 5 MiB frame every ~0.3 s
@@ -177,7 +180,8 @@ def test_injected_garbage_and_a_clock_off_by_300ms(tmp_path):
                 i += 1
                 if i % 10 == 0:
                     run.pump(0.03)
-            run.pump(2.0)
+            inject_end_ns = time.time_ns()
+            run.pump(2.5)
             points = [p for t, p in run.points]
     finally:
         injector.close()
@@ -187,25 +191,42 @@ def test_injected_garbage_and_a_clock_off_by_300ms(tmp_path):
     assert sum(sent.values()) > 1000
     assert rejects == sum(sent.values()), (sent, {k: v for k, v in sync_counters.items() if "reject" in k})
     assert summary["unaccounted_drops"] == 0, summary["drops"]  # nothing else lost
-    assert all(row["gaps"] == 0 for row in summary["drops"].values()), summary["drops"]
+    # nothing else lost while the garbage came in: no seq gap in any camera's kp2d, no transport drop
+    lost = _lost_between(tmp_path / TAKE_NAME, inject_start_ns - 1_000_000_000, inject_end_ns + 1_500_000_000)
+    assert lost == 0, lost
     assert summary["restarts"] == {}
     # the clock: cam7's offset was estimated (its stats report a correction of about -300 ms) ...
     cam7, rtt_us = _final_offset_and_rtt(tmp_path / TAKE_NAME, "cam7")
     assert abs(cam7 + offset_ns) < max(5_000_000, rtt_us * 1000 / 2 + 1_000_000), (cam7, rtt_us)  # NTP bound
-    # ... and no frame set mixes frames of different instants: every set's kp2d are one frame index
+    # ... and no frame set mixes frames of different instants. The cameras are not genlocked (each has
+    # a trigger phase within one frame period), so a correct set holds frames k or k+1 of the stage;
+    # a set built on cam7's wrong clock would mix frames ~18 apart (300 ms at 60 fps).
     data = load_take(tmp_path / TAKE_NAME)
     frame_of = {}
-    from streamer.recording import read_take
-
-    for _, topic, msg in read_take(tmp_path / TAKE_NAME, topics=[f"kp2d/cam{i}" for i in range(CAMERAS)]):
+    for _, _, msg in read_take(tmp_path / TAKE_NAME, topics=[f"kp2d/cam{i}" for i in range(CAMERAS)]):
         frame_of[(msg.camera, msg.seq)] = msg.frame_index
-    spans = []
+    spans, with_cam7 = [], 0
     for p in data.points3d.values():
         frames = [frame_of[(c, int(s))] for c, s in zip(p.cameras, p.sources_seq) if s >= 0 and (c, int(s)) in frame_of]
         if len(frames) >= 2:
             spans.append(max(frames) - min(frames))
-    assert len(spans) > 200 and max(spans) == 0, Counter(spans)
+            with_cam7 += int("cam7" in p.cameras and p.sources_seq[p.cameras.index("cam7")] >= 0)
+    assert len(spans) > 200 and max(spans) <= 1, Counter(spans)
+    assert with_cam7 > 0.25 * len(spans)  # the off-clock camera did take part
     assert len(points) > 200 and summary["mpjpe_mm"] < 60
+
+
+def _lost_between(take: Path, start_ns: int, end_ns: int) -> int:
+    """Increase of the sync's kp2d seq gaps and transport drops between its stats records around the window."""
+    stats = [s for s in load_take(take).stats if s.node == "sync"]
+    first = [s for s in stats if s.t_ns <= start_ns][-1]
+    last = next(s for s in stats if s.t_ns >= end_ns)
+
+    def lost(s) -> int:
+        counters = dict(zip(s.counter_names, s.counter_values.tolist()))
+        return counters.get("drops_in", 0) + sum(v for k, v in counters.items() if k.startswith("dropped/"))
+
+    return lost(last) - lost(first)
 
 
 def _final_counters(take: Path, node: str) -> dict:
