@@ -235,12 +235,14 @@ def triangulate_robust(
     if V < MIN_VIEWS or K == 0 or not observed.any():
         return _missing(V, K)
     # contiguous arrays and plain float/int scalars: one compiled specialisation serves every call
-    points, err, inliers = _robust_kernel(
+    points, err, inliers = np.empty((3, K)), np.empty((V, K)), np.empty((V, K), dtype=bool)
+    _robust_kernel(
         np.ascontiguousarray(pixels), weights, *_camera_arrays(rig), np.ascontiguousarray(prior),
         float(settings.threshold_px), float(settings.huber_px), int(settings.lm_iterations),
         min(V, int(settings.seed_views)), float(settings.prior_gate_m), float(settings.prior_weight),
+        points, err, inliers,
     )
-    return _finish(points, err, weights, weights > 0, inliers, settings.threshold_px)
+    return _finish(points, err, weights, inliers, settings.threshold_px)
 
 
 # ---------------------------------------------------------------- compiled per-keypoint kernel (numba)
@@ -416,18 +418,19 @@ def _gauss_newton_system(X, uv, norm, mask, huber, pixels, k, R, t, intrinsics, 
 
 @_jit
 def _robust_kernel(pixels, weights, intrinsics, dist, R, t, prior, threshold_px, huber_px, lm_iterations,
-                   seed_count, prior_gate_m, prior_weight):
+                   seed_count, prior_gate_m, prior_weight, points, err, inliers):
     """Steps 1-6 of the module docstring for every keypoint; see `triangulate_robust` for the inputs.
 
     weights (V, K): 0 where not observed; set to 0 in place where a pixel cannot be undistorted.
-    Returns points (3, K) (NaN where fewer than 2 inliers or singular), err (V, K) distorted-pixel error of
-    every observed view at the refined point (inf where not observed or not projectable), inliers (V, K).
+    Fills (passed in, as in `_contract`) points (3, K) (NaN where fewer than 2 inliers or singular), err (V, K)
+    distorted-pixel error of every observed view at the refined point (inf where not observed or not
+    projectable), inliers (V, K).
     """
     V, K = weights.shape
     tau2 = threshold_px * threshold_px
-    points = np.full((3, K), np.nan)
-    err = np.full((V, K), np.inf)
-    inliers = np.zeros((V, K), dtype=np.bool_)
+    points[:] = np.nan
+    err[:] = np.inf
+    inliers[:] = False
     nx, ny, w = np.empty(V), np.empty(V), np.empty(V)
     seen = np.empty(V, dtype=np.bool_)
     ranked = np.empty(V, dtype=np.int64)
@@ -470,6 +473,8 @@ def _robust_kernel(pixels, weights, intrinsics, dist, R, t, prior, threshold_px,
                 for v in range(V):
                     if seen[v]:
                         cost += w[v] * min(_undistorted_err2(candidate, v, R, t, intrinsics, nx[v], ny[v]), tau2)
+                        if cost >= best_cost:  # the cost only grows: this candidate cannot win
+                            break
                 dist2 = ((candidate[0] - prior[k, 0]) ** 2 + (candidate[1] - prior[k, 1]) ** 2
                          + (candidate[2] - prior[k, 2]) ** 2) / (prior_gate_m * prior_gate_m)
                 if np.isfinite(dist2):
@@ -520,26 +525,49 @@ def _robust_kernel(pixels, weights, intrinsics, dist, R, t, prior, threshold_px,
                 damping = damping * 0.1 if better else damping * 10.0
         points[:, k] = X
         err[:, k] = norm
-    return points, err, inliers
 
 
-def _finish(points, err, weights, observed, inliers, threshold_px: float) -> Triangulation:
-    """Apply the contract. points (3, K); err, observed, inliers, weights (V, K)."""
-    inliers = inliers & observed & (err < threshold_px)
-    n_views = inliers.sum(axis=0)
-    valid = (n_views >= MIN_VIEWS) & np.all(np.isfinite(points), axis=0)
-    inliers &= valid
-    reproj = np.where(observed & valid & np.isfinite(err), err, np.nan)
-    inlier_err = reproj[inliers]
-    conf = np.where(valid, np.sum(weights * inliers, axis=0) / np.maximum(n_views, 1), 0.0)
-    return Triangulation(
-        points=np.where(valid[:, None], points.T, np.nan),
-        n_views=np.where(valid, n_views, np.minimum(n_views, MIN_VIEWS - 1)).astype(np.uint8),
-        inliers=np.ascontiguousarray(inliers.T),
-        reproj_px=np.ascontiguousarray(reproj.T),
-        confidence=conf,
-        mean_reproj_px=float(inlier_err.mean()) if inlier_err.size else float("nan"),
-    )
+def _finish(points, err, weights, inliers, threshold_px: float) -> Triangulation:
+    """Apply the contract. points (3, K); err, inliers, weights (V, K), observed where weights > 0."""
+    V, K = weights.shape
+    out = (np.empty((K, 3)), np.empty(K, dtype=np.uint8), np.empty((K, V), dtype=bool), np.empty((K, V)), np.empty(K))
+    mean = _contract(points, err, weights, inliers, float(threshold_px), *out)
+    return Triangulation(*out, mean_reproj_px=float(mean))
+
+
+@_jit
+def _contract(points, err, weights, inliers, threshold_px, out_points, n_views, out_inliers, reproj, confidence):
+    """`_finish` per keypoint (compiled): inliers re-gated at threshold_px; fewer than 2 or a non-finite point
+    -> missing. Fills the `Triangulation` arrays out_* (K-major; passed in: arrays returned from compiled code
+    cost a few microseconds each to box) and returns the mean inlier error (NaN when there is none)."""
+    V, K = weights.shape
+    out_points[:] = np.nan
+    n_views[:] = 0
+    out_inliers[:] = False
+    reproj[:] = np.nan
+    confidence[:] = 0.0
+    err_sum, err_count = 0.0, 0
+    for k in range(K):
+        n = 0
+        for v in range(V):
+            n += inliers[v, k] and weights[v, k] > 0 and err[v, k] < threshold_px
+        if n < MIN_VIEWS or not (np.isfinite(points[0, k]) and np.isfinite(points[1, k])
+                                 and np.isfinite(points[2, k])):
+            n_views[k] = min(n, MIN_VIEWS - 1)
+            continue
+        n_views[k] = n
+        out_points[k, 0], out_points[k, 1], out_points[k, 2] = points[0, k], points[1, k], points[2, k]
+        weight_sum = 0.0
+        for v in range(V):
+            if weights[v, k] > 0 and np.isfinite(err[v, k]):
+                reproj[k, v] = err[v, k]
+            if inliers[v, k] and weights[v, k] > 0 and err[v, k] < threshold_px:
+                out_inliers[k, v] = True
+                weight_sum += weights[v, k]
+                err_sum += err[v, k]
+                err_count += 1
+        confidence[k] = weight_sum / n
+    return err_sum / err_count if err_count else np.nan
 
 
 # ---------------------------------------------------------------- plain DLT baseline
@@ -570,4 +598,4 @@ def triangulate_dlt(
         with np.errstate(invalid="ignore", divide="ignore"):
             points[:, solvable] = (homogeneous[:, :3] / homogeneous[:, 3:4]).T
     inliers = observed & solvable & np.all(np.isfinite(points), axis=0)
-    return _finish(points, _reproj_error(rig, points.T, pixels), weights, observed, inliers, np.inf)
+    return _finish(points, _reproj_error(rig, points.T, pixels), weights, inliers, np.inf)
