@@ -18,7 +18,7 @@ the output contract in numpy. Per keypoint:
 4. inliers of the best candidate: views within `threshold_px`; fewer than 2 -> missing;
 5. reseed: linear triangulation from all inliers;
 6. Levenberg-Marquardt on the distorted-pixel reprojection error of the inlier views, with
-   confidence x Huber weights (IRLS), forward-difference Jacobian, 3x3 normal equations, per-point damping;
+   confidence x Huber weights (IRLS), analytic Jacobian, 3x3 normal equations, per-point damping;
 7. final per-view reprojection error of every observed view; inliers re-gated; points with fewer than
    2 inlier views are NaN with `n_views < 2` (ARCHITECTURE.md §4 rule 1).
 
@@ -51,7 +51,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 MIN_VIEWS = 2
-_FD_STEP_M = 1e-6  # forward-difference step for the LM Jacobian, metres
 _MIN_DEPTH_M = 1e-3
 _MAX_ABS_PIXEL = 1e6  # coordinates beyond this are garbage, treated as not observed
 # OpenCV's default (5 fixed-point iterations) leaves ~0.5 px at the corners of strongly distorted webcams
@@ -383,28 +382,50 @@ def _huber_cost(norm, mask, huber):
 
 
 @_jit
-def _gauss_newton_system(X, uv, norm, mask, huber, pixels, k, R, t, intrinsics, dist, system):
+def _projection_jacobian(X, view, R, t, intrinsics, dist, J):
+    """J (2, 3): derivative of the distorted pixel (u, v) of camera `view` (`_project_point`) with respect to
+    the world point X (3,), pixels per metre; 0 at or behind the camera."""
+    xc, yc, z = _to_camera(X[0], X[1], X[2], view, R, t)
+    if not z > _MIN_DEPTH_M:
+        J[:] = 0.0
+        return
+    inv_z = 1.0 / z
+    x, y = xc * inv_z, yc * inv_z
+    k1, k2, p1, p2, k3, k4, k5, k6 = dist[view, 0], dist[view, 1], dist[view, 2], dist[view, 3], \
+        dist[view, 4], dist[view, 5], dist[view, 6], dist[view, 7]
+    s1, s2, s3, s4 = dist[view, 8], dist[view, 9], dist[view, 10], dist[view, 11]
+    r2 = x * x + y * y
+    denominator = 1 + ((k6 * r2 + k5) * r2 + k4) * r2
+    radial = (1 + ((k3 * r2 + k2) * r2 + k1) * r2) / denominator
+    d_radial = ((k1 + (2 * k2 + 3 * k3 * r2) * r2) - radial * (k4 + (2 * k5 + 3 * k6 * r2) * r2)) / denominator
+    prism_x, prism_y = 2 * (s1 + 2 * s2 * r2), 2 * (s3 + 2 * s4 * r2)
+    # derivatives of the distorted normalised coordinates (xd, yd) by (x, y)
+    dxd_dx = radial + 2 * x * x * d_radial + 2 * p1 * y + 6 * p2 * x + x * prism_x
+    dxd_dy = 2 * x * y * d_radial + 2 * p1 * x + 2 * p2 * y + y * prism_x
+    dyd_dx = 2 * x * y * d_radial + 2 * p1 * x + 2 * p2 * y + x * prism_y
+    dyd_dy = radial + 2 * y * y * d_radial + 6 * p1 * y + 2 * p2 * x + y * prism_y
+    fx, fy = intrinsics[view, 0], intrinsics[view, 1]
+    for j in range(3):
+        dx = (R[view, 0, j] - x * R[view, 2, j]) * inv_z
+        dy = (R[view, 1, j] - y * R[view, 2, j]) * inv_z
+        J[0, j] = fx * (dxd_dx * dx + dxd_dy * dy)
+        J[1, j] = fy * (dyd_dx * dx + dyd_dy * dy)
+
+
+@_jit
+def _gauss_newton_system(X, uv, norm, mask, huber, pixels, k, R, t, intrinsics, dist, J, system):
     """IRLS normal equations at X (3,) into `system` (9,) (A = J^T W J unique entries, b = -J^T W r): W = mask
-    x Huber weight per view; J from forward differences of the projection (step `_FD_STEP_M`), non-finite
-    entries 0. uv, norm: the reprojection at X (`_reprojection`); pixels (V, K, 2), k the keypoint."""
+    x Huber weight per view, J the analytic projection Jacobian (scratch (2, 3)). uv, norm: the reprojection
+    at X (`_reprojection`); pixels (V, K, 2), k the keypoint."""
     system[:] = 0.0
-    h = _FD_STEP_M
     for v in range(len(mask)):
         if not mask[v] > 0:
             continue
         robust = mask[v] * huber / max(norm[v], huber)
-        u_x, v_x = _project_point(X[0] + h, X[1], X[2], v, R, t, intrinsics, dist)
-        u_y, v_y = _project_point(X[0], X[1] + h, X[2], v, R, t, intrinsics, dist)
-        u_z, v_z = _project_point(X[0], X[1], X[2] + h, v, R, t, intrinsics, dist)
+        _projection_jacobian(X, v, R, t, intrinsics, dist, J)
         for row in range(2):
-            base = uv[v, row]
-            j0 = ((u_x if row == 0 else v_x) - base) / h
-            j1 = ((u_y if row == 0 else v_y) - base) / h
-            j2 = ((u_z if row == 0 else v_z) - base) / h
-            j0 = j0 if np.isfinite(j0) else 0.0
-            j1 = j1 if np.isfinite(j1) else 0.0
-            j2 = j2 if np.isfinite(j2) else 0.0
-            resid = base - pixels[v, k, row]
+            j0, j1, j2 = J[row, 0], J[row, 1], J[row, 2]
+            resid = uv[v, row] - pixels[v, k, row]
             system[0] += robust * j0 * j0
             system[1] += robust * j0 * j1
             system[2] += robust * j0 * j2
@@ -436,6 +457,7 @@ def _robust_kernel(pixels, weights, intrinsics, dist, R, t, prior, threshold_px,
     ranked = np.empty(V, dtype=np.int64)
     system, candidate, best, X, X_new = np.empty(9), np.empty(3), np.empty(3), np.empty(3), np.empty(3)
     uv, norm, norm_new, mask = np.empty((V, 2)), np.empty(V), np.empty(V), np.empty(V)
+    J = np.empty((2, 3))
     for k in range(K):
         # 1. undistort; rank the observing views by confidence (stable: ties keep the view order)
         n_seen = 0
@@ -503,7 +525,7 @@ def _robust_kernel(pixels, weights, intrinsics, dist, R, t, prior, threshold_px,
         cost = _huber_cost(norm, mask, huber_px)
         damping = 1e-3
         if lm_iterations > 0:
-            _gauss_newton_system(X, uv, norm, mask, huber_px, pixels, k, R, t, intrinsics, dist, system)
+            _gauss_newton_system(X, uv, norm, mask, huber_px, pixels, k, R, t, intrinsics, dist, J, system)
         for iteration in range(lm_iterations):
             damped = system.copy()
             damped[0] *= 1.0 + damping
@@ -521,7 +543,7 @@ def _robust_kernel(pixels, weights, intrinsics, dist, R, t, prior, threshold_px,
                 cost = cost_new
             if iteration < lm_iterations - 1:  # the last step is only checked
                 if better:
-                    _gauss_newton_system(X, uv, norm, mask, huber_px, pixels, k, R, t, intrinsics, dist, system)
+                    _gauss_newton_system(X, uv, norm, mask, huber_px, pixels, k, R, t, intrinsics, dist, J, system)
                 damping = damping * 0.1 if better else damping * 10.0
         points[:, k] = X
         err[:, k] = norm

@@ -194,3 +194,22 @@ def test_robust_triangulation_on_strongly_distorted_cameras():
     result = triangulate_robust(pixels, None, rig)
     assert np.max(np.abs(result.points - truth)) < 1e-6 and result.mean_reproj_px < 1e-4
     assert (result.n_views == 3).all()
+
+
+def test_kernel_projection_jacobian_matches_central_differences():
+    from streamer.triangulation import _camera_arrays, _project_point, _projection_jacobian
+
+    rig = _distorted_rig()
+    intrinsics, dist, R, t = _camera_arrays(rig)
+    J = np.empty((2, 3))
+    step = 1e-6
+    for X in np.random.default_rng(13).uniform(-0.8, 0.8, (20, 3)):
+        for v in range(len(rig)):
+            _projection_jacobian(X, v, R, t, intrinsics, dist, J)
+            numeric = np.empty((2, 3))
+            for j in range(3):
+                offset = np.eye(3)[j] * step
+                plus = np.array(_project_point(*(X + offset), v, R, t, intrinsics, dist))
+                minus = np.array(_project_point(*(X - offset), v, R, t, intrinsics, dist))
+                numeric[:, j] = (plus - minus) / (2 * step)
+            assert np.allclose(J, numeric, rtol=1e-5, atol=1e-3), (v, J, numeric)  # pixels per metre: ~300-3000
