@@ -119,7 +119,7 @@ def test_lost_kp2d_are_unaccounted_and_restarts_make_the_ledger_undefined(tmp_pa
 @pytest.mark.slow
 def test_demo_end_to_end_meets_the_accuracy_target(tmp_path):
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    run = subprocess.run([sys.executable, "-m", "streamer", "demo", "--seconds", "6", "--json", "--out",
+    run = subprocess.run([sys.executable, "-m", "streamer", "demo", "--seconds", "8", "--json", "--out",
                           str(tmp_path / "take"), "--base-port", "6450"],
                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
     assert run.returncode == 0, run.stderr[-3000:]
@@ -127,6 +127,6 @@ def test_demo_end_to_end_meets_the_accuracy_target(tmp_path):
     assert summary["mpjpe_mm"] is not None and summary["mpjpe_mm"] <= 25.0, summary
     assert summary["unaccounted_drops"] == 0, summary["drops"]
     assert summary["e2e_samples"] > 0 and summary["e2e_p99_ms"] is not None
-    assert summary["fps"]["kp2d/cam0"] > 50 and summary["fps"]["pose"] > 5
+    assert summary["fps"]["kp2d/cam0"] > 25 and summary["fps"]["pose"] > 5  # 30 fps cameras
     assert set(summary["exit_codes"].values()) <= {0}, summary["exit_codes"]
     assert summary["take"] == str(tmp_path / "take" / "demo.mcap") and Path(summary["take"]).exists()

@@ -8,7 +8,7 @@ against ground truth, jitter, capture-publish -> pose-publish latency, per-node 
 the drop ledger. `--json` prints the summary as one JSON object (stable keys: mpjpe_mm, e2e_p50_ms,
 e2e_p99_ms, unaccounted_drops, jitter_mm, fps, drops, take).
 
-    streamer demo                      # 4 cameras x 60 fps, 20 s
+    streamer demo                      # 4 cameras x 30 fps, 20 s
     streamer demo --cameras 8 --seconds 60 --json
 """
 from __future__ import annotations
@@ -68,8 +68,9 @@ def adjust_graph(doc: dict, *, cameras: int, fps: float, base_port: int | None =
         settings = dict(spec.get("settings", {}))
         if "synth_cameras" in settings:
             settings |= {"synth_cameras": cameras, "synth_fps": fps}
-        if spec.get("kind") == "sync":
-            settings |= {"cameras": names, "fps": fps}
+        if spec.get("kind") == "sync":  # waits scale with the frame period (the template's: 1 and 4 periods)
+            settings |= {"cameras": names, "fps": fps, "deadline_ms": round(1000 / fps, 1),
+                         "buffer_ms": round(4000 / fps, 1)}
             spec["inputs"] = names
         elif spec.get("kind") in _CONSUMERS_OF_CAPTURE:
             spec["inputs"] = names + [i for i in spec.get("inputs", []) if i not in captures]
@@ -86,12 +87,24 @@ def adjust_graph(doc: dict, *, cameras: int, fps: float, base_port: int | None =
 
 
 def warm_stage_cache(doc: dict) -> None:
-    """Compute the synthetic animation once here (cached on disk), so the nodes only load it."""
+    """Fill the on-disk caches here, once, so that no node stalls on them while frames flow: the
+    synthetic animation (computed by the first process otherwise) and the triangulation's compiled
+    kernel (numba's cache, compiled by the sync's first frame set otherwise)."""
+    import numpy as np
+
     from nodes.capture import Settings, build_synthetic_stage
+    from streamer.triangulation import triangulate_robust
 
     spec = next(s for s in doc["nodes"].values() if s.get("kind") == "capture")
     fields = {k: v for k, v in spec.get("settings", {}).items() if k.startswith("synth_")}
-    build_synthetic_stage(Settings(**fields))
+    stage = build_synthetic_stage(Settings(**fields))
+    pixels = np.full((len(stage.camera_names), 70, 2), np.nan)
+    confidence = np.zeros((len(stage.camera_names), 70))
+    for v, camera in enumerate(stage.camera_names):
+        msg = stage.observe(0, camera)
+        if msg is not None and msg.persons:
+            pixels[v], confidence[v] = msg.persons[0].keypoints, msg.persons[0].confidence
+    triangulate_robust(pixels, confidence, stage.rig)
 
 
 class LoggingSupervisor(Supervisor):
@@ -145,10 +158,11 @@ class _Progress:
 
 
 def run_graph_and_summarize(graph_path: Path, seconds: float, *, startup_timeout_s: float = 120.0,
-                            quiet: bool = False, pose_node: str = "fitter", sync_node: str = "sync") -> dict:
+                            warmup_s: float = 3.0, quiet: bool = False, sync_node: str = "sync") -> dict:
     """Run a graph file until poses flow, measure `seconds`, stop it, summarise its recorder's take.
 
-    The measurement window starts at the first received pose's stage time. Raises RuntimeError when
+    The measurement window starts `warmup_s` after the first received pose's stage time (the fitter
+    settles the subject's shape over its first good frames). Raises RuntimeError when
     no pose arrives within `startup_timeout_s` (the node logs are in `<graph dir>/logs/`)."""
     graph = load_graph(graph_path)
     recorder = next(s for s in graph.nodes.values() if s.kind == "recorder")
@@ -178,17 +192,20 @@ def run_graph_and_summarize(graph_path: Path, seconds: float, *, startup_timeout
                     f", waiting for {', '.join(waiting)}" if waiting else ", waiting for poses")
                 progress(f"starting ({time.monotonic() - started:4.1f} s): {status}", key=status)
             elif topic == "pose":
-                window = (msg.t_ns, msg.t_ns + int(seconds * 1e9))
+                start_ns = msg.t_ns + int(warmup_s * 1e9)
+                window = (start_ns, start_ns + int(seconds * 1e9))
         measure_start = time.monotonic()
         cpu_start = _cpu_seconds(supervisor.pids())
         while True:
             supervisor.poll()
             elapsed = time.monotonic() - measure_start
-            progress(f"measuring: {elapsed:4.1f} / {seconds:.0f} s", key=f"{elapsed:.0f}" if progress.tty else "measuring")
+            settled = elapsed >= warmup_s
+            progress(f"measuring: {elapsed - warmup_s:4.1f} / {seconds:.0f} s" if settled else
+                     f"poses flow; settling for {warmup_s:g} s", key=f"{elapsed:.0f}" if progress.tty else str(settled))
             got = subscriber.recv(100)
             if got is not None and got[0] == "pose" and got[1].t_ns >= window[1]:
                 break
-            if elapsed > seconds + 10:  # poses stopped: end anyway, the summary shows it
+            if elapsed > warmup_s + seconds + 10:  # poses stopped: end anyway, the summary shows it
                 break
         cpu_end = _cpu_seconds(supervisor.pids())
         measured_s = time.monotonic() - measure_start
@@ -251,11 +268,12 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="streamer demo", description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cameras", type=int, default=4, help="capture nodes / virtual cameras, 4..8 (default 4)")
-    parser.add_argument("--fps", type=float, default=60.0, help="camera frame rate, Hz (default 60)")
+    parser.add_argument("--fps", type=float, default=30.0, help="camera frame rate, Hz (default 30)")
     parser.add_argument("--seconds", type=float, default=20.0, help="measured time after poses flow (default 20)")
     parser.add_argument("--graph", type=Path, default=DEMO_GRAPH, help="template graph (default launch/demo.toml)")
     parser.add_argument("--out", type=Path, help="take folder (default takes/demo-<UTC time>)")
     parser.add_argument("--base-port", type=int, help="first TCP port of the graph (default: the template's)")
+    parser.add_argument("--warmup", type=float, default=3.0, help="seconds between the first pose and measuring")
     parser.add_argument("--startup-timeout", type=float, default=180.0, help="seconds to wait for the first pose")
     parser.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     args = parser.parse_args(argv)
@@ -277,12 +295,13 @@ def main(argv: list[str]) -> int:
     if not args.json:
         print(f"streamer demo: {args.cameras} cameras x {args.fps:g} fps, {args.seconds:g} s; graph {graph_path}",
               file=sys.stderr)
-        print("preparing the synthetic stage (the first run computes its animation, ~20-60 s)...", file=sys.stderr)
+        print("preparing the synthetic stage and compiled kernels (the first run computes them, ~20-60 s)...",
+              file=sys.stderr)
     signal.signal(signal.SIGTERM, signal.default_int_handler)  # stop the graph cleanly, as on Ctrl-C
     warm_stage_cache(doc)
     try:
         summary = run_graph_and_summarize(graph_path, args.seconds, startup_timeout_s=args.startup_timeout,
-                                          quiet=args.json)
+                                          warmup_s=args.warmup, quiet=args.json)
     except RuntimeError as exc:
         print(f"streamer demo: {exc}", file=sys.stderr)
         return 1
