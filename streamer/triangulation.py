@@ -145,9 +145,10 @@ def keep_freed_memory(keep_bytes: int = 128 << 20) -> bool:
 # ---------------------------------------------------------------- input checks and shared pieces
 
 
-def _prepare(pixels, confidence, rig: Rig, min_confidence: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """-> pixels (V, K, 2) float64, weights (V, K) (0 where not observed), observed (V, K) bool."""
-    pixels = np.asarray(pixels, dtype=np.float64)
+def _prepare(pixels, confidence, rig: Rig, min_confidence: float) -> tuple[np.ndarray, np.ndarray]:
+    """-> pixels (V, K, 2) float64 contiguous, weights (V, K): confidence clipped to 1, 0 where not observed
+    (pixel not finite or beyond +-1e6, confidence not finite or <= min_confidence)."""
+    pixels = np.ascontiguousarray(pixels, dtype=np.float64)
     if pixels.ndim != 3 or pixels.shape[2] != 2:
         raise ValueError(f"triangulate: pixels must be (V, K, 2), got {pixels.shape}")
     V, K = pixels.shape[:2]
@@ -155,13 +156,24 @@ def _prepare(pixels, confidence, rig: Rig, min_confidence: float) -> tuple[np.nd
         raise ValueError(f"triangulate: pixels has {V} views but the rig has {len(rig)} cameras ({rig.names})")
     if confidence is None:
         confidence = np.ones((V, K))
-    confidence = np.asarray(confidence, dtype=np.float64)
+    confidence = np.ascontiguousarray(confidence, dtype=np.float64)
     if confidence.shape != (V, K):
         raise ValueError(f"triangulate: confidence must be (V, K) = {(V, K)}, got {confidence.shape}")
-    finite = (np.abs(pixels[..., 0]) < _MAX_ABS_PIXEL) & (np.abs(pixels[..., 1]) < _MAX_ABS_PIXEL)
-    finite &= np.isfinite(confidence)
-    weights = np.where(finite & (confidence > min_confidence), np.minimum(confidence, 1.0), 0.0)
-    return pixels, weights, weights > 0
+    weights = np.empty((V, K))
+    _observation_weights(pixels, confidence, float(min_confidence), weights)
+    return pixels, weights
+
+
+@_jit
+def _observation_weights(pixels, confidence, min_confidence, weights):
+    """Fills weights (V, K) as `_prepare` describes (compiled: one pass instead of ~10 array operations)."""
+    V, K = weights.shape
+    for v in range(V):
+        for k in range(K):
+            c = confidence[v, k]
+            observed = (abs(pixels[v, k, 0]) < _MAX_ABS_PIXEL and abs(pixels[v, k, 1]) < _MAX_ABS_PIXEL
+                        and np.isfinite(c) and c > min_confidence)
+            weights[v, k] = min(c, 1.0) if observed else 0.0
 
 
 def _missing(V: int, K: int) -> Triangulation:
@@ -223,20 +235,20 @@ def triangulate_robust(
     prior: optional (K, 3) metres, world, the previous 3D points (NaN where unknown): causal temporal prior.
     Never raises on NaN or degenerate input; raises ValueError on wrong shapes.
     """
-    pixels, weights, observed = _prepare(pixels, confidence, rig, settings.min_confidence)
-    V, K = observed.shape
+    pixels, weights = _prepare(pixels, confidence, rig, settings.min_confidence)
+    V, K = weights.shape
     if prior is None:
         prior = np.full((K, 3), np.nan)
     else:
         prior = np.asarray(prior, dtype=np.float64)
         if prior.shape != (K, 3):
             raise ValueError(f"triangulate_robust: prior must be (K, 3) = {(K, 3)}, got {prior.shape}")
-    if V < MIN_VIEWS or K == 0 or not observed.any():
+    if V < MIN_VIEWS or K == 0 or not weights.any():
         return _missing(V, K)
     # contiguous arrays and plain float/int scalars: one compiled specialisation serves every call
     points, err, inliers = np.empty((3, K)), np.empty((V, K)), np.empty((V, K), dtype=bool)
     _robust_kernel(
-        np.ascontiguousarray(pixels), weights, *_camera_arrays(rig), np.ascontiguousarray(prior),
+        pixels, weights, *_camera_arrays(rig), np.ascontiguousarray(prior),
         float(settings.threshold_px), float(settings.huber_px), int(settings.lm_iterations),
         min(V, int(settings.seed_views)), float(settings.prior_gate_m), float(settings.prior_weight),
         points, err, inliers,
@@ -602,7 +614,8 @@ def triangulate_dlt(
 
     Same inputs and output as `triangulate_robust`; every observing view counts as an inlier.
     """
-    pixels, weights, observed = _prepare(pixels, confidence, rig, min_confidence)
+    pixels, weights = _prepare(pixels, confidence, rig, min_confidence)
+    observed = weights > 0
     V, K = observed.shape
     if V < MIN_VIEWS or K == 0 or not observed.any():
         return _missing(V, K)
