@@ -331,30 +331,32 @@ def _undistorted_err2(X, view, R, t, intrinsics, x, y):
 
 
 @_jit
-def _add_linear_rows(system, view, x, y, w2, R, t):
-    """Add camera `view`'s two inhomogeneous DLT rows, weighted by w2, to the normal equations `system` (9,):
+def _linear_terms(terms, view, x, y, w2, R, t):
+    """Camera `view`'s two inhomogeneous DLT rows, weighted by w2, as normal-equation terms in terms[view] (9,):
     0-5 the unique entries (00, 01, 02, 11, 12, 22) of A = sum w2 a a^T, 6-8 b = sum w2 a rhs, with rows
-    a = x R_3 - R_1, rhs = t_1 - x t_3 and a = y R_3 - R_2, rhs = t_2 - y t_3 (R_i rows of R)."""
+    a = x R_3 - R_1, rhs = t_1 - x t_3 and a = y R_3 - R_2, rhs = t_2 - y t_3 (R_i rows of R). Terms add up
+    over views: the system of any set of views is the sum of theirs."""
+    terms[view, :] = 0.0
     for row in range(2):
         n = x if row == 0 else y
         a0 = n * R[view, 2, 0] - R[view, row, 0]
         a1 = n * R[view, 2, 1] - R[view, row, 1]
         a2 = n * R[view, 2, 2] - R[view, row, 2]
         rhs = (t[view, row] - n * t[view, 2]) * w2
-        system[0] += w2 * a0 * a0
-        system[1] += w2 * a0 * a1
-        system[2] += w2 * a0 * a2
-        system[3] += w2 * a1 * a1
-        system[4] += w2 * a1 * a2
-        system[5] += w2 * a2 * a2
-        system[6] += a0 * rhs
-        system[7] += a1 * rhs
-        system[8] += a2 * rhs
+        terms[view, 0] += w2 * a0 * a0
+        terms[view, 1] += w2 * a0 * a1
+        terms[view, 2] += w2 * a0 * a2
+        terms[view, 3] += w2 * a1 * a1
+        terms[view, 4] += w2 * a1 * a2
+        terms[view, 5] += w2 * a2 * a2
+        terms[view, 6] += a0 * rhs
+        terms[view, 7] += a1 * rhs
+        terms[view, 8] += a2 * rhs
 
 
 @_jit
 def _solve3(system, out):
-    """Solve A x = b, `system` (9,) = unique entries of the symmetric A then b (as `_add_linear_rows`), by
+    """Solve A x = b, `system` (9,) = unique entries of the symmetric A then b (as `_linear_terms`), by
     cofactors. Writes x to `out` (3,); False (out untouched) when A is singular relative to its scale."""
     a, b, c, d, e, f = system[0], system[1], system[2], system[3], system[4], system[5]
     c00, c01, c02 = d * f - e * e, c * e - b * f, b * e - c * d
@@ -364,9 +366,10 @@ def _solve3(system, out):
     if not abs(det) > 1e-12 * scale * scale * scale:
         return False
     r0, r1, r2 = system[6], system[7], system[8]
-    out[0] = (c00 * r0 + c01 * r1 + c02 * r2) / det
-    out[1] = (c01 * r0 + c11 * r1 + c12 * r2) / det
-    out[2] = (c02 * r0 + c12 * r1 + c22 * r2) / det
+    inv_det = 1.0 / det
+    out[0] = (c00 * r0 + c01 * r1 + c02 * r2) * inv_det
+    out[1] = (c01 * r0 + c11 * r1 + c12 * r2) * inv_det
+    out[2] = (c02 * r0 + c12 * r1 + c22 * r2) * inv_det
     return True
 
 
@@ -470,6 +473,7 @@ def _robust_kernel(pixels, weights, intrinsics, dist, R, t, prior, threshold_px,
     system, candidate, best, X, X_new = np.empty(9), np.empty(3), np.empty(3), np.empty(3), np.empty(3)
     uv, norm, norm_new, mask = np.empty((V, 2)), np.empty(V), np.empty(V), np.empty(V)
     J = np.empty((2, 3))
+    terms = np.empty((V, 9))
     for k in range(K):
         # 1. undistort; rank the observing views by confidence (stable: ties keep the view order)
         n_seen = 0
@@ -483,6 +487,7 @@ def _robust_kernel(pixels, weights, intrinsics, dist, R, t, prior, threshold_px,
             w[v] = weights[v, k]
             seen[v] = w[v] > 0
             if seen[v]:
+                _linear_terms(terms, v, nx[v], ny[v], w[v] * w[v], R, t)
                 slot = n_seen
                 while slot > 0 and w[ranked[slot - 1]] < w[v]:
                     ranked[slot] = ranked[slot - 1]
@@ -494,9 +499,8 @@ def _robust_kernel(pixels, weights, intrinsics, dist, R, t, prior, threshold_px,
         for i in range(min(n_seen, seed_count)):
             for j in range(i + 1, min(n_seen, seed_count)):
                 first, second = ranked[i], ranked[j]
-                system[:] = 0.0
-                _add_linear_rows(system, first, nx[first], ny[first], w[first] * w[first], R, t)
-                _add_linear_rows(system, second, nx[second], ny[second], w[second] * w[second], R, t)
+                for i_term in range(9):
+                    system[i_term] = terms[first, i_term] + terms[second, i_term]
                 if not _solve3(system, candidate):
                     continue
                 # a candidate must lie in front of, and agree with, both of its own seed views
@@ -523,7 +527,8 @@ def _robust_kernel(pixels, weights, intrinsics, dist, R, t, prior, threshold_px,
         n_inliers = 0
         for v in range(V):
             if seen[v] and _undistorted_err2(best, v, R, t, intrinsics, nx[v], ny[v]) < tau2:
-                _add_linear_rows(system, v, nx[v], ny[v], w[v] * w[v], R, t)
+                for i_term in range(9):
+                    system[i_term] += terms[v, i_term]
                 n_inliers += 1
                 inliers[v, k] = True
         if n_inliers < MIN_VIEWS or not _solve3(system, X):
