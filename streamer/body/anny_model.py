@@ -78,6 +78,7 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import roma
 import torch
 
@@ -478,6 +479,8 @@ class AnnyBody(BodyModel):
                 self.movable[self.groups[f"shape:{s}"]] = False
         self.keypoint_defined = torch.ones(mhr70.NUM_KEYPOINTS, dtype=torch.bool, device=self.device)
         self._cache: dict[bytes, _ShapeTables] = {}
+        self._kp_offsets = torch.zeros(mhr70.NUM_KEYPOINTS, 3, device=self.device, dtype=self.dtype)
+        self._kp_offset_table: torch.Tensor | None = None
 
     def _init_reduced_tree(self, get_kinematic_chain) -> None:
         """Constants of the reduced FK tree (root + posed bones) and of the per-bone anchoring."""
@@ -518,6 +521,9 @@ class AnnyBody(BodyModel):
         # Keypoint entry (k, s) on bone b moves with node anchor[b]: one-hot (70, S, N + 1).
         kp_anchor = self._bone_anchor[self._t["kp_bones"]]
         self._kp_onehot = torch.nn.functional.one_hot(kp_anchor, len(node_bones)).to(self.dtype)
+        # The node each keypoint mostly moves with (largest skinning weight): the frame of its offset.
+        node_weight = torch.einsum("ksn,ks->kn", self._kp_onehot, self._t["kp_p0"][..., 3].abs())
+        self.keypoint_node = node_weight.argmax(1)
 
     # -- parameters ------------------------------------------------------------------------
 
@@ -592,7 +598,7 @@ class AnnyBody(BodyModel):
             frozen = ~self.movable[self.groups["shape"]]
             if frozen.any():
                 shape = torch.where(frozen, shape.detach(), shape)
-            return self._compute_shape_tables(shape)
+            return self._with_offsets(self._compute_shape_tables(shape))
         shape = shape.detach()
         if shape.shape[0] == 1 or bool((shape == shape[:1]).all()):
             return self._cached_tables(shape[:1])
@@ -603,15 +609,51 @@ class AnnyBody(BodyModel):
 
     def _cached_tables(self, shape: torch.Tensor) -> _ShapeTables:
         """Tables of one shape (1, 6), from the cache or computed (no gradient) and cached."""
-        key = shape.cpu().numpy().tobytes()
-        tables = self._cache.pop(key, None)
-        if tables is None:
+        shape_key = shape.cpu().numpy().tobytes()
+        base = self._cache.pop(shape_key, None)
+        if base is None:
             with torch.no_grad():
-                tables = self._compute_shape_tables(shape.clone())
+                base = self._compute_shape_tables(shape.clone())
             while len(self._cache) >= _SHAPE_CACHE_SIZE:
                 self._cache.pop(next(iter(self._cache)))
-        self._cache[key] = tables  # most recently used last
-        return tables
+        self._cache[shape_key] = base  # most recently used last
+        return self._with_offsets(base)
+
+    def _with_offsets(self, tables: _ShapeTables) -> _ShapeTables:
+        """`tables` with the keypoint offsets added (rigid, w = 0, in each keypoint's node frame)."""
+        if self._kp_offset_table is None:
+            return tables
+        return dataclasses.replace(tables, kp_from_nodes=tables.kp_from_nodes + self._kp_offset_table)
+
+    # -- keypoint offsets ------------------------------------------------------------------
+
+    @property
+    def keypoint_offsets(self) -> torch.Tensor:
+        """(70, 3) rigid offset of each keypoint in the frame of its node (`keypoint_node`), metres.
+
+        A subject-specific marker calibration: where this subject's detector puts a point relative to
+        Anny's definition of it. Zero by default; every keypoint evaluation (and its exact Jacobian)
+        includes it. Set with `set_keypoint_offsets`."""
+        return self._kp_offsets
+
+    def set_keypoint_offsets(self, offsets: np.ndarray | torch.Tensor | None) -> None:
+        """Use `offsets` (70, 3) metres in the keypoint node frames (None: zero) from now on."""
+        value = (torch.zeros_like(self._kp_offsets) if offsets is None
+                 else torch.as_tensor(offsets, device=self.device, dtype=self.dtype))
+        if value.shape != self._kp_offsets.shape or not bool(torch.isfinite(value).all()):
+            raise ValueError(f"keypoint offsets: expected finite {tuple(self._kp_offsets.shape)}, got {tuple(value.shape)}")
+        self._kp_offsets = value.clone()
+        self._kp_offset_table = None
+        if bool(value.any()):  # the offsets as an addition to `_ShapeTables.kp_from_nodes` ((N + 1) * 4, 70)
+            table = value.new_zeros(len(self._node_bones), 4, mhr70.NUM_KEYPOINTS)
+            table[self.keypoint_node, :3, torch.arange(mhr70.NUM_KEYPOINTS, device=self.device)] = value
+            self._kp_offset_table = table.flatten(0, 1)[None]
+
+    def keypoint_frames(self, params: torch.Tensor) -> torch.Tensor:
+        """(B, P) -> (B, 70, 3, 3) world_from_node rotation of each keypoint's node (its offset frame)."""
+        params = self._check(params)
+        nodes = self._node_poses(params, self._shape_tables(params))
+        return nodes[:, self.keypoint_node, :3, :3]
 
     # -- kinematics ------------------------------------------------------------------------
 

@@ -14,6 +14,12 @@ node keeps one `TrackState` per person). Per frame:
   a lost track starts afresh instead (its held pose was flagged MISSING).
 - shape: free (if the model lets it move) over the first `shape_frames` good fits, then held at
   their mean for the rest of the track.
+- keypoint offsets (a subject-specific marker calibration, for models with `set_keypoint_offsets`):
+  a detector's keypoints are not the body model's (OpenPose's shoulders and hips sit centimetres
+  from Anny's). Over `offset_rounds` windows of `offset_frames` good fits each, the mean inlier
+  residual of every point (target - model point, in the frame of the node the point moves with) is
+  added to that point's offset (norm clipped to `max_offset_m`), then the offsets are held for the
+  track. Causal: a window only changes later frames. With `offset_frames` 0 there is no calibration.
 Every shipped number is judged at the shipped parameters (`objective.evaluate`).
 """
 from __future__ import annotations
@@ -42,7 +48,11 @@ class TrackSettings:
     how long the root (global rotation, translation) / the pose coast on the constant-velocity
     prediction through unusable frames. max_speed_mps: slew limit after a gap. shape_frames: good
     fits averaged into the held shape. fit_hands: move the finger dims (else frozen). frozen_groups:
-    parameter groups never moved (e.g. "jaw"). root_accel_noise / pose_accel_noise: Kalman process
+    parameter groups never moved (e.g. "jaw"). offset_frames / offset_rounds / max_offset_m: the keypoint
+    offset calibration (module docstring); offset_min_weight: a point's offset moves only when its mean
+    weight over the window reaches this. jacobian_stagger: with a difference Jacobian, a warm frame
+    recomputes every n-th column (Broyden updates carry the rest); an analytic one is recomputed whole.
+    root_accel_noise / pose_accel_noise: Kalman process
     noise of the parameter prediction (rad/s^2 or m/s^2); param_meas_std: its measurement std."""
 
     fit: FitSettings = field(default_factory=FitSettings)
@@ -57,6 +67,10 @@ class TrackSettings:
     frozen_groups: tuple[str, ...] = ("jaw",)
     jacobian_stagger: int = 3
     smooth_output: bool = True
+    offset_frames: int = 15
+    offset_rounds: int = 3
+    max_offset_m: float = 0.08
+    offset_min_weight: float = 0.3
     root_accel_noise: float = 2.0
     pose_accel_noise: float = 20.0
     param_meas_std: float = 0.02
@@ -82,7 +96,9 @@ class TrackState:
     """params: (P,) float64 last shipped (None before the first fit); t_ns: last step; t_fit_ns: last
     fitted frame; root_kf / pose_kf: Kalman states of the root and the other dims; slewing: the
     next fit is slew-limited; shape_sum / shape_count / shape_held: the shape estimate; jacobian,
-    jacobian_phase: the carried keypoint Jacobian and its refresh phase."""
+    jacobian_phase: the carried keypoint Jacobian and its refresh phase; offsets: (K, 3) the keypoint
+    offsets in use (None: zero); offset_sum (K, 3) / offset_weight (K,) / offset_count: the current
+    calibration window; offset_round: windows done."""
 
     params: np.ndarray | None
     t_ns: int
@@ -95,6 +111,11 @@ class TrackState:
     shape_held: np.ndarray | None
     jacobian: torch.Tensor | None = None
     jacobian_phase: int = 0
+    offsets: np.ndarray | None = None
+    offset_sum: np.ndarray | None = None
+    offset_weight: np.ndarray | None = None
+    offset_count: int = 0
+    offset_round: int = 0
 
 
 @dataclass(frozen=True)
@@ -223,12 +244,58 @@ def _slew_limit(context: TrackContext, model: BodyModel, previous: np.ndarray, f
     return previous.copy(), True
 
 
+def _calibrate_offsets(context: TrackContext, state: TrackState, params: np.ndarray, targets: FitTargets,
+                       evaluation: FitEvaluation) -> TrackState:
+    """`state` with this good fit's inlier residuals added to the offset window (closing the window
+    after `offset_frames` fits: the offsets move by its mean residual)."""
+    s = context.settings
+    model = context.model
+    k = len(targets.points)
+    with torch.no_grad():
+        x = torch.as_tensor(params, device=model.device).to(model.dtype)[None]
+        frames = model.keypoint_frames(x)[0].to(torch.float64).cpu().numpy()  # (K, 3, 3) world_from_node
+    use = targets.valid & context.defined & (np.nan_to_num(evaluation.errors_m, nan=np.inf) <= s.fit.outlier_m)
+    resid = np.where(use[:, None], targets.points - np.nan_to_num(evaluation.keypoints), 0.0)
+    w = np.where(use, targets.weights, 0.0)
+    total = (np.zeros((k, 3)) if state.offset_sum is None else state.offset_sum) + \
+        w[:, None] * np.einsum("kji,kj->ki", frames, resid)
+    weight = (np.zeros(k) if state.offset_weight is None else state.offset_weight) + w
+    count = state.offset_count + 1
+    if count < s.offset_frames:
+        return replace(state, offset_sum=total, offset_weight=weight, offset_count=count)
+    moved = weight >= s.offset_min_weight * count
+    mean = np.where(moved[:, None], total / np.maximum(weight, 1e-12)[:, None], 0.0)
+    offsets = (np.zeros((k, 3)) if state.offsets is None else state.offsets) + mean
+    norm = np.linalg.norm(offsets, axis=1, keepdims=True)
+    offsets = offsets * np.minimum(1.0, s.max_offset_m / np.maximum(norm, 1e-12))
+    return replace(state, offsets=offsets, offset_sum=None, offset_weight=None, offset_count=0,
+                   offset_round=state.offset_round + 1)
+
+
 def track_step(
     state: TrackState, targets: FitTargets, t_ns: int, context: TrackContext,
     *, candidates: np.ndarray | None = None,
 ) -> tuple[TrackState, TrackOutput | None]:
     """Advance one subject by one frame at `t_ns` (stage clock, ns). Returns the new state and the
-    output (None when there is nothing to ship yet, or the timestamp does not advance)."""
+    output (None when there is nothing to ship yet, or the timestamp does not advance).
+
+    The subject's keypoint offsets are applied to the model for the step only (the model is shared
+    between subjects), so outputs include them and the model is left as it was."""
+    model = context.model
+    if not hasattr(model, "set_keypoint_offsets"):
+        return _track_step(state, targets, t_ns, context, candidates=candidates)
+    saved = model.keypoint_offsets
+    model.set_keypoint_offsets(state.offsets)
+    try:
+        return _track_step(state, targets, t_ns, context, candidates=candidates)
+    finally:
+        model.set_keypoint_offsets(saved)
+
+
+def _track_step(
+    state: TrackState, targets: FitTargets, t_ns: int, context: TrackContext,
+    *, candidates: np.ndarray | None = None,
+) -> tuple[TrackState, TrackOutput | None]:
     t_ns = int(t_ns)
     if t_ns <= state.t_ns:
         return state, None
@@ -273,7 +340,8 @@ def track_step(
     if state.shape_held is not None:
         start_params[context.shape] = state.shape_held
     prior = Prior(prediction=prediction, previous=state.params, reference=reference)
-    stagger = max(1, s.jacobian_stagger)
+    # an analytic Jacobian costs about one forward pass whatever the columns: refresh all of them
+    stagger = 1 if context.method == "analytic" else max(1, s.jacobian_stagger)
     n_free = int(free.sum())
     refresh = np.flatnonzero(np.arange(n_free) % stagger == state.jacobian_phase % stagger)
     result = fit_frame(model, targets, start_params, free, prior, s.fit, cold=cold, method=context.method,
@@ -298,6 +366,11 @@ def track_step(
         shape_sum, shape_count = shape_sum + params[context.shape], shape_count + 1
         if shape_count >= s.shape_frames:
             shape_held = shape_sum / shape_count
-    new = TrackState(params, t_ns, t_ns, root_kf, pose_kf, slewing, shape_sum, shape_count, shape_held,
-                     result.jacobian, (state.jacobian_phase + 1) % stagger)
+    calibrating = (s.offset_frames > 0 and state.offset_round < s.offset_rounds and state.shape_held is not None
+                   and evaluation.verdict == Verdict.GOOD and hasattr(model, "set_keypoint_offsets"))
+    if calibrating:
+        state = _calibrate_offsets(context, state, params, targets, evaluation)
+    new = replace(state, params=params, t_ns=t_ns, t_fit_ns=t_ns, root_kf=root_kf, pose_kf=pose_kf,
+                  slewing=slewing, shape_sum=shape_sum, shape_count=shape_count, shape_held=shape_held,
+                  jacobian=result.jacobian, jacobian_phase=(state.jacobian_phase + 1) % stagger)
     return new, _output(context, params32, evaluation, targets, result.iterations, "fit")
