@@ -31,9 +31,9 @@ class FitSettings:
 
     max_iterations / max_iterations_cold: Levenberg-Marquardt iterations (Jacobian
     evaluations) for a warm-started / a freshly initialised frame. rel_tolerance: stop when an
-    accepted step lowers the loss by less than this fraction. jacobian: "jacfwd"
-    (forward-mode autodiff), "difference" (one batched forward pass of finite differences)
-    or "auto" (the faster of the two, timed once per model). broyden: in a warm-started frame,
+    accepted step lowers the loss by less than this fraction. jacobian: "analytic" (the model's
+    `keypoints_and_jacobian`), "jacfwd" (forward-mode autodiff), "difference" (one batched forward
+    pass of finite differences) or "auto" (the fastest available, timed once per model). broyden: in a warm-started frame,
     compute the Jacobian once and update it by secant (Broyden) steps (cold frames recompute it). Verdict: "good" when the
     weighted RMS error of the points within outlier_m is <= good_rms_m and their weighted
     fraction >= min_inlier_fraction; otherwise "poor".
@@ -55,8 +55,9 @@ class FitSettings:
     min_inlier_fraction: float = 0.75
 
     def __post_init__(self) -> None:
-        if self.jacobian not in ("auto", "jacfwd", "difference"):
-            raise ValueError(f"FitSettings.jacobian: expected 'auto', 'jacfwd' or 'difference', got {self.jacobian!r}")
+        if self.jacobian not in ("auto", "analytic", "jacfwd", "difference"):
+            raise ValueError("FitSettings.jacobian: expected 'auto', 'analytic', 'jacfwd' or 'difference', "
+                             f"got {self.jacobian!r}")
         if not (self.huber_m > 0 and self.max_iterations >= 1 and self.max_iterations_cold >= 1):
             raise ValueError(f"FitSettings: need huber_m > 0 and iterations >= 1; got {self}")
         if min(self.accel_prior, self.velocity_prior, self.pose_prior, self.shape_prior) < 0:
