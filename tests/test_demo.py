@@ -130,3 +130,15 @@ def test_demo_end_to_end_meets_the_accuracy_target(tmp_path):
     assert summary["fps"]["kp2d/cam0"] > 25 and summary["fps"]["pose"] > 5  # 30 fps cameras
     assert set(summary["exit_codes"].values()) <= {0}, summary["exit_codes"]
     assert summary["take"] == str(tmp_path / "take" / "demo.mcap") and Path(summary["take"]).exists()
+
+
+def test_bench_sustained_needs_every_stream_at_rate_and_no_unaccounted_drop():
+    from tools.bench_e2e import sustained
+
+    good = {"fps": {"kp2d/cam0": 59.5, "kp2d/cam1": 59.0, "pose": 58.0, "points3d": 59.0},
+            "unaccounted_drops": 0, "queues": {"sync": {"max": 3, "growth": 0.2}}}
+    assert sustained(good, 60.0)
+    assert not sustained(good | {"fps": good["fps"] | {"pose": 20.0}}, 60.0)  # the fitter did not keep up
+    assert not sustained(good | {"unaccounted_drops": 1}, 60.0)
+    assert not sustained(good | {"unaccounted_drops": None}, 60.0)
+    assert not sustained(good | {"queues": {"sync": {"max": 90, "growth": 40.0}}}, 60.0)

@@ -36,9 +36,10 @@ _MAX_QUEUE_GROWTH = 5.0  # mean queue depth of the last third minus the first th
 
 
 def sustained(summary: dict, camera_fps: float) -> bool:
-    """Every camera stream at >= 90 % of its rate, zero unaccounted drops, no node's queue growing."""
-    rates = [v for k, v in summary["fps"].items() if k.startswith("kp2d/")]
-    return (bool(rates) and min(rates) >= 0.9 * camera_fps and summary["unaccounted_drops"] == 0
+    """Every camera stream and the poses at >= 90 % of the camera rate, zero unaccounted drops, no
+    node's queue growing."""
+    rates = [v for k, v in summary["fps"].items() if k.startswith("kp2d/")] + [summary["fps"].get("pose") or 0.0]
+    return (len(rates) > 1 and min(rates) >= 0.9 * camera_fps and summary["unaccounted_drops"] == 0
             and all(q["growth"] <= _MAX_QUEUE_GROWTH for q in summary["queues"].values()))
 
 
