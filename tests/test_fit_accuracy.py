@@ -23,14 +23,16 @@ def test_synthetic_stage_fit_beats_raw_triangulation():
 
 @pytest.mark.data
 def test_pose2sim_balancing_trial_fit():
-    """Real OpenPose data: jitter drops >= 2x. The fitted points' median reprojection error is about
-    2.3x the raw robust triangulation's (which fits each frame's 2D noise with 3 of 4 cameras; Pose2Sim's
-    own .trc is 1.9x): the 1.5x goal is NOT met, this test pins the current level so it cannot regress."""
+    """Real OpenPose data: jitter drops >= 2x (measured 3.8x). The fitted points' median reprojection error
+    is 2.17x the raw robust triangulation's (12.4 vs 5.7 px; 2.28x before the keypoint-offset calibration).
+    The raw points are scored on the very observations they were triangulated from (in-sample); on this
+    trial Pose2Sim's own .trc is 1.88x, a causal EMA (0.5) of the raw points 1.65x, and an unconstrained
+    per-frame Anny fit with offsets 1.93x (its floor). The 1.5x goal is NOT met; this pins the level."""
     if not BALANCING.is_dir():
         pytest.skip(f"shared test data not found at {BALANCING} (see ../shared/reference/data.md)")
     from tools.eval_fit import evaluate_pose2sim_fit
 
     r = evaluate_pose2sim_fit(BALANCING)
     assert r["jitter_ratio"] >= 2.0, r
-    assert r["reproj_ratio"] < 2.5, r
+    assert r["reproj_ratio"] < 2.25, r
     assert r["good_fraction"] > 0.7, r
