@@ -505,12 +505,13 @@ def _robust_kernel(pixels, weights, intrinsics, dist, R, t, prior, threshold_px,
                 if not _solve3(system, candidate):
                     continue
                 # a candidate must lie in front of, and agree with, both of its own seed views
-                if not (_undistorted_err2(candidate, first, R, t, intrinsics, nx[first], ny[first]) < tau2
-                        and _undistorted_err2(candidate, second, R, t, intrinsics, nx[second], ny[second]) < tau2):
+                err2_first = _undistorted_err2(candidate, first, R, t, intrinsics, nx[first], ny[first])
+                err2_second = _undistorted_err2(candidate, second, R, t, intrinsics, nx[second], ny[second])
+                if not (err2_first < tau2 and err2_second < tau2):
                     continue
-                cost = 0.0
+                cost = w[first] * err2_first + w[second] * err2_second
                 for v in range(V):
-                    if seen[v]:
+                    if seen[v] and v != first and v != second:
                         cost += w[v] * min(_undistorted_err2(candidate, v, R, t, intrinsics, nx[v], ny[v]), tau2)
                         if cost >= best_cost:  # the cost only grows: this candidate cannot win
                             break
