@@ -57,6 +57,8 @@ class Settings:
     lost_after_s: float = 1.5  # no usable frame this long: re-initialise on the next
     max_speed_mps: float = 4.0  # slew limit on keypoints after a gap, m/s
     shape_frames: int = 30  # good fits averaged into the subject's held shape
+    offset_frames: int = 15  # good fits per keypoint-offset calibration window, after the shape (0: none)
+    offset_rounds: int = 3  # calibration windows, then the offsets are held
     fit_hands: bool = False  # move the finger dims
     stale_after_s: float = 0.5  # no points3d this long: re-send the last poses as "stale"
     stale_interval_s: float = 0.25  # how often a stale pose is re-sent
@@ -106,6 +108,7 @@ class Fitter(Node):
             targets=TargetSettings(min_valid=s.min_valid_points),
             lost_after_s=s.lost_after_s, coast_root_s=s.coast_root_s, coast_pose_s=s.coast_pose_s,
             max_speed_mps=s.max_speed_mps, shape_frames=s.shape_frames, fit_hands=s.fit_hands,
+            offset_frames=s.offset_frames, offset_rounds=s.offset_rounds,
             smooth_output=s.smooth_output, root_accel_noise=s.root_accel_noise, pose_accel_noise=s.pose_accel_noise)
         self.context = make_context(self.model, track)
         self.tracks: dict[int, TrackState] = {}

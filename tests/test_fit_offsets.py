@@ -70,7 +70,8 @@ def test_tracker_calibrates_offsets_causally(body):
     frames = 70
     truth_params = _motion(body, frames)
     true_offsets = np.zeros((70, 3))
-    true_offsets[SHIFTED] = [[0.03, 0.0, 0.01], [-0.03, 0.0, 0.01], [0.0, 0.025, 0.0], [0.0, 0.025, 0.0], [0, 0.02, -0.03]]
+    true_offsets[SHIFTED] = [[0.03, 0.0, 0.01], [-0.03, 0.0, 0.01], [0.0, 0.025, 0.0], [0.0, 0.025, 0.0],
+                             [0.0, 0.02, -0.03]]
     body.set_keypoint_offsets(true_offsets)
     try:
         with torch.no_grad():

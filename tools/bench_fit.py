@@ -80,7 +80,8 @@ def measure(*, seconds: float, fps: float, seed: int, threads: int, adam_frames:
     cpu = torch.device(device).type == "cpu"
     p50, p99 = _latency(run.fit_cpu_ms if cpu else run.fit_ms, run.warmup)
     wall_p50, wall_p99 = _latency(run.fit_ms, run.warmup)
-    figures = {"p50_ms": p50, "p99_ms": p99, "wall_p50_ms": wall_p50, "wall_p99_ms": wall_p99, "budget_ms": BUDGET_MS, "repeats": float(repeats), "frames": float(len(run.fit_ms) - run.warmup),
+    figures = {"p50_ms": p50, "p99_ms": p99, "wall_p50_ms": wall_p50, "wall_p99_ms": wall_p99, "budget_ms": BUDGET_MS,
+               "repeats": float(repeats), "frames": float(len(run.fit_ms) - run.warmup),
                "iterations_mean": float(run.iterations[run.warmup:].mean()), **run.metrics,
                "added_lag_frames": run.metrics["lag_fit_frames"] - run.metrics["lag_raw_frames"]}
     # cold Adam per frame, on evenly spaced frames after the warm-up, with the fit's free dims and

@@ -641,7 +641,8 @@ class AnnyBody(BodyModel):
         value = (torch.zeros_like(self._kp_offsets) if offsets is None
                  else torch.as_tensor(offsets, device=self.device, dtype=self.dtype))
         if value.shape != self._kp_offsets.shape or not bool(torch.isfinite(value).all()):
-            raise ValueError(f"keypoint offsets: expected finite {tuple(self._kp_offsets.shape)}, got {tuple(value.shape)}")
+            raise ValueError(f"keypoint offsets: expected finite {tuple(self._kp_offsets.shape)}, "
+                             f"got {tuple(value.shape)}")
         self._kp_offsets = value.clone()
         self._kp_offset_table = None
         if bool(value.any()):  # the offsets as an addition to `_ShapeTables.kp_from_nodes` ((N + 1) * 4, 70)

@@ -33,9 +33,9 @@ class FitSettings:
     evaluations) for a warm-started / a freshly initialised frame. rel_tolerance: stop when an
     accepted step lowers the loss by less than this fraction. jacobian: "analytic" (the model's
     `keypoints_and_jacobian`), "jacfwd" (forward-mode autodiff), "difference" (one batched forward
-    pass of finite differences) or "auto" (the fastest available, timed once per model). broyden: in a warm-started frame,
-    compute the Jacobian once and update it by secant (Broyden) steps (cold frames recompute it). Verdict: "good" when the
-    weighted RMS error of the points within outlier_m is <= good_rms_m and their weighted
+    pass of finite differences) or "auto" (the fastest available, timed once per model). broyden: in
+    a warm-started frame, compute the Jacobian once and update it by secant (Broyden) steps (cold
+    frames recompute it). Verdict: "good" when the weighted RMS error of the points within outlier_m is <= good_rms_m and their weighted
     fraction >= min_inlier_fraction; otherwise "poor".
     """
 

@@ -59,7 +59,9 @@ def jacobian_method(model: BodyModel, requested: str = "auto", num_free: int | N
     free_idx = torch.nonzero(model.movable, as_tuple=True)[0][:n].to(model.device)
     rows = torch.nonzero(model.keypoint_defined, as_tuple=True)[0].to(model.device)
     timings = {}
-    methods = ("analytic", "difference", "jacfwd") if hasattr(model, "keypoints_and_jacobian") else ("difference", "jacfwd")
+    methods = ("difference", "jacfwd")
+    if hasattr(model, "keypoints_and_jacobian"):
+        methods = ("analytic", *methods)
     for method in methods:
         jac = _keypoint_jacobian(model, x, free_idx, rows, method)
         try:
@@ -87,7 +89,8 @@ def _keypoint_jacobian(
         return model.keypoints(x[None])[0, rows]
 
     if method == "analytic":
-        def jac_analytic(x_free: torch.Tensor, columns: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        def jac_analytic(x_free: torch.Tensor, columns: torch.Tensor | None = None
+                         ) -> tuple[torch.Tensor, torch.Tensor]:
             x = base.index_put((free_idx,), x_free)
             cols = free_idx if columns is None else free_idx[columns.to(free_idx.device)]
             kp, jac = model.keypoints_and_jacobian(x[None], cols)
