@@ -171,7 +171,7 @@ def evaluate_pose2sim_fit(
     min_confidence) on the same observations of the mapped MHR-70 points; jitter is the mean
     |acceleration| (mm/frame^2) on frames where the raw point is valid in three consecutive frames.
     Keys: fit_median_reproj_px, raw_median_reproj_px, reproj_ratio (fit / raw), fit_jitter_mm,
-    raw_jitter_mm, jitter_ratio (raw / fit), good_fraction, frames, fit_p50_ms (CPU time)."""
+    raw_jitter_mm, jitter_ratio (raw / fit), good_fraction, frames, fit_p50_ms (wall-clock; `bench fit` measures cost)."""
     from tools.evaluate import pose2sim_trial
     from streamer.importing.openpose import LAYOUTS
     from streamer.triangulation import TriangulationSettings
@@ -187,9 +187,9 @@ def evaluate_pose2sim_fit(
     for f, result in enumerate(trial.results):
         targets = fit_targets(result.points, n_views=result.n_views, confidence=result.confidence,
                               defined=context.defined, settings=context.settings.targets)
-        t0 = time.process_time()
+        t0 = time.perf_counter()
         state, out = track_step(state, targets, int(round(trial.frames[f] * 1e9 / fps)) + 1, context)
-        fit_ms.append((time.process_time() - t0) * 1000)
+        fit_ms.append((time.perf_counter() - t0) * 1000)
         if out is not None:
             fit[f] = _finite_keypoints(out)
             verdicts.append(out.evaluation.verdict)
