@@ -297,25 +297,45 @@ def _to_camera(X0, X1, X2, view, R, t):
 
 
 @_jit
-def _project_point(X0, X1, X2, view, R, t, intrinsics, dist):
+def _project_point(X0, X1, X2, view, R, t, intrinsics, dist, jacobian, J):
     """World point (metres) -> distorted pixel (u, v) in camera `view` (the OpenCV model, as `Rig.project`);
-    NaN at or behind the camera (depth <= 1 mm)."""
+    NaN at or behind the camera (depth <= 1 mm). With `jacobian`, also J[view] (2, 3): d(u, v) / d(world
+    point), pixels per metre, analytic (0 at or behind the camera); J is (V, 2, 3)."""
     x, y, z = _to_camera(X0, X1, X2, view, R, t)
     if not z > _MIN_DEPTH_M:
+        if jacobian:
+            J[view] = 0.0
         return np.nan, np.nan
     inv_z = 1.0 / z
     x *= inv_z
     y *= inv_z
     k1, k2, p1, p2, k3 = dist[view, 0], dist[view, 1], dist[view, 2], dist[view, 3], dist[view, 4]
+    k4, k5, k6 = dist[view, 5], dist[view, 6], dist[view, 7]
+    s1, s2, s3, s4 = dist[view, 8], dist[view, 9], dist[view, 10], dist[view, 11]
     x2, y2, xy = x * x, y * y, x * y
     r2 = x2 + y2
     r4 = r2 * r2
     radial = 1 + k1 * r2 + k2 * r4 + k3 * r4 * r2
-    if dist[view, 5] != 0 or dist[view, 6] != 0 or dist[view, 7] != 0:  # rational model
-        radial /= 1 + dist[view, 5] * r2 + dist[view, 6] * r4 + dist[view, 7] * r4 * r2
-    xd = x * radial + 2 * p1 * xy + p2 * (r2 + 2 * x2) + dist[view, 8] * r2 + dist[view, 9] * r4
-    yd = y * radial + p1 * (r2 + 2 * y2) + 2 * p2 * xy + dist[view, 10] * r2 + dist[view, 11] * r4
-    return intrinsics[view, 0] * xd + intrinsics[view, 2], intrinsics[view, 1] * yd + intrinsics[view, 3]
+    d_radial = k1 + (2 * k2 + 3 * k3 * r2) * r2  # d radial / d r2
+    if k4 != 0 or k5 != 0 or k6 != 0:  # rational model
+        denominator = 1 + k4 * r2 + k5 * r4 + k6 * r4 * r2
+        radial /= denominator
+        d_radial = (d_radial - radial * (k4 + (2 * k5 + 3 * k6 * r2) * r2)) / denominator
+    xd = x * radial + 2 * p1 * xy + p2 * (r2 + 2 * x2) + s1 * r2 + s2 * r4
+    yd = y * radial + p1 * (r2 + 2 * y2) + 2 * p2 * xy + s3 * r2 + s4 * r4
+    fx, fy = intrinsics[view, 0], intrinsics[view, 1]
+    if jacobian:
+        prism_x, prism_y = 2 * (s1 + 2 * s2 * r2), 2 * (s3 + 2 * s4 * r2)
+        dxd_dx = radial + 2 * x2 * d_radial + 2 * p1 * y + 6 * p2 * x + x * prism_x
+        dxd_dy = 2 * xy * d_radial + 2 * p1 * x + 2 * p2 * y + y * prism_x
+        dyd_dx = 2 * xy * d_radial + 2 * p1 * x + 2 * p2 * y + x * prism_y
+        dyd_dy = radial + 2 * y2 * d_radial + 6 * p1 * y + 2 * p2 * x + y * prism_y
+        for j in range(3):
+            dx = (R[view, 0, j] - x * R[view, 2, j]) * inv_z  # d(x, y) / d(world point)
+            dy = (R[view, 1, j] - y * R[view, 2, j]) * inv_z
+            J[view, 0, j] = fx * (dxd_dx * dx + dxd_dy * dy)
+            J[view, 1, j] = fy * (dyd_dx * dx + dyd_dy * dy)
+    return fx * xd + intrinsics[view, 2], fy * yd + intrinsics[view, 3]
 
 
 @_jit
@@ -375,11 +395,12 @@ def _solve3(system, out):
 
 
 @_jit
-def _reprojection(X, pixels, k, seen, R, t, intrinsics, dist, uv, norm):
+def _reprojection(X, pixels, k, seen, R, t, intrinsics, dist, jacobian, uv, norm, J):
     """Distorted reprojection of X (3,) into every view: uv (V, 2) pixels and the error norm (V,) against
-    keypoint k of pixels (V, K, 2); norm is inf where not `seen` or not projectable."""
+    keypoint k of pixels (V, K, 2), inf where not `seen` or not projectable; with `jacobian`, J (V, 2, 3)
+    of the seen views too (`_project_point`)."""
     for v in range(len(seen)):
-        u, w = _project_point(X[0], X[1], X[2], v, R, t, intrinsics, dist)
+        u, w = _project_point(X[0], X[1], X[2], v, R, t, intrinsics, dist, jacobian and seen[v], J)
         uv[v, 0], uv[v, 1] = u, w
         du, dv = u - pixels[v, k, 0], w - pixels[v, k, 1]
         n = np.sqrt(du * du + dv * dv)
@@ -398,49 +419,17 @@ def _huber_cost(norm, mask, huber):
 
 
 @_jit
-def _projection_jacobian(X, view, R, t, intrinsics, dist, J):
-    """J (2, 3): derivative of the distorted pixel (u, v) of camera `view` (`_project_point`) with respect to
-    the world point X (3,), pixels per metre; 0 at or behind the camera."""
-    xc, yc, z = _to_camera(X[0], X[1], X[2], view, R, t)
-    if not z > _MIN_DEPTH_M:
-        J[:] = 0.0
-        return
-    inv_z = 1.0 / z
-    x, y = xc * inv_z, yc * inv_z
-    k1, k2, p1, p2, k3, k4, k5, k6 = dist[view, 0], dist[view, 1], dist[view, 2], dist[view, 3], \
-        dist[view, 4], dist[view, 5], dist[view, 6], dist[view, 7]
-    s1, s2, s3, s4 = dist[view, 8], dist[view, 9], dist[view, 10], dist[view, 11]
-    r2 = x * x + y * y
-    denominator = 1 + ((k6 * r2 + k5) * r2 + k4) * r2
-    radial = (1 + ((k3 * r2 + k2) * r2 + k1) * r2) / denominator
-    d_radial = ((k1 + (2 * k2 + 3 * k3 * r2) * r2) - radial * (k4 + (2 * k5 + 3 * k6 * r2) * r2)) / denominator
-    prism_x, prism_y = 2 * (s1 + 2 * s2 * r2), 2 * (s3 + 2 * s4 * r2)
-    # derivatives of the distorted normalised coordinates (xd, yd) by (x, y)
-    dxd_dx = radial + 2 * x * x * d_radial + 2 * p1 * y + 6 * p2 * x + x * prism_x
-    dxd_dy = 2 * x * y * d_radial + 2 * p1 * x + 2 * p2 * y + y * prism_x
-    dyd_dx = 2 * x * y * d_radial + 2 * p1 * x + 2 * p2 * y + x * prism_y
-    dyd_dy = radial + 2 * y * y * d_radial + 6 * p1 * y + 2 * p2 * x + y * prism_y
-    fx, fy = intrinsics[view, 0], intrinsics[view, 1]
-    for j in range(3):
-        dx = (R[view, 0, j] - x * R[view, 2, j]) * inv_z
-        dy = (R[view, 1, j] - y * R[view, 2, j]) * inv_z
-        J[0, j] = fx * (dxd_dx * dx + dxd_dy * dy)
-        J[1, j] = fy * (dyd_dx * dx + dyd_dy * dy)
-
-
-@_jit
-def _gauss_newton_system(X, uv, norm, mask, huber, pixels, k, R, t, intrinsics, dist, J, system):
-    """IRLS normal equations at X (3,) into `system` (9,) (A = J^T W J unique entries, b = -J^T W r): W = mask
-    x Huber weight per view, J the analytic projection Jacobian (scratch (2, 3)). uv, norm: the reprojection
-    at X (`_reprojection`); pixels (V, K, 2), k the keypoint."""
+def _gauss_newton_system(uv, norm, J, mask, huber, pixels, k, system):
+    """IRLS normal equations into `system` (9,) (A = J^T W J unique entries, b = -J^T W r): W = mask x Huber
+    weight per view. uv (V, 2), norm (V,), J (V, 2, 3): the reprojection and its Jacobian at the current
+    point (`_reprojection`); pixels (V, K, 2), k the keypoint."""
     system[:] = 0.0
     for v in range(len(mask)):
         if not mask[v] > 0:
             continue
         robust = mask[v] * huber / max(norm[v], huber)
-        _projection_jacobian(X, v, R, t, intrinsics, dist, J)
         for row in range(2):
-            j0, j1, j2 = J[row, 0], J[row, 1], J[row, 2]
+            j0, j1, j2 = J[v, row, 0], J[v, row, 1], J[v, row, 2]
             resid = uv[v, row] - pixels[v, k, row]
             system[0] += robust * j0 * j0
             system[1] += robust * j0 * j1
@@ -473,7 +462,7 @@ def _robust_kernel(pixels, weights, intrinsics, dist, R, t, prior, threshold_px,
     ranked = np.empty(V, dtype=np.int64)
     system, candidate, best, X, X_new = np.empty(9), np.empty(3), np.empty(3), np.empty(3), np.empty(3)
     uv, norm, norm_new, mask = np.empty((V, 2)), np.empty(V), np.empty(V), np.empty(V)
-    J = np.empty((2, 3))
+    J, damped = np.empty((V, 2, 3)), np.empty(9)
     terms = np.empty((V, 9))
     for k in range(K):
         # 1. undistort; rank the observing views by confidence (stable: ties keep the view order)
@@ -537,32 +526,33 @@ def _robust_kernel(pixels, weights, intrinsics, dist, R, t, prior, threshold_px,
             inliers[:, k] = False
             continue
         # 6. gate in distorted pixels, Levenberg-Marquardt with confidence x Huber weights (IRLS)
-        _reprojection(X, pixels, k, seen, R, t, intrinsics, dist, uv, norm)
+        _reprojection(X, pixels, k, seen, R, t, intrinsics, dist, lm_iterations > 0, uv, norm, J)
         for v in range(V):
             inliers[v, k] &= norm[v] < threshold_px
             mask[v] = w[v] if inliers[v, k] else 0.0
         cost = _huber_cost(norm, mask, huber_px)
         damping = 1e-3
         if lm_iterations > 0:
-            _gauss_newton_system(X, uv, norm, mask, huber_px, pixels, k, R, t, intrinsics, dist, J, system)
+            _gauss_newton_system(uv, norm, J, mask, huber_px, pixels, k, system)
         for iteration in range(lm_iterations):
-            damped = system.copy()
+            last = iteration == lm_iterations - 1  # the last step is only checked (no Jacobian)
+            damped[:] = system
             damped[0] *= 1.0 + damping
             damped[3] *= 1.0 + damping
             damped[5] *= 1.0 + damping
             X_new[:] = X
             if _solve3(damped, candidate):
                 X_new += candidate
-            _reprojection(X_new, pixels, k, seen, R, t, intrinsics, dist, uv, norm_new)
+            _reprojection(X_new, pixels, k, seen, R, t, intrinsics, dist, not last, uv, norm_new, J)
             cost_new = _huber_cost(norm_new, mask, huber_px)
             better = cost_new < cost
             if better:
                 X[:] = X_new
                 norm[:] = norm_new
                 cost = cost_new
-            if iteration < lm_iterations - 1:  # the last step is only checked
+            if not last:
                 if better:
-                    _gauss_newton_system(X, uv, norm, mask, huber_px, pixels, k, R, t, intrinsics, dist, J, system)
+                    _gauss_newton_system(uv, norm, J, mask, huber_px, pixels, k, system)
                 damping = damping * 0.1 if better else damping * 10.0
         points[:, k] = X
         err[:, k] = norm

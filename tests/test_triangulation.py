@@ -179,9 +179,10 @@ def test_kernel_undistortion_and_projection_match_opencv():
         ours = np.array([_undistort_point(u, w, v, intrinsics, dist) for u, w in pixels[v]])
         assert np.max(np.abs(ours - expected[v]) * cam.K[0, 0]) < 1e-4  # pixels
     points = rng.uniform(-1.0, 1.0, (300, 3))
+    unused = np.empty((len(rig), 2, 3))  # the Jacobian output, not asked for
     expected = rig.project(points)  # (V, N, 2), agrees with cv2.projectPoints (test_calibration)
     for v in range(len(rig)):
-        ours = np.array([_project_point(*p, v, R, t, intrinsics, dist) for p in points])
+        ours = np.array([_project_point(*p, v, R, t, intrinsics, dist, False, unused) for p in points])
         assert np.allclose(ours, expected[v], atol=1e-6, equal_nan=True)
         assert np.isnan(ours).any() == np.isnan(expected[v]).any()
 
@@ -197,19 +198,20 @@ def test_robust_triangulation_on_strongly_distorted_cameras():
 
 
 def test_kernel_projection_jacobian_matches_central_differences():
-    from streamer.triangulation import _camera_arrays, _project_point, _projection_jacobian
+    from streamer.triangulation import _camera_arrays, _project_point
 
     rig = _distorted_rig()
     intrinsics, dist, R, t = _camera_arrays(rig)
-    J = np.empty((2, 3))
+    J = np.empty((len(rig), 2, 3))
     step = 1e-6
     for X in np.random.default_rng(13).uniform(-0.8, 0.8, (20, 3)):
         for v in range(len(rig)):
-            _projection_jacobian(X, v, R, t, intrinsics, dist, J)
+            with_jacobian = _project_point(*X, v, R, t, intrinsics, dist, True, J)
+            assert with_jacobian == _project_point(*X, v, R, t, intrinsics, dist, False, J)
             numeric = np.empty((2, 3))
             for j in range(3):
                 offset = np.eye(3)[j] * step
-                plus = np.array(_project_point(*(X + offset), v, R, t, intrinsics, dist))
-                minus = np.array(_project_point(*(X - offset), v, R, t, intrinsics, dist))
+                plus = np.array(_project_point(*(X + offset), v, R, t, intrinsics, dist, False, J))
+                minus = np.array(_project_point(*(X - offset), v, R, t, intrinsics, dist, False, J))
                 numeric[:, j] = (plus - minus) / (2 * step)
-            assert np.allclose(J, numeric, rtol=1e-5, atol=1e-3), (v, J, numeric)  # pixels per metre: ~300-3000
+            assert np.allclose(J[v], numeric, rtol=1e-5, atol=1e-3), (v, J[v], numeric)  # px per metre: ~300-3000
