@@ -47,6 +47,7 @@ log = logging.getLogger(__name__)
 
 _SYNC_REJECTS = ("no_calib", "calib_mismatch", "keypoint_count_mismatch")
 _OUTCOMES = ("used", "late", "duplicate", "evicted", "unmatched")
+_TRANSPORT_COUNTERS = ("received", "drops_in", "drops_out", "superseded", "rejects")
 
 
 @dataclass
@@ -258,9 +259,10 @@ def summarize(data: TakeData, window_ns: tuple[int, int] | None = None, *, captu
         "unaccounted_drops": ledger["unaccounted"],
         "fps": fps,
         "hop_latency_ms": latencies["hops"],
-        "node_latency_ms": {node: dict(zip(("p50", "p95", "p99"), f["latency_ms"])) for node, f in sorted(final.items())},
+        "node_latency_ms": {node: dict(zip(("p50", "p95", "p99"), f["latency_ms"]))
+                            for node, f in sorted(final.items())},
         "drops": ledger["cameras"],
-        "transport": {node: {k: f["counters"].get(k, 0) for k in ("received", "drops_in", "drops_out", "superseded", "rejects")}
+        "transport": {node: {k: f["counters"].get(k, 0) for k in _TRANSPORT_COUNTERS}
                       for node, f in sorted(final.items())},
         "restarts": {node: n - 1 for node, n in sorted(instances.items()) if n > 1},
         "verdicts": dict(sorted(verdicts.items())),

@@ -84,7 +84,8 @@ def test_cached_stage_starts_without_torch_and_sigterm_ends_a_slow_setup(tmp_pat
     probe = ("import sys; from streamer.synthetic import SyntheticStage, StageSettings; "
              "s = SyntheticStage(StageSettings(distractor=False)); "
              "print(int('torch' in sys.modules), s.observe(3, 'cam1').frame_index)")
-    first = subprocess.run([sys.executable, "-c", probe], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    first = subprocess.run([sys.executable, "-c", probe], cwd=REPO, env=env, capture_output=True, text=True,
+                           timeout=300)
     assert first.returncode == 0, first.stderr
     assert first.stdout.split() == ["1", "3"]  # computed: the body model was needed
     second = subprocess.run([sys.executable, "-c", probe], cwd=REPO, env=env, capture_output=True, text=True,

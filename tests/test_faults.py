@@ -74,7 +74,8 @@ class _Running:
     def pump_until(self, condition, timeout_s: float, what: str) -> float:
         start = time.monotonic()
         while not condition():
-            assert time.monotonic() - start < timeout_s, f"no {what} within {timeout_s} s (logs: {self.supervisor.log_dir})"
+            assert time.monotonic() - start < timeout_s, (
+                f"no {what} within {timeout_s} s (logs: {self.supervisor.log_dir})")
             self.pump(0.1)
         return time.monotonic()
 
@@ -109,7 +110,8 @@ def test_killed_capture_and_sync_recover(tmp_path):
         assert max((_column([p], "cam7")[0] < 0) for p in outage)  # by construction; sets of <= 7 views
         assert np.mean([(p.sources_seq >= 0).sum() for p in outage]) <= 7.0
         assert (_column(before, "cam7") >= 0).mean() > 0.25  # partial sets happen on a loaded machine
-        assert sum(p.verdict != Verdict.STALE for p in poses_during) >= 1  # fits of 7-view sets (a stall may flag stale)
+        # fits of 7-view sets went on (a stall on a loaded machine may flag some stale)
+        assert sum(p.verdict != Verdict.STALE for p in poses_during) >= 1
         assert (_column(after, "cam7") >= 0).mean() > 0.25  # rejoined
 
         killed_at = time.monotonic()

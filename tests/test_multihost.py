@@ -74,7 +74,8 @@ def _peer(hosts: TestHosts, tmp_path: Path, endpoint: str, server: str, client: 
     script.write_text(_PEER)
     keys = tmp_path / "keys"
     client_arg = "-" if client is None else str(client if os.sep in client else keys / f"{client}.key_secret")
-    return hosts.popen("outside", [sys.executable, str(script), endpoint, str(keys / f"{server}.key"), client_arg, str(seconds), topic],
+    argv = [sys.executable, str(script), endpoint, str(keys / f"{server}.key"), client_arg, str(seconds), topic]
+    return hosts.popen("outside", argv,
                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
                        env=dict(os.environ, PYTHONPATH=str(REPO)))
 

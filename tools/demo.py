@@ -245,7 +245,8 @@ def _format(summary: dict) -> str:
              "", f"{'node':<10} {'fps':>7} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'queue max':>9}"]
     for node, lat in summary["node_latency_ms"].items():
         queue = summary["queues"].get(node, {}).get("max", "")
-        lines.append(f"{node:<10} {f(summary['fps'].get(_OUTPUT.get(node, ''))):>7} {f(lat['p50']):>8} {f(lat['p95']):>8} "
+        rate = summary["fps"].get(_OUTPUT.get(node, ""))
+        lines.append(f"{node:<10} {f(rate):>7} {f(lat['p50']):>8} {f(lat['p95']):>8} "
                      f"{f(lat['p99']):>8} {queue:>9}")
     lines += ["(fps: the node's data output in the window, from the take; latency: the node's own stats)",
               "CPU while measuring (cores): " + ", ".join(f"{n} {v}" for n, v in summary["cpu_cores"].items()),
