@@ -48,21 +48,21 @@ class FitResult:
 
 
 def jacobian_method(model: BodyModel, requested: str = "auto", num_free: int | None = None) -> str:
-    """The Jacobian method to use with `model`: `requested` unless "auto"; for "auto", the fastest of
-    "analytic" (the model's exact `keypoints_and_jacobian`, when it has one), "jacfwd" (when
+    """The Jacobian method to use with `model`: `requested` unless "auto"; for "auto", "analytic" when
+    the model has an exact `keypoints_and_jacobian` (chosen without timing, so every process and every
+    offline re-run makes the same choice and gives the same poses), else the faster of "jacfwd" (when
     forward-mode autodiff runs through `model.keypoints`) and "difference", timed here on the rest
     pose with `num_free` free dims (default: all movable)."""
     if requested != "auto":
         return requested
+    if hasattr(model, "keypoints_and_jacobian"):
+        return "analytic"
     x = model.default_params(1)[0]
     n = int(model.movable.sum()) if num_free is None else num_free
     free_idx = torch.nonzero(model.movable, as_tuple=True)[0][:n].to(model.device)
     rows = torch.nonzero(model.keypoint_defined, as_tuple=True)[0].to(model.device)
     timings = {}
-    methods = ("difference", "jacfwd")
-    if hasattr(model, "keypoints_and_jacobian"):
-        methods = ("analytic", *methods)
-    for method in methods:
+    for method in ("difference", "jacfwd"):
         jac = _keypoint_jacobian(model, x, free_idx, rows, method)
         try:
             jac(x[free_idx])  # warm-up (and a support check for jacfwd)
