@@ -71,6 +71,7 @@ from streamer.transport.pubsub import DEFAULT_HWM, Publisher, Subscriber
 
 __all__ = [
     "FLUSH_MS",
+    "MIN_RATE_WINDOW_S",
     "Input",
     "Node",
     "NodeConfig",
@@ -79,16 +80,26 @@ __all__ = [
     "run_node",
     "settings_from_dict",
     "settings_schema",
+    "window_rate",
 ]
 
 log = logging.getLogger(__name__)
 
 FLUSH_MS = 500  # how long queued output may take to leave at shutdown
 MAX_POLL_MS = 50  # the loop wakes at least this often (signals, housekeeping)
+MIN_RATE_WINDOW_S = 0.2  # a rate over a shorter window (e.g. the final stats at shutdown) is not measured
 _MAX_BATCH = 1000  # messages dispatched per loop iteration before ticks get a turn
 _LATENCY_WINDOW = 4096
 _MAX_STAT_NAMES = 256
 _MAX_STAT_NAME_LEN = 96
+
+
+def window_rate(count: int, elapsed_s: float, fallback: float = 0.0) -> float:
+    """Events per second over a window of `elapsed_s` seconds; `fallback` (the previous rate, or 0)
+    when the window is shorter than `MIN_RATE_WINDOW_S`, so a tiny window never reports a huge rate."""
+    if not elapsed_s >= MIN_RATE_WINDOW_S:
+        return float(fallback)
+    return count / elapsed_s
 
 
 class _StoppedDuringSetup(Exception):
@@ -145,6 +156,8 @@ class Node:
         self._in_setup = False
         self._latencies_ns: list[int] = []
         self._published_in_window = 0
+        self._window_start_mono_ns = time.monotonic_ns()
+        self._last_fps = 0.0
         self._recv_mono_ns: int | None = None
         self._publisher: Publisher | None = None
         self._subscriber: Subscriber | None = None
@@ -259,7 +272,7 @@ class Node:
             for s, handler in previous.items():
                 signal.signal(s, handler)
             try:
-                self._publish_stats(time.monotonic_ns(), time.monotonic_ns())
+                self._publish_stats(time.monotonic_ns())
             except Exception:
                 self.log.exception("final stats not sent")
             self._subscriber.close()
@@ -307,7 +320,8 @@ class Node:
         next_tick = start
         stats_ns = int(cfg.stats_interval_s * 1e9)
         next_stats = start + stats_ns
-        window_start = start
+        self._window_start_mono_ns = start
+        self._published_in_window = 0
         while not self._stop:
             now = time.monotonic_ns()
             wait_ms = min(MAX_POLL_MS, max(0, (next_tick - now) // 1_000_000))
@@ -336,8 +350,7 @@ class Node:
                     self.log.warning("input %s DEAD (no heartbeat)", peer)
                 self.on_peer(peer, alive)
             if now >= next_stats:
-                self._publish_stats(now, window_start)
-                window_start = now
+                self._publish_stats(now)
                 next_stats = now + stats_ns
             if end is not None and now >= end:
                 self.log.info("ran %.1f s: stopping", cfg.seconds)
@@ -369,9 +382,11 @@ class Node:
         if n == 1 or n % 100 == 0:
             self.log.exception("%s failed (%d so far)%s", hook, n, f" on {topic}" if topic else "")
 
-    def _publish_stats(self, now_mono: int, window_start_mono: int) -> None:
+    def _publish_stats(self, now_mono: int) -> None:
+        """Publish `stats/<node>` for the window since the previous stats (fps over it, see `window_rate`)."""
         sub, pub = self._subscriber, self._publisher
-        elapsed_s = max(1e-9, (now_mono - window_start_mono) / 1e9)
+        self._last_fps = window_rate(self._published_in_window, (now_mono - self._window_start_mono_ns) / 1e9,
+                                     fallback=self._last_fps)
         if self._latencies_ns:
             latency_ms = np.percentile(np.asarray(self._latencies_ns, np.float64), [50, 95, 99]) / 1e6
         else:
@@ -403,7 +418,7 @@ class Node:
         stats = NodeStats(
             node=self.name,
             t_ns=self.clock.now_ns(),
-            fps=self._published_in_window / elapsed_s,
+            fps=self._last_fps,
             latency_ms=latency_ms.astype(np.float32),
             queue_depth=int(self.queue_depth()),
             clock_offset_ns=int(self.clock.correction_ns()),
@@ -414,6 +429,7 @@ class Node:
         )
         self._latencies_ns = []
         self._published_in_window = 0
+        self._window_start_mono_ns = now_mono
         pub.publish(stats)
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from streamer.node import settings_from_dict
+from streamer.node import MIN_RATE_WINDOW_S, settings_from_dict, window_rate
 from streamer.transport import Subscriber
 
 REPO = Path(__file__).resolve().parents[1]
@@ -42,6 +42,15 @@ def test_settings_from_dict_converts_and_validates():
     ]:
         with pytest.raises(ValueError, match=text.replace("[", r"\[").replace("]", r"\]").replace("(", r"\(").replace(")", r"\)")):
             settings_from_dict(_Settings, bad)
+
+
+def test_window_rate_over_a_too_short_window_falls_back_instead_of_exploding():
+    assert window_rate(50, 0.5) == 100.0
+    assert window_rate(3, MIN_RATE_WINDOW_S) == 3 / MIN_RATE_WINDOW_S
+    assert window_rate(130, 1e-9, fallback=42.0) == 42.0  # shutdown stats right after the previous ones
+    assert window_rate(130, MIN_RATE_WINDOW_S * 0.99) == 0.0
+    assert window_rate(5, 0.0) == 0.0 and window_rate(5, -1.0, fallback=7.0) == 7.0
+    assert window_rate(5, float("nan"), fallback=1.5) == 1.5
 
 
 def spawn_node(kind: str, *args: str) -> subprocess.Popen:
@@ -84,7 +93,9 @@ def test_pulse_node_publishes_data_state_and_stats_then_stops_gracefully():
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(10) == 0
         tail = collect(sub, 1.0)
-        assert any(t == "stats/p" for _, t, _ in tail), "final stats flushed at shutdown"
+        final = stats_of(tail, "p")
+        assert final, "final stats flushed at shutdown"
+        assert 0 <= final[-1].fps < 56  # over the short last window: measured or the previous value, never huge
         log = proc.stderr.read()
         assert "node=p level=INFO" in log and "signal SIGTERM" in log and "stop exit=0" in log
     finally:

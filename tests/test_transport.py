@@ -2,7 +2,11 @@
 state for late joiners, rejects and drops counted, keep-latest draining, liveness, CURVE."""
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -193,6 +197,51 @@ def test_publish_never_blocks_when_nobody_reads():
     got = [m.seq for _, m in iter(lambda: sub.recv(50), None)]
     assert 0 < len(got) < 2000
     sub.close(), pub.close()
+
+
+_STALLED_SUBSCRIBER = """
+import json, sys, time
+from streamer.transport import Subscriber
+sub = Subscriber({"src": sys.argv[1]}, ("kp2d/",), hwm=4)
+end = time.monotonic() + 10
+while not sub.liveness.alive["src"] and time.monotonic() < end:
+    sub.recv(10)
+print("ready", flush=True)
+time.sleep(float(sys.argv[2]))  # not reading: the receive queue (hwm 4) stays full while the publisher floods
+received_before = sub.received
+end = time.monotonic() + 1.0
+while time.monotonic() < end:
+    sub.recv(10)
+print(json.dumps({"received_before": received_before, "received": sub.received, "drops": sub.drops}), flush=True)
+"""
+
+
+@pytest.mark.slow
+def test_a_stalled_subscriber_with_a_full_queue_survives_a_flood_and_drains():
+    """Regression: with ZMTP heartbeats on, libzmq 4.3.5 aborted such a process (issue #3937)."""
+    stall_s = 4.5  # longer than any transport-level heartbeat timeout would be
+    pub = Publisher("tcp://127.0.0.1:0", name="src", hwm=4, heartbeat_interval_s=0.05)
+    child = subprocess.Popen([sys.executable, "-c", _STALLED_SUBSCRIBER, pub.endpoint, str(stall_s)],
+                             cwd=Path(__file__).resolve().parents[1], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True)
+    try:
+        seq = 0
+        while child.poll() is None:
+            pub.service()
+            pub.publish(kp2d(seq))
+            seq += 1
+            time.sleep(0.0005)
+        out, err = child.communicate(timeout=5)
+    finally:
+        if child.poll() is None:
+            child.kill()
+        pub.close()
+    assert child.returncode == 0, f"subscriber died (rc {child.returncode}): {err[-2000:]}"
+    lines = out.splitlines()
+    assert lines[0] == "ready"
+    counts = json.loads(lines[-1])
+    assert counts["received"] > counts["received_before"]  # it drains after the stall
+    assert counts["drops"] > 100  # the flood beyond its queue is counted as transport-seq gaps
 
 
 def test_liveness_detects_a_dead_publisher_and_its_return():

@@ -33,12 +33,25 @@ log = logging.getLogger(__name__)
 DEFAULT_HWM = 100  # messages per peer queue (send and receive); PUB drops beyond it
 STATE_RESEND_S = 2.0
 RECONNECT_IVL_MAX_MS = 1000
-ZMTP_HEARTBEAT_IVL_MS = 1000  # transport-level PING, so a vanished host (no TCP reset) is dropped
-ZMTP_HEARTBEAT_TIMEOUT_MS = 3000
+# No ZMTP heartbeats (ZMQ_HEARTBEAT_IVL/TIMEOUT/TTL) on any socket: with them libzmq 4.3.5 aborts the
+# process (`Assertion failed: _input_stopped`, libzmq issue #3937) when a receive queue is full. Dead peers
+# are found by the application heartbeats (`hb/<node>`, transport.liveness); a vanished host (no TCP
+# reset) is dropped by kernel TCP keepalive, which never touches the ZMTP engine.
+TCP_KEEPALIVE_IDLE_S = 5
+TCP_KEEPALIVE_INTVL_S = 1
+TCP_KEEPALIVE_CNT = 3
 MAX_FRAME_BYTES = 64 * 2**20  # ZMQ_MAXMSGSIZE: a peer sending a larger frame is disconnected (memory bound);
 # frames between protocol's MAX_MESSAGE_BYTES (4 MiB) and this are received and rejected as "size"
 _MAX_BURST = 256  # messages read from one socket per fill, so one busy peer cannot starve others
 SELF_CHECKS_PER_TOPIC = 10  # the first messages of each topic are decoded once here, to catch producer bugs early
+
+
+def _set_tcp_keepalive(sock: zmq.Socket) -> None:
+    """Kernel TCP keepalive (drops a connection to a vanished host within ~8 s); ignored for ipc/inproc."""
+    sock.tcp_keepalive = 1
+    sock.tcp_keepalive_idle = TCP_KEEPALIVE_IDLE_S
+    sock.tcp_keepalive_intvl = TCP_KEEPALIVE_INTVL_S
+    sock.tcp_keepalive_cnt = TCP_KEEPALIVE_CNT
 
 
 class Publisher:
@@ -70,8 +83,7 @@ class Publisher:
         self.socket.sndhwm = hwm
         self.socket.rcvhwm = hwm
         self.socket.setsockopt(zmq.XPUB_VERBOSE, 1)  # see every subscribe, not only the first per topic
-        self.socket.heartbeat_ivl = ZMTP_HEARTBEAT_IVL_MS
-        self.socket.heartbeat_timeout = ZMTP_HEARTBEAT_TIMEOUT_MS
+        _set_tcp_keepalive(self.socket)
         try:
             if curve is not None:
                 make_server(self.socket, curve)
@@ -259,8 +271,7 @@ class Subscriber:
             sock.rcvhwm = hwm
             sock.maxmsgsize = MAX_FRAME_BYTES
             sock.reconnect_ivl_max = RECONNECT_IVL_MAX_MS
-            sock.heartbeat_ivl = ZMTP_HEARTBEAT_IVL_MS
-            sock.heartbeat_timeout = ZMTP_HEARTBEAT_TIMEOUT_MS
+            _set_tcp_keepalive(sock)
             if curve is not None:
                 if not server_keys or peer not in server_keys:
                     raise ValueError(f"CURVE subscriber: no server public key for peer {peer!r}")
