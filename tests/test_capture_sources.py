@@ -13,6 +13,7 @@ from streamer.capture.latest import LatestFrameGrabber
 from streamer.capture.sources import (
     ImageFolderSource,
     SourceError,
+    SyntheticSource,
     VideoFileSource,
     buffer_time_to_clock_ns,
     read_timestamp_file,
@@ -226,3 +227,22 @@ def test_paced_source_behind_real_time_skips_to_stay_live(small_video):
     after = [late for i, late in zip(indices, late_ms) if i > 30 + 35]  # well after the stall
     assert grabber.dropped >= 20  # ~0.5 s of frames (30) skipped or overwritten
     assert after and np.median(after) < 3 * FRAME_NS / 1e6  # back to real time, not 500 ms behind
+
+
+def test_live_synthetic_source_starts_at_the_current_frame_without_counting_earlier_ones_as_skipped():
+    """The stage started long before the capture node: the first read is the current frame, `skipped` stays 0;
+    falling behind afterwards is counted."""
+    from streamer.synthetic.observe import ObservationSettings
+    from streamer.synthetic.rig import RigSettings
+    from streamer.synthetic.stage import StageSettings, SyntheticStage
+
+    stage = SyntheticStage(StageSettings(rig=RigSettings(cameras=2, fps=30.0), distractor=False,
+                                         observation=ObservationSettings(drop_rate=0.0)))
+    now_ns = [stage.frame_time_ns(1000) + 1]  # the stage clock, set by the test: frame 1000 is due
+    source = SyntheticSource(stage, "cam0", realtime=True, clock_ns=lambda: now_ns[0])
+    first = source.read()
+    assert first.index == 1000 and first.t_capture_ns >= stage.frame_time_ns(1000) - 10**8
+    assert source.skipped == 0
+    now_ns[0] = stage.frame_time_ns(1005) + 1  # the reader fell behind by frames 1001..1004
+    assert source.read().index == 1005
+    assert source.skipped == 4

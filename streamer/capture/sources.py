@@ -353,8 +353,9 @@ class SyntheticSource(FrameSource):
     """One camera of the synthetic stage (streamer/synthetic `SyntheticStage`): its observation model's persons.
 
     realtime=True (a live camera): frame i is due at `stage.frame_time_ns(i)` on `clock_ns` (the stage clock),
-    so every process with the same stage settings produces the same frame at the same time; a reader that
-    falls behind skips to the current frame (counted in `skipped`), as a camera would. realtime=False: frames
+    so every process with the same stage settings produces the same frame at the same time; the first read
+    starts at the current frame (the frames before it are not counted), and a reader that later falls behind
+    skips to the current frame (counted in `skipped`), as a camera would. realtime=False: frames
     start, start+1, ... as fast as they are read, with their own times. Frames the stage drops are skipped
     (counted in `stage_drops`).
     """
@@ -369,6 +370,7 @@ class SyntheticSource(FrameSource):
         self._clock_ns = clock_ns
         self._next = start
         self._stop = stop
+        self._started = False  # a live source counts skipped frames only after its first read
         self.skipped = 0
         self.stage_drops = 0
 
@@ -386,12 +388,14 @@ class SyntheticSource(FrameSource):
             if self.live:
                 current = self._current_index()
                 if current > index:
-                    self.skipped += current - index
+                    if self._started:
+                        self.skipped += current - index
                     index = current
                 wait_ns = self.stage.frame_time_ns(index) - self._clock_ns()
                 if wait_ns > 0:
                     time.sleep(wait_ns / _NS_PER_S)
             self._next = index + 1
+            self._started = True
             msg = self.stage.observe(index, self.camera)
             if msg is None:
                 self.stage_drops += 1
