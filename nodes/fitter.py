@@ -79,8 +79,8 @@ def pose_message(model, output: TrackOutput, points: Points3D, t_input_ns: int) 
 
     with torch.no_grad():
         x = torch.as_tensor(output.params, device=model.device).to(model.dtype)[None]
-        rotations = model.joint_rotations(x)[0]
-        root_position = model.joint_positions(x)[0, 0]
+        rotations, positions = model.joint_rotations_and_positions(x)
+        rotations, root_position = rotations[0], positions[0, 0]
         quats = roma.rotmat_to_unitquat(rotations).to(torch.float32).cpu().numpy()  # XYZW
     world_from_root = np.eye(4, dtype=np.float32)
     world_from_root[:3, :3] = rotations[0].to(torch.float32).cpu().numpy()

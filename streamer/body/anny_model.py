@@ -750,6 +750,15 @@ class AnnyBody(BodyModel):
 
     def joint_rotations(self, params: torch.Tensor) -> torch.Tensor:
         """(B, P) -> (B, J, 3, 3) local rotations parent_from_joint (root: world_from_root)."""
-        world = self.bone_poses(params)[..., :3, :3]
+        return self._local_rotations(self.bone_poses(params))
+
+    def joint_rotations_and_positions(self, params: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, P) -> ((B, J, 3, 3) local rotations, (B, J, 3) bone heads): one forward kinematics pass."""
+        poses = self.bone_poses(params)
+        return self._local_rotations(poses), poses[..., :3, 3]
+
+    def _local_rotations(self, poses: torch.Tensor) -> torch.Tensor:
+        """(B, J, 4, 4) world_from_bone -> (B, J, 3, 3) parent_from_joint (root: world_from_root)."""
+        world = poses[..., :3, :3]
         local = world[:, self._parents].transpose(-1, -2) @ world
         return torch.cat([world[:, :1], local[:, 1:]], dim=1)

@@ -49,3 +49,8 @@ class BodyModel(abc.ABC):
     @abc.abstractmethod
     def joint_positions(self, params: torch.Tensor) -> torch.Tensor:
         """(B, P) -> (B, J, 3) joint centres, metres, model world frame."""
+
+    def joint_rotations_and_positions(self, params: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, P) -> ((B, J, 3, 3) `joint_rotations`, (B, J, 3) `joint_positions`). Backends whose
+        kinematics give both at once override this with one pass."""
+        return self.joint_rotations(params), self.joint_positions(params)
