@@ -34,3 +34,22 @@ def test_one_pass_matches_separate_calls(body):
     det = torch.linalg.det(rotations[:, 0])
     np.testing.assert_allclose(det.numpy(), 1.0, atol=1e-5)
     assert float((rotations[0, 0] - rotations[1, 0]).abs().max()) > 0.1
+
+
+def test_remembered_kinematics_follow_the_parameters(body):
+    """The one-slot memo of the last kinematics pass never serves another parameter vector's poses."""
+    from streamer.body.anny_model import AnnyBody
+
+    fresh = AnnyBody()
+    x1 = body.default_params(1)
+    x2 = x1.clone()
+    x2[0, body.groups["pose:lowerarm01.L"]] = torch.tensor([0.0, 0.0, 1.2])
+    with torch.no_grad():
+        for x in (x1, x2, x1, x2):
+            body.keypoints(x)  # leaves x's node poses remembered
+            torch.testing.assert_close(body.joint_rotations_and_positions(x)[1], fresh.joint_positions(x.clone()))
+        moved = body.keypoints(x2) - body.keypoints(x1)
+    assert float(moved.norm(dim=-1).max()) > 0.05
+    x3 = x1.clone().requires_grad_(True)  # with gradients: computed afresh, differentiable
+    body.keypoints(x3).sum().backward()
+    assert x3.grad is not None and float(x3.grad.abs().sum()) > 0

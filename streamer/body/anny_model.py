@@ -481,6 +481,7 @@ class AnnyBody(BodyModel):
         self._cache: dict[bytes, _ShapeTables] = {}
         self._kp_offsets = torch.zeros(mhr70.NUM_KEYPOINTS, 3, device=self.device, dtype=self.dtype)
         self._kp_offset_table: torch.Tensor | None = None
+        self._last_nodes: tuple[bytes, torch.Tensor] | None = None  # (params bytes, node poses): `_node_poses`
 
     def _init_reduced_tree(self, get_kinematic_chain) -> None:
         """Constants of the reduced FK tree (root + posed bones) and of the per-bone anchoring."""
@@ -664,7 +665,23 @@ class AnnyBody(BodyModel):
         return self._bone_poses(params, self._shape_tables(params))
 
     def _node_poses(self, params: torch.Tensor, tables: _ShapeTables) -> torch.Tensor:
-        """(B, N + 1, 4, 4) world poses of the reduced tree's nodes (root, then posed bones)."""
+        """(B, N + 1, 4, 4) world poses of the reduced tree's nodes (root, then posed bones).
+
+        The last single-row evaluation without gradients on the CPU is remembered: a fitter judging its
+        shipped parameters and then asking for their joint rotations runs the kinematics once. The
+        node poses depend on the parameters only (shape included), not on the keypoint offsets."""
+        remember = params.shape[0] == 1 and params.device.type == "cpu" and not (
+            params.requires_grad and torch.is_grad_enabled())
+        if remember:
+            key = params.detach().numpy().tobytes()
+            if self._last_nodes is not None and self._last_nodes[0] == key:
+                return self._last_nodes[1]
+        nodes = self._compute_node_poses(params, tables)
+        if remember:
+            self._last_nodes = (key, nodes)
+        return nodes
+
+    def _compute_node_poses(self, params: torch.Tensor, tables: _ShapeTables) -> torch.Tensor:
         batch = params.shape[0]
         rotations = roma.rotvec_to_rotmat(
             torch.cat([params[:, None, 0:3], params[:, self.groups["pose"]].reshape(batch, -1, 3)], dim=1))
