@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import sys
 import time
+import warnings
 from collections import Counter
 from dataclasses import dataclass
 
@@ -316,8 +317,11 @@ class Sync(Node):
         V, P, K, _ = keypoints.shape
         normalised = rig.undistort(keypoints.reshape(V, P * K, 2).astype(np.float64))
         undistorted = np.einsum("vij,vnj->vni", rig.K[:, :2, :2], normalised) + rig.K[:, None, :2, 2]
+        with np.errstate(invalid="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN persons: NaN off-axis, never chosen first
+            off_axis = np.nanmedian(np.linalg.norm(normalised.reshape(V, P, K, 2), axis=-1), axis=-1)
         chosen = bootstrap_persons(undistorted.reshape(V, P, K, 2), detections.counts, self.fundamental,
-                                   self.association_settings)
+                                   self.association_settings, off_axis=off_axis)
         if (chosen >= 0).sum() >= self.association_settings.min_views:
             self.person_id += 1
             self.local["bootstraps"] += 1

@@ -248,12 +248,19 @@ def epipolar_distances(keypoints: np.ndarray, fundamental: np.ndarray, min_commo
 
 
 def bootstrap_persons(keypoints_undistorted: np.ndarray, counts: np.ndarray, fundamental: np.ndarray,
-                      settings: AssociationSettings = AssociationSettings()) -> np.ndarray:
+                      settings: AssociationSettings = AssociationSettings(),
+                      off_axis: np.ndarray | None = None) -> np.ndarray:
     """Choose one person per camera by multi-view epipolar consistency, with no track.
 
     keypoints_undistorted: (V, P, K, 2) pixels, NaN where missing; counts: (V,) persons per camera.
-    Returns chosen (V,) int64 person index or -1. The seed is the (camera, person) with the most
-    cameras holding an epipolar-consistent person, then the smallest summed distance.
+    off_axis: optional (V, P) how far each person is from the camera's optical axis (e.g. the median
+    norm of its normalised image coordinates, i.e. tan of the angle; NaN when unknown).
+    Returns chosen (V,) int64 person index or -1.
+
+    Candidate groups are grown from seeds ranked by the number of cameras holding an epipolar-consistent
+    person (then the smallest summed distance). Among the groups with the most cameras, the one nearest
+    the cameras' optical axes (the performer at the centre of the capture volume, where a stage's
+    cameras point) wins when `off_axis` is given; otherwise the first. Never list order.
     """
     n_views, n_persons = keypoints_undistorted.shape[:2]
     distance = epipolar_distances(keypoints_undistorted, fundamental, settings.min_common_keypoints)
@@ -263,15 +270,41 @@ def bootstrap_persons(keypoints_undistorted: np.ndarray, counts: np.ndarray, fun
     best_per_camera = distance.min(axis=3)  # (V, P, V)
     support = (best_per_camera <= gate).sum(-1)  # (V, P)
     total = np.where(best_per_camera <= gate, best_per_camera, 0.0).sum(-1)
-    chosen = np.full(n_views, NONE, np.int64)
     if not (support > 0).any():
-        return chosen
+        return np.full(n_views, NONE, np.int64)
     order = np.lexsort((total.ravel(), -support.ravel()))
-    seed_view, seed_person = np.unravel_index(order[0], support.shape)
+    groups: list[np.ndarray] = []
+    taken = np.zeros((n_views, n_persons), bool)
+    for flat in order:
+        seed_view, seed_person = np.unravel_index(flat, support.shape)
+        if support[seed_view, seed_person] == 0 or taken[seed_view, seed_person]:
+            continue
+        group = _grow_group(distance, gate, seed_view, seed_person)
+        members = np.flatnonzero(group != NONE)
+        taken[members, group[members]] = True
+        groups.append(group)
+        if off_axis is None or len(groups) == MAX_BOOTSTRAP_GROUPS:
+            break
+    size = np.array([(g != NONE).sum() for g in groups])
+    candidates = [g for g, n in zip(groups, size) if n == size.max()]
+    if off_axis is None or len(candidates) == 1:
+        return candidates[0]
+    centrality = [np.nanmean(np.where(g != NONE, off_axis[np.arange(n_views), np.maximum(g, 0)], np.nan))
+                  for g in candidates]
+    centrality = [c if np.isfinite(c) else np.inf for c in centrality]
+    return candidates[int(np.argmin(centrality))]
+
+
+MAX_BOOTSTRAP_GROUPS = 4  # distinct people compared at bootstrap
+
+
+def _grow_group(distance: np.ndarray, gate: float, seed_view: int, seed_person: int) -> np.ndarray:
+    """Greedily add to the seed the (camera, person) nearest (mean epipolar distance) to everyone chosen,
+    as long as its worst distance to them is within `gate`. distance: (V, P, V, P). Returns (V,)."""
+    chosen = np.full(distance.shape[0], NONE, np.int64)
     chosen[seed_view] = seed_person
     while True:
         members = np.flatnonzero(chosen != NONE)
-        # mean distance of every (camera, person) to everyone chosen so far
         to_members = distance[members, chosen[members]]  # (M, V, P)
         worst = to_members.max(axis=0)
         mean = to_members.mean(axis=0)

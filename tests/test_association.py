@@ -164,6 +164,27 @@ def test_bootstrap_with_two_full_people_is_consistent_across_cameras(scene):
     assert len(answers) == 1  # and the same one whatever the list order
 
 
+@pytest.mark.parametrize("at", [(1.2, 0.4), (-0.9, -1.1)])
+def test_bootstrap_prefers_the_person_at_the_centre_of_the_stage(scene, at):
+    """Two people seen by every camera: with off-axis distances, the one where the cameras point wins,
+    whatever the list order, although the visitor's sharper detections make it the first seed."""
+    rng = np.random.default_rng(5)
+    dets = [label(person(scene, body_points(rng, at=at), rng, noise_px=0.2), "visitor"),
+            label(person(scene, body_points(rng), rng, noise_px=3.0), "performer")]
+    F = fundamental_matrices(scene.K, scene.R, scene.t)
+    for trial in range(4):
+        lists = shuffled_lists(dets, np.random.default_rng(trial))
+        packed = pack_detections(lists, 70, 0.3)
+        focal = scene.K[:, None, None, [0, 1], [0, 1]]
+        centre = scene.K[:, None, None, [0, 1], [2, 2]]
+        with np.errstate(invalid="ignore"):
+            off_axis = np.nanmedian(np.linalg.norm((packed.keypoints - centre) / focal, axis=-1), axis=-1)
+        chosen = bootstrap_persons(packed.keypoints, packed.counts, F, SETTINGS, off_axis=off_axis)
+        assert chosen_identity(lists, chosen) == ["performer"] * N_VIEWS
+        first_seed = bootstrap_persons(packed.keypoints, packed.counts, F, SETTINGS)
+        assert chosen_identity(lists, first_seed) == ["visitor"] * N_VIEWS  # what centrality overrides
+
+
 def test_bootstrap_without_anyone_returns_none(scene):
     packed = pack_detections([[] for _ in range(N_VIEWS)], 70, 0.3)
     F = fundamental_matrices(scene.K, scene.R, scene.t)
