@@ -1,7 +1,6 @@
 """Camera / Rig model and calibration files: every real file in ../shared/data, round trips, errors, fuzz."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import cv2
@@ -22,8 +21,7 @@ from streamer.calibration_io import (
     load_qualisys,
     write_caliscope,
 )
-
-SHARED = Path(os.environ.get("STREAMER_SHARED_DATA", Path(__file__).resolve().parents[1] / ".." / "shared" / "data"))
+from tests.shared_data import SHARED
 
 
 def shared(sub: str) -> Path:

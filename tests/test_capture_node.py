@@ -3,7 +3,6 @@ replay of an imported take (always runs) and MediaPipe on two Pose2Sim videos (n
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
@@ -17,9 +16,10 @@ from streamer.calibration import Camera, Rig
 from streamer.transport import Subscriber
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("STREAMER_SHARED_DATA", REPO / ".." / "shared" / "data"))
+from tests.shared_data import SHARED
+
 POSE2SIM = SHARED / "pose2sim_demo"
-OUTPUTS = SHARED / "sam3d_body_outputs"
+from tests.shared_data import SAM3D_OUTPUTS as OUTPUTS
 
 
 def _run_capture(tmp_path: Path, settings: dict, seconds: float) -> tuple[list, subprocess.Popen]:

@@ -3,7 +3,6 @@ the triangulated points3d agree with the OpenPose-based triangulation of the sam
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -17,7 +16,8 @@ from protocol.messages import Points3D
 from streamer.transport import Subscriber
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("STREAMER_SHARED_DATA", REPO / ".." / "shared" / "data"))
+from tests.shared_data import SHARED
+
 TRIAL = SHARED / "pose2sim_demo" / "S00_P00_T01_BalancingTrial"
 CALIBRATION = SHARED / "pose2sim_demo" / "calibration" / "Calib_qualisys.toml"
 CAMERAS = ["cam_01", "cam_02", "cam_03", "cam_04"]

@@ -1,7 +1,6 @@
 """Capture sources and the latest-frame grabber on the real Pose2Sim videos (skip without ../shared/data)."""
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 
@@ -18,8 +17,8 @@ from streamer.capture.sources import (
     buffer_time_to_clock_ns,
     read_timestamp_file,
 )
+from tests.shared_data import SHARED
 
-SHARED = Path(os.environ.get("STREAMER_SHARED_DATA", Path(__file__).resolve().parents[1] / ".." / "shared" / "data"))
 VIDEOS = SHARED / "pose2sim_demo" / "S00_P00_T01_BalancingTrial" / "videos"
 CAMERAS = ["cam01", "cam02", "cam03", "cam04"]
 FRAME_NS = 1e9 / 60

@@ -2,16 +2,15 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from protocol import decode, encode
+from tests.shared_data import SHARED
 from tools import evaluate
 
-SHARED = Path(os.environ.get("STREAMER_SHARED_DATA", Path(__file__).resolve().parents[1] / ".." / "shared" / "data"))
 BALANCING = "pose2sim_demo/S00_P00_T01_BalancingTrial"
 
 pytestmark = pytest.mark.data

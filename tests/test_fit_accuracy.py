@@ -1,12 +1,10 @@
 """Fitter accuracy on the synthetic stage (real Anny body, real triangulation) and on real Pose2Sim data."""
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import pytest
 
-SHARED = Path(os.environ.get("STREAMER_SHARED_DATA", Path(__file__).resolve().parents[1] / ".." / "shared" / "data"))
+from tests.shared_data import SHARED
+
 BALANCING = SHARED / "pose2sim_demo" / "S00_P00_T01_BalancingTrial"
 
 

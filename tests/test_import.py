@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 from collections import Counter
 from pathlib import Path
 
@@ -17,12 +16,17 @@ from streamer.body.mhr70 import index_of
 from streamer.calibration import Rig
 from streamer.calibration_io import load_calibration
 from streamer.importing.mediapipe import CALISCOPE_TO_MHR70, read_frame_times
-from streamer.importing.openpose import BODY25B_TO_MHR70, OpenPoseError, match_cameras, read_frame
+from streamer.importing.openpose import (
+    BODY25B_TO_MHR70,
+    OpenPoseError,
+    match_cameras,
+    read_frame,
+)
 from streamer.recording import read_take
 from streamer.triangulation import triangulate_robust
+from tests.shared_data import SHARED
 from tools import importers
 
-SHARED = Path(os.environ.get("STREAMER_SHARED_DATA", Path(__file__).resolve().parents[1] / ".." / "shared" / "data"))
 BALANCING = "pose2sim_demo/S00_P00_T01_BalancingTrial"
 
 

@@ -2,7 +2,6 @@
 here from the real outputs in ../shared/data/sam3d_body_outputs/."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -12,22 +11,15 @@ from protocol.messages import Keypoints2D, RigCalibration
 from streamer.calibration import Camera, Rig
 from streamer.capture.sources import ReplaySource
 from streamer.recording import read_take
+from tests.shared_data import load_sam3d_outputs
 from tools.import_legacy import LegacyImportError, import_legacy, load_legacy_view, main
 
-SHARED = Path(os.environ.get("STREAMER_SHARED_DATA", Path(__file__).resolve().parents[1] / ".." / "shared" / "data"))
-OUTPUTS = SHARED / "sam3d_body_outputs"
 F_PX = 2535.27
 
 
 @pytest.fixture(scope="module")
 def outputs() -> list[dict]:
-    if not OUTPUTS.is_dir():
-        pytest.skip(f"shared test data not found at {OUTPUTS} (see ../shared/reference/data.md)")
-    outs = []
-    for i in range(4):
-        with np.load(OUTPUTS / f"img_subj0{i}.npz", allow_pickle=False) as z:
-            outs.append({k: z[k] for k in z.files})
-    return outs
+    return load_sam3d_outputs()
 
 
 def _rig() -> Rig:

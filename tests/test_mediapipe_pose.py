@@ -2,7 +2,6 @@
 on the Pose2Sim videos compared with the trial's OpenPose-based results on the same frames."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -10,9 +9,13 @@ import pytest
 
 from streamer.body.mhr70 import NUM_KEYPOINTS, index_of
 from streamer.capture.estimator import View
-from streamer.capture.mediapipe_pose import BLAZEPOSE_TO_MHR70, MediaPipeEstimator, landmarks_to_person
+from streamer.capture.mediapipe_pose import (
+    BLAZEPOSE_TO_MHR70,
+    MediaPipeEstimator,
+    landmarks_to_person,
+)
+from tests.shared_data import SHARED
 
-SHARED = Path(os.environ.get("STREAMER_SHARED_DATA", Path(__file__).resolve().parents[1] / ".." / "shared" / "data"))
 TRIAL = SHARED / "pose2sim_demo" / "S00_P00_T01_BalancingTrial"
 
 

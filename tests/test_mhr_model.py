@@ -3,7 +3,6 @@ TorchScript STAND-IN (a tiny linear model with MHR's exact call signature, NOT t
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +10,12 @@ import pytest
 import torch
 
 from streamer.body import mhr70
-from streamer.body.mhr_model import MhrAssetsMissing, MhrBody, MhrPaths, load_head_buffers
+from streamer.body.mhr_model import (
+    MhrAssetsMissing,
+    MhrBody,
+    MhrPaths,
+    load_head_buffers,
+)
 from streamer.body.mhr_params import (
     assemble_model_params,
     camera_from_mhr_points,
@@ -24,8 +28,9 @@ from streamer.body.mhr_params import (
 )
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("STREAMER_SHARED_DATA", REPO / ".." / "shared" / "data"))
-OUTPUTS = SHARED / "sam3d_body_outputs"
+from tests.shared_data import SAM3D_OUTPUTS as OUTPUTS
+from tests.shared_data import SHARED
+
 REFERENCE = SHARED.parent / "reference"
 # Hand slots of the 204 (sam3d_body_pose_133_layout.json: body 62-88 right hand, 89-115 left, +6).
 RIGHT_SLOTS, LEFT_SLOTS = torch.arange(68, 95), torch.arange(95, 122)

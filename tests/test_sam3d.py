@@ -7,9 +7,6 @@ per-person dicts built from the four real upstream outputs in ../shared/data/sam
 """
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
@@ -26,22 +23,15 @@ from streamer.capture.sam3d import (
     person_from_sam3d,
     project_camera_points,
 )
+from tests.shared_data import load_sam3d_outputs
 
-SHARED = Path(os.environ.get("STREAMER_SHARED_DATA", Path(__file__).resolve().parents[1] / ".." / "shared" / "data"))
-OUTPUTS = SHARED / "sam3d_body_outputs"
 # The four outputs share one image: f = 2535.27 px, centre (960, 445) (reference §4, verified there)
 F_PX, WIDTH, HEIGHT = 2535.27, 1920, 890
 
 
 @pytest.fixture(scope="module")
 def real_outputs() -> list[dict]:
-    if not OUTPUTS.is_dir():
-        pytest.skip(f"shared test data not found at {OUTPUTS} (see ../shared/reference/data.md)")
-    outs = []
-    for i in range(4):
-        with np.load(OUTPUTS / f"img_subj0{i}.npz", allow_pickle=False) as z:
-            outs.append({k: z[k] for k in z.files})
-    return outs
+    return load_sam3d_outputs()
 
 
 class StandInSam3dBodyEstimator:
