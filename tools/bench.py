@@ -12,6 +12,7 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "triangulation": ("tools.bench_triangulation", "robust triangulation vs aniposelib at 4, 8, 16 views"),
     "body": ("tools.bench_body", "body-model keypoints forward+backward, synthetic generation speed"),
     "fit": ("tools.bench_fit", "warm-started fit latency and accuracy vs a cold Adam fit"),
+    "fitter": ("tools.bench_fitter", "fitter node CPU per pose on a recorded take (streamer bench fitter TAKE)"),
     "capture": ("tools.bench_capture", "capture node frames per second per camera (video + CPU estimator)"),
     "sync": ("tools.bench_sync", "frame-set assembly + person choice per frame set"),
     "consumers": ("tools.bench_consumers", "recorder write/read rate, VMC frame cost"),
