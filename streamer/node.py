@@ -102,8 +102,10 @@ def window_rate(count: int, elapsed_s: float, fallback: float = 0.0) -> float:
     return count / elapsed_s
 
 
-class _StoppedDuringSetup(Exception):
-    """Raised by the signal handler while setup() runs: the node ends without finishing its setup."""
+class _StoppedDuringSetup(BaseException):
+    """Raised by the signal handler while setup() runs: the node ends without finishing its setup.
+    A BaseException (like KeyboardInterrupt), so `except Exception` fallbacks inside libraries that
+    setup() imports (e.g. an optional-dependency probe) cannot swallow it."""
 
 
 @dataclass(frozen=True)
@@ -251,12 +253,14 @@ class Node:
                 poller.register(extra.socket, zmq.POLLIN)
         in_main_thread = threading.current_thread() is threading.main_thread()  # signals only work there
         previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)} if in_main_thread else {}
-        self.log.info("start pid=%d bind=%s inputs=%s", os.getpid(), self._publisher.endpoint,
-                      ",".join(f"{i.name}={i.endpoint}" for i in cfg.inputs) or "-")
         exit_code = 0
         try:
-            self._in_setup = True
+            self._in_setup = True  # from here a signal abandons the setup (no window before setup starts)
             try:
+                self.log.info("start pid=%d bind=%s inputs=%s", os.getpid(), self._publisher.endpoint,
+                              ",".join(f"{i.name}={i.endpoint}" for i in cfg.inputs) or "-")
+                if self._stop:  # a signal that came before the handler could raise
+                    raise _StoppedDuringSetup
                 self.setup()
             finally:
                 self._in_setup = False

@@ -97,11 +97,18 @@ def test_cached_stage_starts_without_torch_and_sigterm_ends_a_slow_setup(tmp_pat
         [sys.executable, "-m", "streamer", "node", "capture", "--name", "cam0", "--bind", "tcp://127.0.0.1:0",
          "--settings-json", '{"source": "synthetic", "estimator": "synthetic", "synth_seed": 7}'],
         cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    time.sleep(3.0)  # inside setup: importing torch or animating
-    assert node.poll() is None
+    head = []
+    deadline = time.monotonic() + 60.0
+    while time.monotonic() < deadline:  # "start" is logged right before setup (import torch, animate: >= 1 s)
+        line = node.stdout.readline()
+        head.append(line)
+        if not line or "msg=\"start pid=" in line:
+            break
+    assert node.poll() is None, "".join(head)
     sent = time.monotonic()
     node.send_signal(signal.SIGTERM)
-    out, _ = node.communicate(timeout=30)
+    rest, _ = node.communicate(timeout=30)
+    out = "".join(head) + rest
     assert time.monotonic() - sent < 5.0, out
     assert node.returncode == 0, out
     assert "stopped during setup" in out
