@@ -19,7 +19,7 @@ REPO = Path(__file__).resolve().parents[1]
 from tests.shared_data import SHARED
 
 POSE2SIM = SHARED / "pose2sim_demo"
-from tests.shared_data import SAM3D_OUTPUTS as OUTPUTS
+from tests.shared_data import load_sam3d_outputs
 
 
 def _run_capture(tmp_path: Path, settings: dict, seconds: float) -> tuple[list, subprocess.Popen]:
@@ -48,12 +48,7 @@ def _run_capture(tmp_path: Path, settings: dict, seconds: float) -> tuple[list, 
 def _make_take(tmp_path: Path) -> tuple[Path, Rig, list[dict]]:
     from tools.import_legacy import import_legacy
 
-    if not OUTPUTS.is_dir():
-        pytest.skip(f"shared test data not found at {OUTPUTS} (see ../shared/reference/data.md)")
-    outs = []
-    for i in range(4):
-        with np.load(OUTPUTS / f"img_subj0{i}.npz", allow_pickle=False) as z:
-            outs.append({k: z[k] for k in z.files})
+    outs = load_sam3d_outputs()
     K = np.array([[2535.27, 0, 960], [0, 2535.27, 445], [0, 0, 1]])
     rig = Rig((Camera.from_rvec("a", (1920, 890), K, np.zeros(5), [0, 0, 0], [0, 0, 0]),))
     for frame in range(60):

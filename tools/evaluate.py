@@ -31,9 +31,8 @@ from streamer.calibration_io import load_calibration
 from streamer.importing.openpose import (
     BODY25B_NAMES,
     LAYOUTS,
-    camera_folders,
     frame_files,
-    match_cameras,
+    pose2sim_cameras,
     read_frame,
     to_mhr70,
 )
@@ -186,14 +185,6 @@ class Pose2SimTrial:
         return np.stack([r.points for r in self.results])
 
 
-def _default_calibration(trial: Path) -> Path:
-    folder = trial.parent / "calibration"
-    tomls = sorted(folder.glob("*.toml")) if folder.is_dir() else []
-    if len(tomls) != 1:
-        raise ValueError(f"{folder}: expected exactly one calibration .toml (found {len(tomls)}); pass --calibration")
-    return tomls[0]
-
-
 def pose2sim_trial(
     trial: Path,
     *,
@@ -210,10 +201,7 @@ def pose2sim_trial(
     The temporal prior is the previous frame's points (causal), as the sync node does.
     """
     trial = Path(trial)
-    rig = load_calibration(calibration or _default_calibration(trial)).posed()
-    folders = camera_folders(trial / source)
-    names = match_cameras(list(folders), rig.names)
-    rig = rig.subset(names)
+    rig, names, folders = pose2sim_cameras(trial, calibration, source)
     num_joints, mapping = LAYOUTS[layout]
     per_camera = [dict(frame_files(folder)) for folder in folders.values()]
     frames = np.array(sorted(set().union(*per_camera)))

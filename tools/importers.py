@@ -22,7 +22,7 @@ from protocol import Keypoints2D, Person2D
 from streamer.calibration import Rig
 from streamer.calibration_io import load_calibration
 from streamer.importing.mediapipe import read_caliscope_xy, read_frame_times
-from streamer.importing.openpose import LAYOUTS, camera_folders, frame_files, match_cameras, read_frame, to_mhr70
+from streamer.importing.openpose import LAYOUTS, frame_files, pose2sim_cameras, read_frame, to_mhr70
 from streamer.recording import TakeWriter
 
 __all__ = ["ImportReport", "import_caliscope", "import_pose2sim", "main", "person_from_keypoints"]
@@ -68,27 +68,12 @@ def _write_take(out: Path, rig: Rig, messages: list[Keypoints2D], metadata: dict
             take.write(msg, log_time_ns=msg.t_capture_ns)
 
 
-def _default_calibration(trial: Path) -> Path:
-    for folder in (trial / "calibration", trial.parent / "calibration"):
-        if folder.is_dir():
-            tomls = sorted(folder.glob("*.toml"))
-            if len(tomls) == 1:
-                return tomls[0]
-            raise ValueError(
-                f"{folder}: expected exactly one calibration .toml (found {len(tomls)}); pass --calibration")
-    raise ValueError(f"{trial}: no calibration/ folder here or beside it; pass --calibration")
-
-
 def import_pose2sim(
     trial: Path, out: Path, *, calibration: Path | None = None, source: str = "pose-associated",
     layout: str = "body25b", fps: float = 60.0,
 ) -> ImportReport:
     """Pose2Sim trial (TRIAL/<source>/camNN_json/*.json) -> take. Capture time = frame / fps (hardware-synced)."""
-    trial = Path(trial)
-    rig = load_calibration(calibration or _default_calibration(trial)).posed()
-    folders = camera_folders(trial / source)
-    names = match_cameras(list(folders), rig.names)
-    rig = rig.subset(names)
+    rig, names, folders = pose2sim_cameras(trial, calibration, source)
     num_joints, mapping = LAYOUTS[layout]
     report = ImportReport(cameras=names, time_source=f"frame / {fps:g} fps (the demo is hardware-synchronised)")
     messages, frames_seen = [], set()

@@ -87,6 +87,15 @@ def _camera_column(header: list[str]) -> str:
     return "cam_id" if "cam_id" in header else "port"  # older Caliscope versions say "port"
 
 
+def _read_header(path: Path) -> list[str]:
+    """The CSV file's first row; CaliscopeCsvError naming the file when it cannot be read."""
+    try:
+        with path.open(newline="") as handle:
+            return next(csv.reader(handle), [])
+    except OSError as exc:
+        raise CaliscopeCsvError(f"{path}: cannot read: {exc}") from None
+
+
 def read_caliscope_xy(path) -> CaliscopePoints:
     """`xy_<TRACKER>.csv` -> MHR-70 arrays.
 
@@ -94,11 +103,7 @@ def read_caliscope_xy(path) -> CaliscopePoints:
     frame_time column (seconds) gives per-camera frame times (`frame_times`, NaN where absent).
     """
     path = Path(path)
-    try:
-        with path.open(newline="") as handle:
-            header = next(csv.reader(handle), [])
-    except OSError as exc:
-        raise CaliscopeCsvError(f"{path}: cannot read: {exc}") from None
+    header = _read_header(path)
     id_column = "point_id" if "point_id" in header else "keypoint_id"
     cam_column = _camera_column(header)
     rows = _read_rows(path, ("sync_index", cam_column, id_column, "img_loc_x", "img_loc_y"))
@@ -138,11 +143,7 @@ def read_frame_times(path) -> dict[tuple[int, str], float]:
     """Caliscope `timestamps.csv` / `frame_time_history.csv` (sync_index, cam_id or port, frame_time in s)
     -> {(sync_index, camera id string): frame_time_s}."""
     path = Path(path)
-    try:
-        with path.open(newline="") as handle:
-            header = next(csv.reader(handle), [])
-    except OSError as exc:
-        raise CaliscopeCsvError(f"{path}: cannot read: {exc}") from None
+    header = _read_header(path)
     cam_column = _camera_column(header)
     rows = _read_rows(path, ("sync_index", cam_column, "frame_time"))
     times = {}

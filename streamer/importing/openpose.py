@@ -18,6 +18,8 @@ from pathlib import Path
 import numpy as np
 
 from streamer.body.mhr70 import NUM_KEYPOINTS, OPENPOSE_BODY25_TO_MHR70, index_of
+from streamer.calibration import Rig
+from streamer.calibration_io import load_calibration
 
 __all__ = [
     "BODY25B_NAMES",
@@ -26,8 +28,10 @@ __all__ = [
     "OpenPoseError",
     "PersonKeypoints",
     "camera_folders",
+    "default_pose2sim_calibration",
     "frame_files",
     "match_cameras",
+    "pose2sim_cameras",
     "read_frame",
     "to_mhr70",
 ]
@@ -157,3 +161,25 @@ def to_mhr70(person: PersonKeypoints, mapping: dict[int, int]) -> PersonKeypoint
     keypoints[target] = person.keypoints[source]
     confidence[target] = person.confidence[source]
     return PersonKeypoints(keypoints, confidence)
+
+
+def default_pose2sim_calibration(trial: Path) -> Path:
+    """The one calibration `.toml` in `TRIAL/calibration/` or beside the trial (`TRIAL/../calibration/`)."""
+    for folder in (trial / "calibration", trial.parent / "calibration"):
+        if folder.is_dir():
+            tomls = sorted(folder.glob("*.toml"))
+            if len(tomls) == 1:
+                return tomls[0]
+            raise ValueError(
+                f"{folder}: expected exactly one calibration .toml (found {len(tomls)}); pass --calibration")
+    raise ValueError(f"{trial}: no calibration/ folder here or beside it; pass --calibration")
+
+
+def pose2sim_cameras(trial, calibration=None, source: str = "pose-associated") -> tuple[Rig, list[str], dict[str, Path]]:
+    """A Pose2Sim trial's posed rig (restricted to the cameras with JSON folders), the matched camera names
+    in rig order, and the folders `TRIAL/<source>/camNN_json` (in the same order)."""
+    trial = Path(trial)
+    rig = load_calibration(calibration or default_pose2sim_calibration(trial)).posed()
+    folders = camera_folders(trial / source)
+    names = match_cameras(list(folders), rig.names)
+    return rig.subset(names), names, folders

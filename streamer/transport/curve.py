@@ -48,12 +48,7 @@ def generate_keypair_files(keys_dir: str | Path, name: str) -> tuple[Path, Path]
 def load_keypair(path: str | Path) -> CurveKeypair:
     """Read a `NAME.key_secret` certificate; raises ValueError naming the file when unusable."""
     path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"{path}: CURVE secret key file not found")
-    try:
-        public, secret = zmq.auth.load_certificate(str(path))
-    except Exception as exc:
-        raise ValueError(f"{path}: not a ZeroMQ certificate ({exc})") from None
+    public, secret = _read_certificate(path, "secret")
     if not secret:
         raise ValueError(f"{path}: holds no secret key (expected NAME.key_secret)")
     return CurveKeypair(public, secret)
@@ -61,14 +56,18 @@ def load_keypair(path: str | Path) -> CurveKeypair:
 
 def load_public_key(path: str | Path) -> bytes:
     """Read the public key of a `NAME.key` (or `.key_secret`) certificate."""
-    path = Path(path)
+    public, _ = _read_certificate(Path(path), "public")
+    return public
+
+
+def _read_certificate(path: Path, kind: str) -> tuple[bytes, bytes | None]:
+    """(public, secret or None) of a ZeroMQ certificate file; ValueError naming the file when unusable."""
     if not path.is_file():
-        raise ValueError(f"{path}: CURVE public key file not found")
+        raise ValueError(f"{path}: CURVE {kind} key file not found")
     try:
-        public, _ = zmq.auth.load_certificate(str(path))
+        return zmq.auth.load_certificate(str(path))
     except Exception as exc:
         raise ValueError(f"{path}: not a ZeroMQ certificate ({exc})") from None
-    return public
 
 
 def make_server(sock: zmq.Socket, keypair: CurveKeypair) -> None:
