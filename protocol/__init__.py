@@ -15,6 +15,7 @@ from protocol.messages import (
     RigCalibration,
     Truth,
     Verdict,
+    ViewParams,
 )
 
 __all__ = [
@@ -33,6 +34,7 @@ __all__ = [
     "RigCalibration",
     "Truth",
     "Verdict",
+    "ViewParams",
     "decode",
     "decode_envelope",
     "decode_record",

@@ -33,6 +33,7 @@ __all__ = [
     "RigCalibration",
     "Truth",
     "Verdict",
+    "ViewParams",
 ]
 
 MAX_PERSONS = 16
@@ -118,6 +119,18 @@ class BoxHints:
 
 
 @dataclass(slots=True)
+class ViewParams:
+    """The estimator body-model parameters of the person a `Points3D` used in one camera.
+
+    camera: one of the Points3D's `cameras`. params: that camera's `Person2D.params`, as the
+    estimator sent them (MHR layout, camera frame, see Person2D); never empty.
+    """
+
+    camera: Annotated[str, Str(64)]
+    params: Annotated[dict, ArrMap()]
+
+
+@dataclass(slots=True)
 class Points3D:
     """Topic `points3d`: one triangulated person from one frame set.
 
@@ -127,6 +140,8 @@ class Points3D:
     n_views: (K,) uint8, inlier views used per point (< 2 means missing).
     inliers: (K, V) bool. reproj_px: (K, V) float32 pixels, NaN where not observed.
     confidence: (K,) float32 in [0, 1], 0 where missing.
+    view_params: per camera whose chosen person came with estimator parameters, a `ViewParams`
+        (at most one per camera; empty when the estimator sends none), for the fitter's initialisation.
     """
 
     KIND: ClassVar[str] = "points3d"
@@ -145,6 +160,7 @@ class Points3D:
     mean_reproj_px: Annotated[float, Float(allow_nan=True)]
     usable: Annotated[bool, Bool()]
     t_send_ns: Annotated[int, Int()] = 0
+    view_params: Annotated[list, Seq(ViewParams, MAX_CAMERAS)] = field(default_factory=list)
 
 
 @dataclass(slots=True)
