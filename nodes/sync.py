@@ -32,7 +32,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from protocol import Keypoints2D, Points3D, RigCalibration
+from protocol import Keypoints2D, Points3D, RigCalibration, ViewParams
 from streamer.association import (
     AssociationSettings,
     TrackState,
@@ -78,6 +78,7 @@ class Settings:
     poll_interval_ms: float = 2.0  # how often deadlines are checked
     publish_hints: bool = True  # hint/<cam>: the confirmed track's boxes per camera, for capture nodes
     hint_margin: float = 0.15  # share of the projected box size added on every side of a hint box
+    view_params: bool = True  # points3d carries each chosen person's estimator parameters (fitter initialisation)
 
 
 def _ns(ms: float) -> int:
@@ -292,7 +293,15 @@ class Sync(Node):
             confidence=np.clip(result.confidence, 0.0, 1.0).astype(np.float32),
             mean_reproj_px=float(result.mean_reproj_px),
             usable=bool(usable),
+            view_params=self._view_params(names, persons, chosen),
         )
+
+    def _view_params(self, names, persons, chosen) -> list[ViewParams]:
+        """The estimator parameters of the person chosen in each camera that has them (`Points3D.view_params`)."""
+        if not self.settings.view_params:
+            return []
+        return [ViewParams(camera=name, params=p[c].params)
+                for name, p, c in zip(names, persons, chosen) if 0 <= c < len(p) and p[c].params]
 
     def _publish_hints(self, t_ns: int) -> None:
         """`hint/<cam>` for every camera of the rig when this frame set confirmed the track (not while coasting:
