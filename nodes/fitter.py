@@ -15,8 +15,20 @@ the re-acquired pose is slew-limited to `max_speed_mps`, so it never jumps. Ship
 never NaN. On unusable and stale poses `loss` and `data_loss` are NaN ("not computed"; a zero loss
 would claim a perfect fit, ARCHITECTURE.md §4 rule 2): read the verdict.
 
+Initialisation (a person's first fit, and again after the track was lost): with the MHR body the
+estimator's per-view parameters (`points3d.view_params`, SAM-3D Body's MHR parameters in each camera's
+frame) are turned into world-frame candidates with the rig calibration (`calib` state: the root rotation
+camera -> world, the translation re-solved) and the candidate whose rigidly aligned keypoints fit the
+3D points best is the start (`streamer.fitting.init.choose_start`); views of cameras missing from the
+rig named by `points3d.calib_version`, or with malformed parameters, are skipped (counted). Without
+candidates the start is the canonical pose aligned to the points. The Anny body cannot take MHR
+parameters: the node says so once in the log and starts from the canonical pose.
+
 Counters: frames, published, stale_sent, verdict/<v>, source/<fit|coast|hold>, rejects/bad_points3d,
-not_published/<first_unusable|time_not_advancing>. Gauges: fit_ms, iterations, rms_mm, persons.
+not_published/<first_unusable|time_not_advancing>, start/<estimator|canonical> and start_view/<camera>
+(which start each (re)initialisation used), init/<no_calib|unknown_camera|bad_view_params|
+params_not_in_model_layout> (view parameters that could not be used). Gauges: fit_ms, iterations,
+rms_mm, persons, start_rms_mm (aligned RMS error of the last start).
 """
 from __future__ import annotations
 
@@ -28,8 +40,12 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
-from protocol.messages import Points3D, Pose, PoseFlag, Verdict
+from protocol.messages import Points3D, Pose, PoseFlag, RigCalibration, Verdict
+from streamer.calibration import Rig
 from streamer.fitting import FitSettings, TargetSettings, fit_targets
+from streamer.fitting.align import Alignment
+from streamer.fitting.init import Start, align_params, choose_start
+from streamer.fitting.targets import FitTargets
 from streamer.fitting.track import TrackOutput, TrackSettings, TrackState, make_context, track_init, track_step
 from streamer.node import Node, run_node
 
@@ -40,7 +56,9 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Settings:
-    body_model: str = "anny"  # body model id ("anny": the embedded Anny body)
+    body_model: str = "anny"  # body model id: "anny" (the embedded Anny body) or "mhr" (needs the gated assets)
+    mhr_model: str = ""  # MHR: path of mhr_model.pt (empty: $STREAMER_MHR_MODEL or beside the checkpoint)
+    mhr_checkpoint: str = ""  # MHR: SAM-3D Body model.ckpt or its folder (empty: $STREAMER_SAM3D_CHECKPOINT)
     device: str = "cpu"  # torch device: "cpu" or "cuda"
     torch_threads: int = 1  # CPU threads for torch in this process
     min_valid_points: int = 6  # fewer valid 3D points: the frame is unusable
@@ -65,12 +83,21 @@ class Settings:
     forget_after_s: float = 30.0  # drop a person's track after this long without input
 
 
-def build_body(name: str, device: str):
-    """The body model named `name` on `device`."""
+def build_body(name: str, device: str, *, mhr_model: str = "", mhr_checkpoint: str = ""):
+    """The body model named `name` on `device` (MHR assets from the paths, else the environment)."""
     if name == "anny":
         from streamer.body.anny_model import AnnyBody
         return AnnyBody(device=device)
-    raise ValueError(f"fitter: body_model must be 'anny', got {name!r}")
+    if name == "mhr":
+        from streamer.body.mhr_model import MhrBody, MhrPaths
+        return MhrBody(MhrPaths.resolve(model=mhr_model or None, checkpoint=mhr_checkpoint or None), device=device)
+    raise ValueError(f"fitter: body_model must be 'anny' or 'mhr', got {name!r}")
+
+
+def world_from_camera(rig: Rig, camera: str) -> Alignment:
+    """The rigid transform taking `camera`'s frame (OpenCV axes, metres) into the rig's world frame."""
+    cam = rig.camera(camera)
+    return Alignment(rotation=cam.R.T, translation=-cam.R.T @ cam.t, scale=1.0, rms_m=0.0)
 
 
 def pose_message(model, output: TrackOutput, points: Points3D, t_input_ns: int) -> Pose:
@@ -96,12 +123,12 @@ def pose_message(model, output: TrackOutput, points: Points3D, t_input_ns: int) 
 
 class Fitter(Node):
     Settings = Settings
-    INPUT_TOPICS = ("points3d",)
+    INPUT_TOPICS = ("points3d", "calib")
 
     def setup(self) -> None:
         s = self.settings
         torch.set_num_threads(max(1, s.torch_threads))
-        self.model = build_body(s.body_model, s.device)
+        self.model = build_body(s.body_model, s.device, mhr_model=s.mhr_model, mhr_checkpoint=s.mhr_checkpoint)
         track = TrackSettings(
             fit=FitSettings(huber_m=s.huber_m, accel_prior=s.accel_prior, max_iterations=s.max_iterations,
                             max_iterations_cold=s.max_iterations_cold, good_rms_m=s.good_rms_m),
@@ -116,8 +143,13 @@ class Fitter(Node):
         self.last_input_ns: dict[int, int] = {}
         self.last_stale_ns: dict[int, int] = {}
         self.tick_interval_s = min(0.05, s.stale_interval_s)
+        self.rigs: dict[str, Rig] = {}  # calibration version -> rig (the newest few), from the `calib` state
+        self.said_no_layout = False
 
     def on_message(self, topic: str, msg) -> None:
+        if isinstance(msg, RigCalibration):
+            self._on_calibration(msg)
+            return
         if not isinstance(msg, Points3D):
             return
         self.count("frames")
@@ -133,7 +165,11 @@ class Fitter(Node):
         person = msg.person_id
         state = self.tracks.get(person) or track_init(self.context)
         t0 = time.perf_counter()
-        state, output = track_step(state, targets, msg.t_ns, self.context)
+        candidates = None
+        if self._starts_afresh(state, targets, msg.t_ns):
+            start = self._choose_start(msg, targets)
+            candidates = start.params[None] if start is not None and start.source == "estimator" else None
+        state, output = track_step(state, targets, msg.t_ns, self.context, candidates=candidates)
         fit_ms = (time.perf_counter() - t0) * 1000
         self.tracks[person] = state
         self.last_input_ns[person] = self.clock.now_ns()
@@ -153,6 +189,79 @@ class Fitter(Node):
         if np.isfinite(output.evaluation.rms_m):
             self.gauge("rms_mm", output.evaluation.rms_m * 1000)
         self.gauge("persons", float(len(self.tracks)))
+
+    # ------------------------------------------------------------ initialisation
+
+    def _on_calibration(self, msg: RigCalibration) -> None:
+        """Keep the rig of each calibration version (points3d name theirs), the newest four."""
+        try:
+            rig = Rig.from_message(msg)
+        except ValueError as exc:
+            self.count("rejects/calib_invalid")
+            logger.warning("calibration %s rejected: %s", msg.version, exc)
+            return
+        self.rigs.pop(msg.version, None)
+        self.rigs[msg.version] = rig
+        while len(self.rigs) > 4:
+            self.rigs.pop(next(iter(self.rigs)))
+
+    def _starts_afresh(self, state: TrackState, targets: FitTargets, t_ns: int) -> bool:
+        """Whether `track_step` (re)initialises this person at `t_ns`: usable targets and no track, or no fit
+        for `lost_after_s` (the rule of streamer.fitting.track)."""
+        if not targets.usable or int(t_ns) <= state.t_ns:
+            return False
+        return state.params is None or (int(t_ns) - state.t_fit_ns) * 1e-9 > self.context.settings.lost_after_s
+
+    def _view_candidates(self, msg: Points3D) -> tuple[np.ndarray, list[str]]:
+        """World-frame start candidates (C, P) from the estimator's per-view parameters, and their cameras."""
+        model, none = self.model, (np.empty((0, self.model.num_params)), [])
+        if not msg.view_params:
+            return none
+        if not hasattr(model, "params_from_estimator"):
+            self.count("init/params_not_in_model_layout")
+            if not self.said_no_layout:
+                self.said_no_layout = True
+                logger.info("points3d carry estimator parameters (MHR layout), but the %r body cannot start from "
+                            "them: tracks start from the canonical pose aligned to the points", model.name)
+            return none
+        rig = self.rigs.get(msg.calib_version)
+        if rig is None:
+            self.count("init/no_calib")
+            return none
+        candidates, cameras = [], []
+        for view in msg.view_params:
+            if view.camera not in rig.names:
+                self.count("init/unknown_camera")
+                continue
+            try:
+                in_camera = model.params_from_estimator(view.params)
+            except ValueError as exc:
+                self.count("init/bad_view_params")
+                logger.debug("view %s: %s", view.camera, exc)
+                continue
+            candidates.append(align_params(model, in_camera, world_from_camera(rig, view.camera)))
+            cameras.append(view.camera)
+        return (np.stack(candidates), cameras) if candidates else none
+
+    def _choose_start(self, msg: Points3D, targets: FitTargets) -> Start | None:
+        """The estimator start of a (re)initialised track, None without candidates (track_step then starts from
+        the canonical pose); the source goes to the stats and the log."""
+        candidates, cameras = self._view_candidates(msg)
+        if not len(candidates):
+            self.count("start/canonical")
+            logger.info("person %d: track starts from the canonical pose", msg.person_id)
+            return None
+        start = choose_start(self.model, targets, candidates=candidates, reference=self.context.reference)
+        self.count(f"start/{start.source}")
+        view = cameras[start.candidate] if start.source == "estimator" else ""
+        if view:
+            self.count(f"start_view/{view}")
+        if np.isfinite(start.rms_m):
+            self.gauge("start_rms_mm", start.rms_m * 1000)
+        logger.info("person %d: track starts from the %s pose%s (aligned rms %.1f mm, %d candidates)",
+                    msg.person_id, start.source, f" of camera {view}" if view else "", start.rms_m * 1000,
+                    len(candidates))
+        return start
 
     def on_tick(self, now_ns: int) -> None:
         s = self.settings

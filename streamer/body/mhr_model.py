@@ -35,9 +35,11 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from streamer.body import mhr70
@@ -53,10 +55,11 @@ from streamer.body.mhr_params import (
     camera_from_mhr_points,
     camera_from_mhr_rotations,
     hands_to_model_params,
+    rotate_global_rot,
     scales_from_scale_params,
 )
 
-__all__ = ["HEAD_BUFFER_NAMES", "MhrAssetsMissing", "MhrBody", "MhrPaths", "load_head_buffers"]
+__all__ = ["ESTIMATOR_KEYS", "HEAD_BUFFER_NAMES", "MhrAssetsMissing", "MhrBody", "MhrPaths", "load_head_buffers"]
 
 logger = logging.getLogger(__name__)
 
@@ -65,6 +68,9 @@ ENV_CHECKPOINT = "STREAMER_SAM3D_CHECKPOINT"
 HEAD_BUFFER_NAMES = ("scale_mean", "scale_comps", "hand_pose_mean", "hand_pose_comps", "hand_joint_idxs_left",
                      "hand_joint_idxs_right", "keypoint_mapping")
 NUM_EXPRESSION = 72
+# parameter group -> key of SAM-3D Body's parameters in `Person2D.params` (streamer.capture.sam3d.PARAM_KEYS)
+ESTIMATOR_KEYS = {"global_rot": "global_rot", "transl": "cam_t", "body_pose": "body_pose", "hand_pose": "hand",
+                  "shape": "shape", "scale": "scale"}
 _HOWTO = (
     "MHR needs the SAM-3D Body checkpoint (gated: request access to the Hugging Face repo "
     "facebook/sam-3d-body-dinov3 or facebook/sam-3d-body-vith, then download model.ckpt and "
@@ -186,6 +192,32 @@ class MhrBody(BodyModel):
         params = torch.zeros(batch, self.num_params, device=self.device, dtype=self.dtype)
         params[:, self.groups["transl"].start + 2] = 3.0
         return params
+
+    def params_from_estimator(self, estimate: Mapping[str, np.ndarray]) -> np.ndarray:
+        """One person's SAM-3D Body parameters as `Person2D.params` carries them (body_pose (133,), hand (108,),
+        shape (45,), scale (28,), global_rot (3,), cam_t (3,); other keys ignored) -> (320,) float64 parameter
+        vector of this model, camera frame. Raises ValueError naming the missing, misshapen or non-finite key."""
+        out = np.empty(self.num_params)
+        for group, key in ESTIMATOR_KEYS.items():
+            rows = self.groups[group]
+            value = estimate.get(key)
+            if value is None:
+                raise ValueError(f"estimator parameters lack {key!r} (have {sorted(estimate)})")
+            value = np.asarray(value, np.float64)
+            if value.shape != (rows.stop - rows.start,):
+                raise ValueError(f"estimator parameter {key!r}: expected shape ({rows.stop - rows.start},), "
+                                 f"got {value.shape}")
+            if not np.isfinite(value).all():
+                raise ValueError(f"estimator parameter {key!r}: NaN or infinity")
+            out[rows] = value
+        return out
+
+    def turn_global_rot(self, global_rot: np.ndarray, rotation: np.ndarray) -> np.ndarray:
+        """(3,) XYZ-Euler root rotation of a body turned by `rotation` (3, 3) acting on this model's output
+        (camera-axes) points, e.g. camera -> world or a rigid alignment (`mhr_params.rotate_global_rot`)."""
+        turned = rotate_global_rot(torch.tensor(np.asarray(global_rot), dtype=torch.float64),
+                                   torch.tensor(np.asarray(rotation), dtype=torch.float64))
+        return turned.numpy()
 
     def model_params(self, params: torch.Tensor) -> torch.Tensor:
         """(B, 320) -> (B, 204) the MHR model parameters (3DB's `mhr_model_params`)."""

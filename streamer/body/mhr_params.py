@@ -34,6 +34,7 @@ __all__ = [
     "hand_cont_to_model_params",
     "hand_model_params_to_cont",
     "hands_to_model_params",
+    "rotate_global_rot",
     "scales_from_scale_params",
 ]
 
@@ -148,6 +149,17 @@ def assemble_model_params(global_rot: torch.Tensor, body_pose: torch.Tensor, lef
 def camera_from_mhr_points(points_cm: torch.Tensor) -> torch.Tensor:
     """(..., 3) MHR-native points, cm, y-up -> 3DB camera-frame axes, metres (y and z negated)."""
     return points_cm / 100.0 * _FLIP.to(points_cm)
+
+
+def rotate_global_rot(global_rot: torch.Tensor, rotation: torch.Tensor) -> torch.Tensor:
+    """(..., 3) XYZ-Euler root rotation of a body -> the same body turned by `rotation` (..., 3, 3).
+
+    `rotation` acts in the frame the body's points come out in (camera axes, F = diag(1, -1, -1) from
+    MHR's): F @ R_new = rotation @ F @ R, so R_new = F @ rotation @ F @ R. E.g. camera -> world with
+    rotation = world_from_camera (the rig's R transposed), or a rigid alignment of the keypoints."""
+    flip = _FLIP.to(rotation)
+    turned = flip[:, None] * rotation * flip[None, :]  # F @ rotation @ F
+    return _rotmat_to_euler_xyz(turned @ euler_xyz_to_rotmat(global_rot.to(rotation)))
 
 
 def camera_from_mhr_rotations(rotations: torch.Tensor) -> torch.Tensor:

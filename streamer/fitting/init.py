@@ -2,6 +2,8 @@
 
 The global rotation and translation of a start are set by a rigid (Kabsch-Umeyama) alignment
 of the model's keypoints to the valid target points (ARCHITECTURE.md §4.1: valid points only).
+A model whose "global_rot" is not an axis-angle acting on its output frame (MHR: XYZ Euler in
+MHR's axes) provides `turn_global_rot(global_rot (3,), rotation (3, 3)) -> (3,)`, used to turn it.
 """
 from __future__ import annotations
 
@@ -20,12 +22,14 @@ __all__ = ["Start", "align_params", "choose_start", "model_keypoints"]
 @dataclass(frozen=True)
 class Start:
     """params: (P,) float64 start; source: "estimator", "previous" or "canonical"; cold: a fresh
-    initialisation (the solver may use more iterations); rms_m: aligned RMS point error of the start."""
+    initialisation (the solver may use more iterations); rms_m: aligned RMS point error of the start;
+    candidate: index of the estimator candidate chosen (-1 for other sources)."""
 
     params: np.ndarray
     source: str
     cold: bool
     rms_m: float
+    candidate: int = -1
 
 
 def model_keypoints(model: BodyModel, params: np.ndarray) -> np.ndarray:
@@ -60,6 +64,13 @@ def _rotmat_to_rotvec(rot: np.ndarray) -> np.ndarray:
     return theta * w / (2 * np.sin(theta))
 
 
+def _turned_global_rot(model: BodyModel, global_rot: np.ndarray, rotation: np.ndarray) -> np.ndarray:
+    turn = getattr(model, "turn_global_rot", None)
+    if turn is not None:
+        return np.asarray(turn(global_rot, rotation), np.float64)
+    return _rotmat_to_rotvec(rotation @ _rotvec_to_rotmat(global_rot))  # axis-angle in the output frame (Anny)
+
+
 def align_params(model: BodyModel, params: np.ndarray, alignment: Alignment) -> np.ndarray:
     """(P,) params with the rigid `alignment` applied to the whole body (global rotation and translation).
 
@@ -68,8 +79,7 @@ def align_params(model: BodyModel, params: np.ndarray, alignment: Alignment) -> 
     g = model.groups
     params = np.asarray(params, np.float64).copy()
     before = model_keypoints(model, params)
-    rot = alignment.rotation @ _rotvec_to_rotmat(params[g["global_rot"]])
-    params[g["global_rot"]] = _rotmat_to_rotvec(rot)
+    params[g["global_rot"]] = _turned_global_rot(model, params[g["global_rot"]], alignment.rotation)
     rotated = model_keypoints(model, params)
     want = before @ alignment.rotation.T + alignment.translation
     ok = np.isfinite(want).all(1) & np.isfinite(rotated).all(1)
@@ -100,15 +110,15 @@ def choose_start(
     (P,) (a warm start, used as is). Else `reference` (P,) or the model's default pose, aligned
     to the valid points. Targets must be usable."""
     if candidates is not None and len(candidates):
-        best: tuple[np.ndarray, float] | None = None
-        for cand in np.asarray(candidates, np.float64):
+        best: tuple[np.ndarray, float, int] | None = None
+        for index, cand in enumerate(np.asarray(candidates, np.float64)):
             if not np.isfinite(cand).all():
                 continue
             got = _aligned(model, cand, targets)
             if got is not None and (best is None or got[1] < best[1]):
-                best = got
+                best = (*got, index)
         if best is not None:
-            return Start(best[0], "estimator", True, best[1])
+            return Start(best[0], "estimator", True, best[1], best[2])
     if previous is not None:
         return Start(np.asarray(previous, np.float64), "previous", False, np.nan)
     canonical = (np.asarray(reference, np.float64) if reference is not None
