@@ -2,7 +2,9 @@
 
 The real model needs gated weights and a GPU, so the wrapper logic runs here on `StandInSam3dBody`, a STAND-IN:
 a tiny random network with upstream SAM3DBody's call contract (image_mean/std, backbone, backbone_dtype,
-decoder.layers, head_pose.faces, _initialize_batch, forward_decoder, forward_step(batch, decoder_type) -> {"mhr"}).
+decoder.layers, head_pose.faces, data_preprocess, prompt_encoder, _initialize_batch, forward_decoder,
+forward_step(batch, decoder_type) -> {"mhr"}), including the habits of upstream's code that block CUDA-graph
+capture (a device max() check, boolean-mask writes in the prompt encoder).
 The agreement of the fast path with the real model is measured on a GPU by `streamer bench estimator`.
 """
 from __future__ import annotations
@@ -18,7 +20,16 @@ from hypothesis import strategies as st
 from torch import nn
 
 from streamer.capture.estimator import View
-from streamer.capture.sam3d_fast import CropRequest, FastBodyEstimator, FastSam3dEstimator, crop_affine, warp_crops
+from streamer.capture.sam3d_fast import (
+    CropRequest,
+    FastBodyEstimator,
+    FastSam3dEstimator,
+    _SyncFree,
+    crop_affine,
+    expand_host_indices,
+    masked_write,
+    warp_crops,
+)
 
 SIZE = 32  # stand-in model input (w = h), pixels
 
@@ -32,6 +43,23 @@ class _StandInLayer(nn.Module):
     def forward(self, tokens: torch.Tensor, image_tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         context = image_tokens.mean(dim=1, keepdim=True)
         return tokens + torch.tanh(self.mix(tokens) + self.attend(context)), image_tokens
+
+
+class _StandInPromptEncoder(nn.Module):
+    """Embeds keypoint prompts the way upstream's does: an input check and boolean-mask writes (both syncs)."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.point = nn.Linear(2, dim)
+        self.invalid_point_embed = nn.Embedding(1, dim)
+
+    def forward(self, keypoints: torch.Tensor, boxes=None, masks=None) -> tuple[torch.Tensor, torch.Tensor]:
+        points, labels = keypoints[:, :, :2], keypoints[:, :, -1]
+        assert points.min() >= 0 and points.max() <= 1
+        embedding = self.point(points)
+        embedding[labels == -2] = 0.0
+        embedding[labels == -2] += self.invalid_point_embed.weight[0]
+        return embedding, labels > -2
 
 
 class StandInSam3dBody(nn.Module):
@@ -50,13 +78,22 @@ class StandInSam3dBody(nn.Module):
         self.head_pose = nn.Module()
         self.head_pose.faces = nn.Parameter(torch.randint(0, 100, (50, 3)), requires_grad=False)
         self.head = nn.Linear(16, 70 * 3 + 3 + 133 + 108 + 45 + 28 + 3)
+        self.prompt_encoder = _StandInPromptEncoder(16)
         self.calls = 0
+
+    def data_preprocess(self, inputs: torch.Tensor, crop_width: bool = False) -> torch.Tensor:
+        if inputs.max() > 1:  # a device sync, as upstream's
+            inputs = inputs / 255.0
+        return (inputs - self.image_mean) / self.image_std
 
     def _initialize_batch(self, batch: dict) -> None:
         self._batch_size, self._num_person = batch["img"].shape[:2]
 
-    def forward_decoder(self, image_embeddings: torch.Tensor, batch: dict) -> dict:
+    def forward_decoder(self, image_embeddings: torch.Tensor, batch: dict, prompt: torch.Tensor | None = None
+                        ) -> dict:
         tokens = image_embeddings.flatten(2).mean(dim=2, keepdim=True).transpose(1, 2)  # (B, 1, C)
+        if prompt is not None:
+            tokens = tokens + prompt
         image_tokens = image_embeddings.flatten(2).transpose(1, 2)
         for layer in self.decoder.layers:
             tokens, image_tokens = layer(tokens, image_tokens)
@@ -75,12 +112,12 @@ class StandInSam3dBody(nn.Module):
     def forward_step(self, batch: dict, decoder_type: str = "body") -> dict:
         assert decoder_type == "body"
         self.calls += 1
-        img = batch["img"].flatten(0, 1)
-        if img.max() > 1:
-            img = img / 255.0
-        x = (img - self.image_mean) / self.image_std
+        x = self.data_preprocess(batch["img"].flatten(0, 1))
         embeddings = self.backbone(x.type(self.backbone_dtype)).type(x.dtype)
-        return {"mhr": self.forward_decoder(embeddings, batch)}
+        keypoints = torch.zeros((x.shape[0], 1, 3)).to(batch["img"])  # upstream's first-pass dummy prompt
+        keypoints[:, :, -1] = -2
+        prompt, _ = self.prompt_encoder(keypoints=keypoints)
+        return {"mhr": self.forward_decoder(embeddings, batch, prompt=prompt)}
 
 
 def _images(seed: int = 0) -> list[np.ndarray]:
@@ -245,3 +282,109 @@ def test_fast_estimator_serves_hinted_views_in_one_forward_and_unhinted_views_th
     np.testing.assert_allclose(persons[0][1].params["cam_t"], single["pred_cam_t"], rtol=1e-5)
     with pytest.raises(ValueError, match="no boxes"):
         FastSam3dEstimator(fast, None).estimate(views)
+
+
+def test_make_batch_holds_upstream_per_crop_numbers():
+    fast = FastBodyEstimator(StandInSam3dBody().eval(), cuda_graphs=False)
+    images, requests = _images(), _requests()
+    batch = fast.make_batch(images, requests)
+    for i, r in enumerate(requests):
+        center, scale, affine = crop_affine(r.box_xyxy, (SIZE, SIZE))
+        h, w = images[r.image_index].shape[:2]
+        np.testing.assert_array_equal(batch["bbox_center"][i, 0].numpy(), center)
+        np.testing.assert_array_equal(batch["bbox_scale"][i, 0].numpy(), scale)
+        np.testing.assert_array_equal(batch["affine_trans"][i, 0].numpy(), affine)
+        np.testing.assert_array_equal(batch["bbox"][i, 0].numpy(), r.box_xyxy.astype(np.float32))
+        np.testing.assert_array_equal(batch["cam_int"][i].numpy(), r.camera_matrix.astype(np.float32))
+        np.testing.assert_array_equal(batch["ori_img_size"][i, 0].numpy(), [w, h])
+        np.testing.assert_array_equal(batch["img_size"][i, 0].numpy(), [SIZE, SIZE])
+    assert batch["img"].shape == (4, 1, 3, SIZE, SIZE) and batch["cam_int"].shape == (4, 3, 3)
+    assert all(v.dtype == torch.float32 for v in batch.values())
+
+
+def test_graph_decoder_path_equals_the_eager_path_without_any_sync_and_restores_the_model():
+    """Off CUDA, graph_decoder runs exactly the code it would record, under the sync-free mode (where the stand-in's
+    device max() check and boolean-mask prompt writes would raise): same outputs as the eager path."""
+    model = StandInSam3dBody().eval()
+    images, requests = _images(), _requests()
+    eager = FastBodyEstimator(model, cuda_graphs=False)(images, requests)
+    graphed = FastBodyEstimator(model, cuda_graphs=False, graph_decoder=True)
+    for _ in range(2):  # the dummy prompt's embedding is cached per batch size
+        out = graphed(images, requests)
+        for key, value in eager.items():
+            torch.testing.assert_close(out[key], value, rtol=0, atol=0)
+    assert set(graphed._dummy_prompts) == {4}
+    assert not {"data_preprocess", "forward_decoder"} & set(model.__dict__)
+    assert "forward" not in model.prompt_encoder.__dict__
+    with pytest.raises(RuntimeError, match="waits for the device"):  # the stand-in does sync without the bypasses
+        with _SyncFree(torch.device("cpu")), torch.no_grad():
+            fast = FastBodyEstimator(model, cuda_graphs=False)
+            fast(images, requests)
+    with pytest.raises(ValueError, match="exclude each other"):
+        FastBodyEstimator(model, graph_decoder=True, compile_decoder=True)
+
+
+def wrap_and_fix(angles: torch.Tensor, half: torch.Tensor, rows: torch.Tensor, offset: torch.Tensor) -> torch.Tensor:
+    """roma.unitquat_to_euler's kind of masked assignments (elementwise), plus a row mask with a broadcast add."""
+    a = angles.clone()
+    degenerate = torch.abs(half) <= 0.1
+    a[:, 2][degenerate] = 0
+    a[:, 0][degenerate] = 2 * half[degenerate]
+    for k in range(3):
+        column = a[:, k]
+        column[column < -np.pi] += 2 * np.pi
+        column[column > np.pi] -= 2 * np.pi
+    a[rows] += offset
+    return a
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), n=st.integers(1, 12))
+def test_sync_free_mode_makes_elementwise_mask_assignments_exact_where_writes(seed, n):
+    g = torch.Generator().manual_seed(seed)
+    angles = (torch.rand(n, 3, generator=g) - 0.5) * 14
+    half = torch.rand(n, generator=g) - 0.5
+    rows = torch.rand(n, generator=g) > 0.5
+    offset = torch.randn(3, generator=g)
+    expected = wrap_and_fix(angles, half, rows, offset)
+    with _SyncFree(torch.device("cpu"), elementwise_functions=[("tests/test_sam3d_fast.py", "wrap_and_fix")]):
+        got = wrap_and_fix(angles, half, rows, offset)
+    assert torch.equal(got, expected)  # bitwise: the same arithmetic at the selected places
+
+
+def test_sync_free_mode_refuses_device_syncs_and_masks_outside_elementwise_functions():
+    x = torch.arange(6.0)
+    with _SyncFree(torch.device("cpu")):
+        for sync in (lambda: x.sum().item(), lambda: x.nonzero(), lambda: bool(x.max() > 1), lambda: x[x > 2]):
+            with pytest.raises(RuntimeError, match="waits for the device"):
+                sync()
+        picked = x[torch.tensor([1, 3])]  # integer indices are fine
+    assert picked.tolist() == [1.0, 3.0]
+
+
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), lead=st.integers(0, 1))
+def test_expand_host_indices_equals_boolean_mask_indexing(seed, lead):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(3, 5, 4, generator=g)
+    mask = torch.rand(5, 4, generator=g) > 0.5 if lead == 0 else torch.rand(3, 5, generator=g) > 0.5
+    indices = [None, mask] if lead == 0 else [mask]
+    seen = []
+    expanded = expand_host_indices(indices, lambda t: seen.append(t) or t)
+    assert all(t.dtype == torch.int64 for t in seen) and len(seen) == 2
+    assert torch.equal(torch.ops.aten.index.Tensor(x, expanded), torch.ops.aten.index.Tensor(x, indices))
+    values = torch.randn(3, int(mask.sum()), generator=g) if lead == 0 else torch.randn(int(mask.sum()), 4, generator=g)
+    a, b = x.clone(), x.clone()
+    torch.ops.aten.index_put_(a, indices, values, True)
+    torch.ops.aten.index_put_(b, expanded, values, True)
+    assert torch.equal(a, b)
+
+
+def test_masked_write_rejects_compacted_values_and_partial_masks():
+    x = torch.zeros(4, 3)
+    with pytest.raises(RuntimeError, match="do not broadcast"):
+        masked_write(x, torch.tensor([True, False, True, False]), torch.ones(2, 3), accumulate=False)
+    with pytest.raises(RuntimeError, match="leading dims"):
+        masked_write(x, torch.tensor([True, False]), torch.ones(()), accumulate=False)
+    masked_write(x, torch.tensor([True, False, True, False]), torch.full((4, 3), 2.0), accumulate=True)
+    assert x[:, 0].tolist() == [2.0, 0.0, 2.0, 0.0]

@@ -11,7 +11,17 @@ the upstream modules as they are and changes only how they are driven. Against t
    instead of `cv2.warpAffine` of the image and of an all-zero mask on the CPU;
 4. replays the backbone (optionally `torch.compile`d) from a CUDA graph per batch size, and keeps the
    output-only mesh faces on the host (upstream copies them out after every decoder layer);
-5. takes person boxes from hints (the 3D track reprojected, `streamer.capture.boxes`), so no detector runs.
+5. optionally (`graph_decoder=True`) replays the whole decoder stage (prompt-free decoder, MHR head, camera
+   head, keypoint-token updates) from one CUDA graph per batch size. Upstream's decoder cannot be captured as it
+   is: it indexes device tensors with host index lists and boolean masks (each a pageable host->device copy, a
+   stream sync), moves host constants with `.to()`/`.cuda()`, checks `inputs.max()` on the device and its prompt
+   encoder and roma's Euler conversion index with device boolean masks (`nonzero`, a sync). `_SyncFree`, a
+   dispatch mode active only while the graph is recorded, turns the first two into device constants made once
+   (keyed by their content), and roma's elementwise masked assignments into `torch.where`; the dummy prompt's
+   embedding (the body pass always sends the all-invalid prompt) is computed once per batch size and the
+   backbone normalisation, whose output the precomputed backbone ignores, is skipped. Anything else that would
+   sync raises while recording, so a graph is either complete or not made;
+6. takes person boxes from hints (the 3D track reprojected, `streamer.capture.boxes`), so no detector runs.
 
 Measured options that are kept off by default (`streamer bench estimator`, README "SAM-3D Body speed"): bf16
 autocast of the decoder layers (no gain, outputs moved beyond the agreement tolerance), `torch.compile` of the
@@ -34,7 +44,9 @@ of `sam_3d_body.data.utils.prepare_batch`. The module never imports the upstream
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
+import sys
 import threading
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator, Sequence
@@ -43,15 +55,19 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from streamer.capture.estimator import Estimator, View
 
 __all__ = [
     "BODY_BOX_PADDING",
+    "ELEMENTWISE_MASK_FUNCTIONS",
     "CropRequest",
     "FastBodyEstimator",
     "FastSam3dEstimator",
     "crop_affine",
+    "expand_host_indices",
+    "masked_write",
     "person_dicts",
     "warp_crops",
 ]
@@ -125,7 +141,8 @@ def warp_crops(images: Sequence[torch.Tensor], image_index: Sequence[int], crop_
     """Bilinear crops on the device, matching cv2.warpAffine(INTER_LINEAR, zero border) then ToTensor.
 
     images: V tensors (H_v, W_v, 3) uint8 RGB on the target device (sizes may differ).
-    image_index: n ints, which image each crop comes from; crop_from_image: (n, 2, 3) float32.
+    image_index: n ints, which image each crop comes from; crop_from_image: (n, 2, 3) float32 (best on the
+    device already: then nothing waits for a host->device copy when the crops of an image are consecutive).
     Returns (n, 3, h, w) float32 in [0, 1], rounded to the 1/255 steps of a uint8 crop.
     """
     out_w, out_h = input_size
@@ -134,9 +151,11 @@ def warp_crops(images: Sequence[torch.Tensor], image_index: Sequence[int], crop_
     u = torch.arange(out_w, device=device, dtype=torch.float64)
     v = torch.arange(out_h, device=device, dtype=torch.float64)
     crops = torch.empty((len(image_index), 3, out_h, out_w), device=device)
-    index = torch.as_tensor(list(image_index), dtype=torch.int64)
-    for img_id in sorted(set(int(i) for i in image_index)):
-        rows = torch.nonzero(index == img_id).flatten()
+    index = np.asarray(list(image_index), dtype=np.int64)
+    for img_id in sorted(set(index.tolist())):
+        found = np.flatnonzero(index == img_id)
+        rows: slice | torch.Tensor = (slice(int(found[0]), int(found[-1]) + 1)
+                                      if found[-1] - found[0] + 1 == len(found) else torch.from_numpy(found).to(device))
         height, width = images[img_id].shape[:2]
         s, tx, ty = a[rows, 0, 0], a[rows, 0, 2], a[rows, 1, 2]
         x = (u[None, :] - tx[:, None]) / s[:, None]  # (m, w) pixel index in the image
@@ -144,8 +163,8 @@ def warp_crops(images: Sequence[torch.Tensor], image_index: Sequence[int], crop_
         xn = (2 * x / (width - 1) - 1)[:, None, :].expand(-1, out_h, -1)
         yn = (2 * y / (height - 1) - 1)[:, :, None].expand(-1, -1, out_w)
         grid = torch.stack([xn, yn], dim=-1).float()
-        src = images[img_id].permute(2, 0, 1)[None].float().expand(len(rows), -1, -1, -1)
-        crops[rows.to(device)] = F.grid_sample(src, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
+        src = images[img_id].permute(2, 0, 1)[None].float().expand(len(found), -1, -1, -1)
+        crops[rows] = F.grid_sample(src, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
     return crops.clamp_(0, 255).round_().div_(255.0)
 
 
@@ -171,6 +190,12 @@ class _Precomputed(nn.Module):
         if x.shape[0] != self.embeddings.shape[0]:
             raise ValueError(f"batch of {x.shape[0]} crops but {self.embeddings.shape[0]} precomputed embeddings")
         return self.embeddings
+
+
+def _skip_preprocess(inputs: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+    """Stands in for upstream `data_preprocess` (normalisation and a device `max()` check) when the backbone is
+    precomputed: its output is only passed to that backbone, which ignores it (dtype float32 either way)."""
+    return inputs
 
 
 class _Autocast(nn.Module):
@@ -220,6 +245,199 @@ class _GraphedBackbone:
         return static_out.clone()
 
 
+# Functions whose boolean-mask indexing is purely elementwise (x[m] read, changed elementwise, written back with
+# the same m): while recording, those reads return the whole tensor and the writes become torch.where, which is
+# exact at the selected positions. (file suffix, function name); anything else with a device mask raises.
+ELEMENTWISE_MASK_FUNCTIONS: tuple[tuple[str, str], ...] = (("roma/euler.py", "unitquat_to_euler"),)
+_aten = torch.ops.aten
+_INDEX_READ = {_aten.index.Tensor}
+_INDEX_WRITE = {_aten.index_put_.default, _aten.index_put.default, _aten._index_put_impl_.default}
+_SYNCING = {_aten._local_scalar_dense.default, _aten.nonzero.default, _aten.is_nonzero.default,
+            _aten.equal.default}
+
+
+def _inside(functions: Iterable[tuple[str, str]]) -> bool:
+    """Whether a caller frame runs one of `functions` ((file suffix, function name) pairs)."""
+    frame = sys._getframe(2)
+    while frame is not None:
+        code = frame.f_code
+        name, path = code.co_name, code.co_filename.replace("\\", "/")
+        if any(name == fn and path.endswith(suffix) for suffix, fn in functions):
+            return True
+        frame = frame.f_back
+    return False
+
+
+def expand_host_indices(indices: Sequence[torch.Tensor | None], to_device: Callable[[torch.Tensor], torch.Tensor]
+                        ) -> list[torch.Tensor | None]:
+    """Advanced-indexing index list with each host boolean mask replaced by its integer index tensors (one per
+    masked dimension, as `aten.index` expands them) and every host index tensor passed through `to_device`."""
+    out: list[torch.Tensor | None] = []
+    for index in indices:
+        if index is None:
+            out.append(None)
+        elif index.dtype in (torch.bool, torch.uint8) and index.dim() > 0:
+            out.extend(to_device(column) for column in index.nonzero().unbind(1))
+        else:
+            out.append(to_device(index))
+    return out
+
+
+def masked_write(x: torch.Tensor, mask: torch.Tensor, values: torch.Tensor, accumulate: bool) -> torch.Tensor:
+    """`x[mask] = values` (or `+=`) without a sync, for a mask over x's leading dims and values that broadcast to
+    x's shape (one element, a row, or the whole-tensor stand-in of `x[mask]`, see ELEMENTWISE_MASK_FUNCTIONS;
+    torch strips leading 1-dims from assigned values). In place; returns x."""
+    if tuple(mask.shape) != tuple(x.shape[: mask.dim()]):
+        raise RuntimeError(f"masked write: mask {tuple(mask.shape)} does not cover the leading dims of {tuple(x.shape)}")
+    try:
+        fits = torch.broadcast_shapes(values.shape, x.shape) == x.shape
+    except RuntimeError:
+        fits = False
+    if not fits:
+        raise RuntimeError(f"masked write: values {tuple(values.shape)} do not broadcast to the target "
+                           f"{tuple(x.shape)} (a compacted x[mask] cannot be written without a sync)")
+    m = mask.reshape(tuple(mask.shape) + (1,) * (x.dim() - mask.dim()))
+    values = values.to(device=x.device, dtype=x.dtype)
+    if accumulate:
+        return x.add_(torch.where(m, values, x.new_zeros(())))
+    return x.copy_(torch.where(m, values, x))
+
+
+class _SyncFree(TorchDispatchMode):
+    """Dispatch mode under which upstream's decoder issues no host<->device synchronisation (for CUDA-graph capture).
+
+    device: where the model runs. Host tensors that an op would copy to the device (host index lists and masks of
+    `aten.index`/`index_put_`, constants moved with `.to()`/`.cuda()`/`copy_`) become device constants, made once
+    per content and reused (a `_to_copy` result is a fresh clone: callers may write to it). Device boolean masks
+    are allowed only inside `elementwise_functions` (see ELEMENTWISE_MASK_FUNCTIONS). Any other op that would wait
+    for the device (`.item()`, `nonzero`, a device->host copy) raises, naming the op. Keep the mode alive as long
+    as a graph recorded under it: the graph reads its constants.
+    """
+
+    def __init__(self, device: torch.device,
+                 elementwise_functions: Sequence[tuple[str, str]] = ELEMENTWISE_MASK_FUNCTIONS) -> None:
+        super().__init__()
+        self.device = torch.device(device)
+        self.elementwise_functions = tuple(elementwise_functions)
+        self.constants: dict[tuple[Any, ...], torch.Tensor] = {}
+
+    def _on_device(self, t: Any) -> bool:
+        return isinstance(t, torch.Tensor) and t.device.type == self.device.type
+
+    def _on_host(self, t: Any) -> bool:
+        return isinstance(t, torch.Tensor) and t.device.type == "cpu" and self.device.type != "cpu"
+
+    def constant(self, host: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """The device copy of a host tensor (converted to dtype first), made once per content."""
+        src = host if dtype is None or host.dtype == dtype else host.to(dtype)
+        raw = src.detach().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
+        key = (src.dtype, tuple(src.shape), hashlib.blake2b(raw, digest_size=16).digest())
+        found = self.constants.get(key)
+        if found is None:
+            if self.device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+                raise RuntimeError(f"host constant {tuple(src.shape)} {src.dtype} first seen while recording a CUDA "
+                                   "graph; the warm-up call should have made it")
+            found = src.to(self.device)
+            self.constants[key] = found
+        return found
+
+    def _sync_error(self, func: Any) -> RuntimeError:
+        return RuntimeError(f"{func} waits for the device inside the decoder; this stage cannot be replayed from a "
+                            "CUDA graph (FastBodyEstimator(graph_decoder=False) runs it eagerly)")
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
+        kwargs = kwargs or {}
+        if func in _SYNCING and any(self._on_device(a) for a in args):
+            raise self._sync_error(func)
+        if func is _aten._to_copy.default:
+            src, target = args[0], kwargs.get("device")
+            if self._on_host(src) and target is not None and torch.device(target).type == self.device.type:
+                return self.constant(src, kwargs.get("dtype")).clone()
+            if self._on_device(src) and target is not None and torch.device(target).type == "cpu":
+                raise self._sync_error(func)
+        if func is _aten.copy_.default:
+            dst, src = args[0], args[1]
+            if self._on_device(dst) and self._on_host(src):
+                return dst.copy_(self.constant(src))
+            if self._on_host(dst) and self._on_device(src):
+                raise self._sync_error(func)
+        if (func in _INDEX_READ or func in _INDEX_WRITE) and self._on_device(args[0]):
+            x, indices = args[0], list(args[1])
+            if any(self._on_device(i) and i.dtype in (torch.bool, torch.uint8) for i in indices if i is not None):
+                return self._device_mask(func, x, indices, args, kwargs)
+            indices = expand_host_indices(indices, lambda t: self.constant(t) if self._on_host(t) else t)
+            rest = list(args[2:])
+            if func in _INDEX_WRITE and rest and self._on_host(rest[0]):
+                rest[0] = self.constant(rest[0])
+            return func(x, indices, *rest, **kwargs)
+        return func(*args, **kwargs)
+
+    def _device_mask(self, func: Any, x: torch.Tensor, indices: list, args: tuple, kwargs: dict) -> torch.Tensor:
+        if len(indices) != 1 or not _inside(self.elementwise_functions):
+            raise self._sync_error(f"{func} with a device boolean mask")
+        mask = indices[0].bool()
+        if func in _INDEX_READ:
+            if tuple(mask.shape) != tuple(x.shape[: mask.dim()]):
+                raise self._sync_error(f"{func} with a partial device boolean mask")
+            return x.clone()  # stands in for x[mask]: only elementwise use follows (see ELEMENTWISE_MASK_FUNCTIONS)
+        values = args[2]
+        values = self.constant(values) if self._on_host(values) and values.dim() > 0 else values
+        accumulate = bool(args[3]) if len(args) > 3 else bool(kwargs.get("accumulate", False))
+        target = x if func is not _aten.index_put.default else x.clone()
+        return masked_write(target, mask, values, accumulate)
+
+
+class _GraphedDecode:
+    """The decoder stage replayed from one CUDA graph per input shape.
+
+    run(batch, embeddings, mode) -> output dict: the decoder call to record; it must enter `mode` (a `_SyncFree`)
+    itself. Off CUDA nothing is recorded: each call runs `run` under the mode (the same code, for tests). The
+    graph's inputs are static copies of the batch tensors and embeddings; outputs are cloned after each replay.
+    """
+
+    def __init__(self, run: Callable[[dict, torch.Tensor, _SyncFree], dict], device: torch.device,
+                 warmup: int = 3) -> None:
+        self.run = run
+        self.device = torch.device(device)
+        self.warmup = warmup
+        self.graphs: dict[tuple, tuple[Any, dict, torch.Tensor, dict, _SyncFree]] = {}
+        self.pool = None
+        self._host_mode = _SyncFree(self.device)
+
+    def __call__(self, batch: dict[str, Any], embeddings: torch.Tensor) -> dict[str, Any]:
+        if self.device.type != "cuda":
+            return self.run(dict(batch), embeddings, self._host_mode)
+        key = (tuple(embeddings.shape), embeddings.dtype,
+               tuple((k, tuple(v.shape), v.dtype) for k, v in sorted(batch.items()) if isinstance(v, torch.Tensor)))
+        if key not in self.graphs:
+            self.graphs[key] = self._record(batch, embeddings)
+        graph, static_batch, static_embeddings, static_out, _ = self.graphs[key]
+        for k, v in batch.items():
+            if isinstance(v, torch.Tensor):
+                static_batch[k].copy_(v)
+        static_embeddings.copy_(embeddings)
+        graph.replay()
+        return {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in static_out.items()}
+
+    def _record(self, batch: dict[str, Any], embeddings: torch.Tensor) -> tuple:
+        mode = _SyncFree(self.device)
+        static_batch = {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+        static_embeddings = embeddings.clone()
+        side = torch.cuda.Stream(self.device)
+        side.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(side):
+            for _ in range(self.warmup):
+                self.run(dict(static_batch), static_embeddings, mode)
+        torch.cuda.current_stream(self.device).wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=self.pool):
+            static_out = self.run(dict(static_batch), static_embeddings, mode)
+        self.pool = graph.pool()
+        logger.info("decoder recorded as a CUDA graph for %d crops (%d device constants)", embeddings.shape[0],
+                    len(mode.constants))
+        return graph, static_batch, static_embeddings, static_out, mode
+
+
 @contextlib.contextmanager
 def _swapped(parent: nn.Module, name: str, replacement: nn.Module) -> Iterator[None]:
     """Temporarily replace the submodule `parent.<name>` (restored even when the body raises)."""
@@ -267,12 +485,16 @@ class FastBodyEstimator:
     bf16 moved the outputs by more than the agreement tolerance and gained nothing, see the README);
     cuda_graphs: replay the backbone from CUDA graphs (CUDA only); compile_backbone: torch.compile it first;
     compile_decoder: torch.compile upstream `forward_decoder` (decoder layers, MHR head, camera projection, keypoint
-    token updates; graph breaks at the TorchScript MHR call).
+    token updates; graph breaks at the TorchScript MHR call); graph_decoder: replay the decoder stage from a CUDA
+    graph per batch size (module docstring, point 5; recorded on the first call of each size, a few seconds).
     The model object is shared: the fast path swaps submodules only for the duration of a call, under a lock.
     """
 
     def __init__(self, model: nn.Module, *, decoder_autocast: torch.dtype | None = None,
-                 cuda_graphs: bool = True, compile_backbone: bool = False, compile_decoder: bool = False) -> None:
+                 cuda_graphs: bool = True, compile_backbone: bool = False, compile_decoder: bool = False,
+                 graph_decoder: bool = False) -> None:
+        if graph_decoder and compile_decoder:
+            raise ValueError("graph_decoder and compile_decoder exclude each other: pick one")
         self.model = model
         self.device = model.image_mean.device
         size = model.cfg.MODEL.IMAGE_SIZE  # upstream passes it to TopdownAffine as (w, h)
@@ -286,18 +508,21 @@ class FastBodyEstimator:
         use_graphs = cuda_graphs and self.device.type == "cuda"
         self._encode_fn = _GraphedBackbone(fn) if use_graphs else fn
         self._decoder_fn = torch.compile(model.forward_decoder, dynamic=False) if compile_decoder else None
+        self._graphed_decode = _GraphedDecode(self._decode_sync_free, self.device) if graph_decoder else None
+        self._dummy_prompts: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
     # -- batch building ---------------------------------------------------------------------------------------
     def make_batch(self, images: Sequence[np.ndarray | torch.Tensor], requests: Sequence[CropRequest]
                    ) -> dict[str, torch.Tensor]:
         """The upstream batch dict for n person crops (batch n, one person each, its own camera matrix).
 
-        images: V arrays (H_v, W_v, 3) uint8 RGB (host or device); requests: n crops of them.
+        images: V arrays (H_v, W_v, 3) uint8 RGB (host or device); requests: n crops of them. Host data goes
+        up through pinned memory without waiting for the device (one packed copy for the per-crop numbers).
         """
         if not requests:
             raise ValueError("requests: expected at least one CropRequest")
-        dev = self.device
-        tensors = [torch.as_tensor(im).to(dev, non_blocking=True) for im in images]
+        tensors = [im if isinstance(im, torch.Tensor) and im.device == self.device else self._upload(im)
+                   for im in images]
         for i, t in enumerate(tensors):
             if t.dtype != torch.uint8 or t.ndim != 3 or t.shape[2] != 3:
                 raise ValueError(f"images[{i}]: expected (H, W, 3) uint8 RGB, got {tuple(t.shape)} {t.dtype}")
@@ -309,26 +534,38 @@ class FastBodyEstimator:
         geo = [crop_affine(r.box_xyxy, self.input_size) for r in requests]
         n = len(requests)
         w, h = self.input_size
-        affine = torch.from_numpy(np.stack([g[2] for g in geo]))
+        # per crop, float32 as upstream's batch holds them:
+        # affine 6 | center 2 | scale 2 | box 4 | K 9 | image (w, h) 2 | crop (w, h) 2
+        packed = np.concatenate([
+            np.stack([g[2].reshape(6) for g in geo]), np.stack([g[0] for g in geo]), np.stack([g[1] for g in geo]),
+            np.stack([np.asarray(r.box_xyxy, dtype=np.float32).reshape(4) for r in requests]),
+            np.stack([np.asarray(r.camera_matrix, dtype=np.float32).reshape(9) for r in requests]),
+            np.array([(tensors[r.image_index].shape[1], tensors[r.image_index].shape[0]) for r in requests]),
+            np.tile([w, h], (n, 1)),
+        ], axis=1).astype(np.float32)
+        per_crop = self._upload(packed)
+        affine = per_crop[:, 0:6].reshape(n, 2, 3)
         crops = warp_crops(tensors, [r.image_index for r in requests], affine, self.input_size)
-        ori_size = [(tensors[r.image_index].shape[1], tensors[r.image_index].shape[0]) for r in requests]
-
-        def per_person(array: Any) -> torch.Tensor:
-            return torch.as_tensor(np.asarray(array, dtype=np.float32)).to(dev).unsqueeze(1)
-
         return {
             "img": crops.unsqueeze(1),
-            "img_size": per_person(np.tile([w, h], (n, 1))),
-            "ori_img_size": per_person(ori_size),
-            "bbox_center": per_person(np.stack([g[0] for g in geo])),
-            "bbox_scale": per_person(np.stack([g[1] for g in geo])),
-            "bbox": per_person(np.stack([np.asarray(r.box_xyxy, dtype=np.float32).reshape(4) for r in requests])),
-            "affine_trans": affine.to(dev).unsqueeze(1),
-            "mask": torch.zeros((n, 1, 1, h, w), device=dev),
-            "mask_score": torch.zeros((n, 1), device=dev),
-            "person_valid": torch.ones((n, 1), device=dev),
-            "cam_int": per_person(np.stack([np.asarray(r.camera_matrix) for r in requests])).squeeze(1),
+            "img_size": per_crop[:, 25:27].unsqueeze(1).contiguous(),
+            "ori_img_size": per_crop[:, 23:25].unsqueeze(1).contiguous(),
+            "bbox_center": per_crop[:, 6:8].unsqueeze(1).contiguous(),
+            "bbox_scale": per_crop[:, 8:10].unsqueeze(1).contiguous(),
+            "bbox": per_crop[:, 10:14].unsqueeze(1).contiguous(),
+            "affine_trans": affine.unsqueeze(1).contiguous(),
+            "mask": torch.zeros((n, 1, 1, h, w), device=self.device),
+            "mask_score": torch.zeros((n, 1), device=self.device),
+            "person_valid": torch.ones((n, 1), device=self.device),
+            "cam_int": per_crop[:, 14:23].reshape(n, 3, 3).contiguous(),
         }
+
+    def _upload(self, array: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """A host array on the model's device; from pinned memory on CUDA, so the copy does not wait."""
+        t = torch.as_tensor(array)
+        if self.device.type == "cuda" and t.device.type == "cpu":
+            t = t.contiguous().pin_memory()
+        return t.to(self.device, non_blocking=True)
 
     # -- the two stages -----------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -341,16 +578,60 @@ class FastBodyEstimator:
     @torch.no_grad()
     def decode(self, batch: dict[str, torch.Tensor], embeddings: torch.Tensor) -> dict[str, Any]:
         """Decoder stage (prompt-free body decoder, MHR head, camera head): the upstream "mhr" output dict."""
+        with self._lock:
+            if self._graphed_decode is not None:
+                return self._graphed_decode(batch, embeddings)
+            with contextlib.ExitStack() as stack:
+                self._enter_decoder_swaps(stack, embeddings)
+                stack.enter_context(_method_override(self.model, "forward_decoder", self._decoder_fn))
+                return self._forward_body(batch)
+
+    def _enter_decoder_swaps(self, stack: contextlib.ExitStack, embeddings: torch.Tensor) -> None:
+        """Precomputed backbone, host faces, no backbone normalisation (its output goes only to the precomputed
+        backbone, which ignores it), optional autocast layers; all restored when the stack closes."""
         model = self.model
-        with self._lock, contextlib.ExitStack() as stack:
-            stack.enter_context(_swapped(model, "backbone", _Precomputed(embeddings)))
-            stack.enter_context(_host_faces(model.head_pose))
-            stack.enter_context(_method_override(model, "forward_decoder", self._decoder_fn))
-            if self.decoder_autocast is not None:
-                for i, layer in enumerate(model.decoder.layers):
-                    stack.enter_context(_swapped(model.decoder.layers, str(i), _Autocast(layer, self.decoder_autocast)))
-            model._initialize_batch(batch)
-            return model.forward_step(batch, decoder_type="body")["mhr"]
+        stack.enter_context(_swapped(model, "backbone", _Precomputed(embeddings)))
+        stack.enter_context(_host_faces(model.head_pose))
+        if hasattr(model, "data_preprocess"):
+            stack.enter_context(_method_override(model, "data_preprocess", _skip_preprocess))
+        if self.decoder_autocast is not None:
+            for i, layer in enumerate(model.decoder.layers):
+                stack.enter_context(_swapped(model.decoder.layers, str(i), _Autocast(layer, self.decoder_autocast)))
+
+    def _forward_body(self, batch: dict[str, torch.Tensor]) -> dict[str, Any]:
+        self.model._initialize_batch(batch)
+        return self.model.forward_step(batch, decoder_type="body")["mhr"]
+
+    def _decode_sync_free(self, batch: dict[str, torch.Tensor], embeddings: torch.Tensor, mode: _SyncFree
+                          ) -> dict[str, Any]:
+        """The decoder stage as `_GraphedDecode` records it: swaps, the dummy prompt's embedding from a cache,
+        everything under the sync-free dispatch mode."""
+        with contextlib.ExitStack() as stack:
+            self._enter_decoder_swaps(stack, embeddings)
+            encoder = getattr(self.model, "prompt_encoder", None)
+            if encoder is not None:
+                stack.enter_context(_method_override(encoder, "forward",
+                                                     self._dummy_prompt_forward(encoder, embeddings.shape[0])))
+            stack.enter_context(mode)
+            return self._forward_body(batch)
+
+    def _dummy_prompt_forward(self, encoder: nn.Module, n: int) -> Callable[..., tuple[torch.Tensor, torch.Tensor]]:
+        """The prompt encoder's output for upstream's first-pass prompt (one all-invalid keypoint, label -2, per
+        crop; `forward_pose_branch` sends nothing else), computed eagerly once per batch size. Its boolean-mask
+        assignments would sync; the value does not depend on the images."""
+        if n not in self._dummy_prompts:
+            keypoints = torch.zeros((n, 1, 3), device=self.device)
+            keypoints[:, :, -1] = -2
+            self._dummy_prompts[n] = encoder(keypoints=keypoints)
+        cached = self._dummy_prompts[n]
+
+        def forward(keypoints: torch.Tensor | None = None, boxes: Any = None, masks: Any = None
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+            if keypoints is None or tuple(keypoints.shape) != (n, 1, 3) or boxes is not None or masks is not None:
+                raise RuntimeError("graph_decoder: only the first pass's all-invalid keypoint prompt is supported, "
+                                   f"got keypoints {None if keypoints is None else tuple(keypoints.shape)}")
+            return cached
+        return forward
 
     def __call__(self, images: Sequence[np.ndarray | torch.Tensor], requests: Sequence[CropRequest]
                  ) -> dict[str, Any]:
