@@ -1,6 +1,7 @@
 """Node `avatar`: drives a game-engine avatar over the VMC protocol (OSC over UDP).
 
-Latest-value consumer of `pose`: keeps the newest pose of the chosen person and, at `rate_hz`,
+Latest-value consumer of `pose`: takes the newest pose of the chosen person once per bundle (inputs
+are taken at `rate_hz`, just before each send: `Node.dispatch_interval_s`) and, at `rate_hz`,
 retargets its keypoints to Unity HumanBodyBones (`streamer.humanoid`) and sends one VMC bundle
 (`streamer.vmc`: Root/Pos, all Bone/Pos, OK, T) to `host:port`. Poses with the verdict
 "unusable" are not sent; the last good one is held (VMC receivers expect a steady stream).
@@ -37,6 +38,7 @@ class Avatar(Node):
         if self.settings.rate_hz <= 0:
             raise ValueError(f"avatar settings.rate_hz must be > 0, got {self.settings.rate_hz}")
         self.tick_interval_s = 1.0 / self.settings.rate_hz
+        self.dispatch_interval_s = self.tick_interval_s  # the newest pose before each bundle; no wake-up per pose
         self._sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self._target = (self.settings.host, self.settings.port)
         self._keypoints: np.ndarray | None = None

@@ -1,6 +1,9 @@
 """Node `monitor`: the operators' view of the stage: a Rerun view and a terminal status table.
 
-Subscribes to everything (run it `--latest`: the newest message per topic is enough). Every message
+Subscribes to everything (run it `--latest`: the newest message per topic is enough) and takes its
+inputs `rate_hz` times a second (default 30, a display's rate; `Node.dispatch_interval_s`): what
+arrived in between is superseded by the newest per topic and never handed to the view. Camera fps
+come from the producer `seq` over capture time, so they are exact at any rate. Every message taken
 feeds `streamer.monitoring.StageStatus` (per-camera fps, drops, clock offset, share of detections
 used, reprojection error; per-stage latency; alerts for a dead camera and a bumped camera) and, when
 a Rerun sink is configured, `RerunView` (3D skeleton with MHR-70 links, each camera's 2D keypoints,
@@ -25,6 +28,7 @@ class Settings:
     rerun_url: str | None = field(default=None, metadata={"help": "stream to a Rerun viewer (rerun+http://...)"})
     spawn_viewer: bool = field(default=False, metadata={"help": "start a local Rerun viewer"})
     table: bool = field(default=True, metadata={"help": "print the status table"})
+    rate_hz: float = field(default=30.0, metadata={"help": "inputs taken (newest per topic) per second; 0: every arrival"})
     table_interval_s: float = field(default=1.0, metadata={"help": "status table / time series period, s"})
     dead_after_s: float = field(default=1.0, metadata={"help": "a camera silent this long is dead"})
     bump_ratio: float = field(default=3.0, metadata={"help": "reprojection rise that flags a bumped camera"})
@@ -40,6 +44,9 @@ class Monitor(Node):
         self.status = StageStatus(MonitorSettings(dead_after_s=s.dead_after_s, bump_ratio=s.bump_ratio,
                                                   bump_min_px=s.bump_min_px))
         self.tick_interval_s = s.table_interval_s
+        if s.rate_hz < 0:
+            raise ValueError(f"monitor settings.rate_hz must be >= 0, got {s.rate_hz}")
+        self.dispatch_interval_s = 1.0 / s.rate_hz if s.rate_hz > 0 else 0.0
         self.view = None
         if s.rrd_out or s.rerun_url or s.spawn_viewer:
             import rerun as rr

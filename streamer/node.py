@@ -138,8 +138,13 @@ class Node:
 
     Attributes available in hooks: `name`, `config`, `settings`, `clock` (StageClock;
     `clock.now_ns()` is stage time), `log` (logger named after the node).
-    `tick_interval_s` (default 0.1) may be changed in `setup()`. `run()` may be called from a
-    thread other than the main one (tests); it then installs no signal handlers, use `stop()`.
+    `tick_interval_s` (default 0.1) may be changed in `setup()`, and so may `dispatch_interval_s`
+    (default 0: inputs are taken the moment they arrive): when > 0 the loop does not wake for input
+    and takes what has arrived at most this often, one batch (with `latest` delivery the newest
+    message per topic; the rest count as `superseded`). For display consumers, which gain nothing
+    from seeing a value they will overwrite before showing it: each wake-up and each dispatch costs
+    CPU whatever the message. `run()` may be called from a thread other than the main one (tests);
+    it then installs no signal handlers, use `stop()`.
     """
 
     Settings: typing.ClassVar[type] = type("NoSettings", (), {})
@@ -152,6 +157,7 @@ class Node:
         self.clock = StageClock(injected_offset_ns=clock_offset_ns)
         self.log = logging.getLogger(f"node.{config.name}")
         self.tick_interval_s = 0.1
+        self.dispatch_interval_s = 0.0
         self.counters: Counter[str] = Counter()
         self.gauges: dict[str, float] = {}
         self._stop = False
@@ -245,12 +251,6 @@ class Node:
             if self._authenticator is not None:
                 self._authenticator.stop()
             return 2
-        poller = zmq.Poller()
-        for sock in (self._publisher.socket, *self._subscriber.sockets):
-            poller.register(sock, zmq.POLLIN)
-        for extra in (clock_server, clock_client):
-            if extra is not None:
-                poller.register(extra.socket, zmq.POLLIN)
         in_main_thread = threading.current_thread() is threading.main_thread()  # signals only work there
         previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)} if in_main_thread else {}
         exit_code = 0
@@ -265,7 +265,7 @@ class Node:
             finally:
                 self._in_setup = False
             if not self._stop:
-                self._loop(poller, clock_server, clock_client)
+                self._loop(clock_server, clock_client)
             self.teardown()
         except _StoppedDuringSetup:
             self.log.info("stopped during setup")
@@ -316,25 +316,37 @@ class Node:
         if self._in_setup:  # a slow setup (model loading) must not delay the stop: abandon it
             raise _StoppedDuringSetup
 
-    def _loop(self, poller: zmq.Poller, clock_server, clock_client) -> None:
+    def _loop(self, clock_server, clock_client) -> None:
         cfg = self.config
         sub, pub = self._subscriber, self._publisher
+        dispatch_ns = int(self.dispatch_interval_s * 1e9)
+        poller = zmq.Poller()  # what wakes the loop: inputs only when they are taken as they arrive
+        for sock in (pub.socket, *(sub.sockets if dispatch_ns <= 0 else ())):
+            poller.register(sock, zmq.POLLIN)
+        for extra in (clock_server, clock_client):
+            if extra is not None:
+                poller.register(extra.socket, zmq.POLLIN)
         start = time.monotonic_ns()
         end = start + int(cfg.seconds * 1e9) if cfg.seconds is not None else None
-        next_tick = start
+        next_tick = next_dispatch = start
         stats_ns = int(cfg.stats_interval_s * 1e9)
         next_stats = start + stats_ns
         self._window_start_mono_ns = start
         self._published_in_window = 0
         while not self._stop:
             now = time.monotonic_ns()
-            wait_ms = min(MAX_POLL_MS, max(0, (next_tick - now) // 1_000_000))
+            wake = next_tick if dispatch_ns <= 0 else min(next_tick, next_dispatch)
+            wait_ms = min(MAX_POLL_MS, max(0, -(-(wake - now) // 1_000_000)))
             events = dict(poller.poll(wait_ms))
             if clock_server is not None and clock_server.socket in events:
                 clock_server.service()
             if clock_client is not None:
                 clock_client.service()
-            self._dispatch(sub)
+            now = time.monotonic_ns()
+            if now >= next_dispatch:
+                self._dispatch(sub)
+                if dispatch_ns > 0:
+                    next_dispatch = next_dispatch + dispatch_ns if now - next_dispatch < dispatch_ns else now + dispatch_ns
             now = time.monotonic_ns()
             if now >= next_tick:
                 try:

@@ -287,3 +287,57 @@ def test_a_node_runs_in_a_thread_and_stops_on_request():
     node.stop()
     thread.join(5)
     assert result == [0] and node.ticks > 10
+
+
+def test_dispatch_interval_takes_the_newest_per_topic_at_most_that_often():
+    import threading
+
+    from protocol import Keypoints2D
+    from streamer.node import Input, Node, NodeConfig
+    from streamer.transport import Publisher
+
+    class Viewer(Node):
+        INPUT_TOPICS = ("kp2d/",)
+
+        def setup(self):
+            self.dispatch_interval_s = 0.05
+            self.dispatches = 0
+            self.seen: list[tuple[int, float, str, int]] = []  # (dispatch, time, topic, seq)
+
+        def _dispatch(self, sub):  # count the loop's dispatches (the runtime's internals, under test here)
+            self.dispatches += 1
+            super()._dispatch(sub)
+
+        def on_message(self, topic, msg):
+            self.seen.append((self.dispatches, time.monotonic(), topic, msg.seq))
+
+    pub = Publisher("tcp://127.0.0.1:0", name="cams")
+    node = Viewer(NodeConfig(name="viewer", bind="tcp://127.0.0.1:0", inputs=(Input("cams", pub.endpoint),),
+                             latest=True, seconds=2.0))
+    thread = threading.Thread(target=node.run)
+    thread.start()
+    cameras = [f"cam{i}" for i in range(4)]
+    seq = 0
+    deadline = time.monotonic() + 1.8
+    while time.monotonic() < deadline:  # 4 topics x ~250 Hz
+        for cam in cameras:
+            pub.publish(Keypoints2D(camera=cam, seq=seq, frame_index=seq, t_capture_ns=seq, image_size=np.array(
+                [640, 480], np.int32), calib_version="", persons=[]))
+        pub.service()
+        seq += 1
+        time.sleep(0.004)
+    thread.join(10)
+    pub.close()
+    assert node.seen, "nothing was dispatched"
+    assert node.dispatches <= 2.0 / 0.05 + 2  # at most one dispatch per interval (not one per message) ...
+    batches: dict[int, list] = {}
+    for dispatch, t, topic, s in node.seen:
+        batches.setdefault(dispatch, []).append((t, topic, s))
+    assert len(batches) >= 0.5 * 1.5 / 0.05  # ... about one per interval while messages flow ...
+    for batch in batches.values():  # ... each with the newest message of each topic only
+        assert len({topic for _, topic, _ in batch}) == len(batch) <= len(cameras)
+    starts = sorted(batch[0][0] for batch in batches.values())
+    assert min(np.diff(starts)) > 0.03
+    assert node._subscriber.superseded > 0.8 * seq * len(cameras) - len(node.seen)
+    newest = {topic: s for _, _, topic, s in node.seen}
+    assert all(seq - 1 - newest[f"kp2d/{cam}"] <= 0.06 / 0.004 for cam in cameras)  # ends with a recent value
