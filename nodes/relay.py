@@ -18,7 +18,7 @@ __all__ = ["Relay", "Settings", "main"]
 @dataclass(frozen=True)
 class Settings:
     topics: tuple[str, ...] = ("",)  # topic prefixes to relay
-    state_topics: tuple[str, ...] = ("calib",)  # exact topics relayed as last-value state
+    state_topics: tuple[str, ...] = ("calib", "stage")  # exact topics relayed as last-value state
     relay_stats: bool = False  # also relay upstream stats/<node> messages
 
 

@@ -33,7 +33,7 @@ class Settings:
     start_s: float = field(default=0.0, metadata={"help": "seek: start this many seconds into the take"})
     topics: tuple[str, ...] = field(default=("",), metadata={"help": "topic prefixes to replay"})
     exclude: tuple[str, ...] = field(default=("stats/", "hb/"), metadata={"help": "topic prefixes never replayed"})
-    state_topics: tuple[str, ...] = field(default=("calib",), metadata={"help": "topics republished as state"})
+    state_topics: tuple[str, ...] = field(default=("calib", "stage"), metadata={"help": "topics republished as state"})
     exit_at_end: bool = field(default=False, metadata={"help": "stop the node after the last message"})
     start_delay_s: float = field(default=1.0, metadata={"help": "wait before playing, so subscribers can join"})
     loop_gap_s: float = field(default=0.033, metadata={"help": "time between the end of a loop and the next start"})

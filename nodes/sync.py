@@ -1,10 +1,11 @@
 """Node `sync`: kp2d of every camera -> frame sets by capture time -> the tracked person -> points3d.
 
 Subscribes `kp2d/<cam>` and the cameras' `calib` state; merges the cameras into one rig and
-republishes it as `calib` state downstream. Frames are assembled into sets by capture time
-(`streamer.framesets`: smallest spread, each frame used once, a partial set at the deadline
-when a camera is late or dead, never a set wider than `max_spread_ms`); in every set the
-tracked person is chosen per camera by consistency with the 3D track, or bootstrapped by
+republishes it as `calib` state downstream, with the stage configuration as `stage` state
+(`streamer.stage_config`: graph name and file, camera rate, cameras, calibration version).
+Frames are assembled into sets by capture time (`streamer.framesets`: smallest spread, each
+frame used once, a partial set at the deadline when a camera is late or dead, never a set wider
+than `max_spread_ms`); in every set the tracked person is chosen per camera by consistency with the 3D track, or bootstrapped by
 epipolar consistency when there is none (`streamer.association`); the chosen keypoints are
 triangulated robustly with the previous frame's points as a temporal prior and published as
 `points3d` (usable only with at least `min_valid_points` valid points).
@@ -50,6 +51,7 @@ from streamer.calibration import Camera, Rig
 from streamer.capture.hints import track_hints
 from streamer.framesets import Assembler, AssemblySettings, FrameSet, PushOutcome
 from streamer.node import Node, run_node
+from streamer.stage_config import graph_from_environment, stage_config
 from streamer.triangulation import TriangulationSettings, keep_freed_memory, triangulate_robust
 
 __all__ = ["Settings", "Sync", "main"]
@@ -118,6 +120,8 @@ class Sync(Node):
         self.n_keypoints: int | None = None  # K of the first accepted kp2d; others are rejected
         self.errors_logged = 0
         self.first_seq: dict[str, int] = {}  # per camera, the seq of the first kp2d that arrived (drop accounting)
+        self.graph_name, self.graph_toml = graph_from_environment(self.config.name)
+        self._publish_stage_config()
 
     # ------------------------------------------------------------ inputs
 
@@ -168,7 +172,16 @@ class Sync(Node):
         if not keep_track:
             self.track = TrackState()
         self.publish_state(self.rig.to_message())
+        self._publish_stage_config()
         self.log.info("rig %s: %d cameras (%s)", rig_version, len(present), ", ".join(present))
+
+    def _publish_stage_config(self) -> None:
+        """The stage configuration as this node sees it, as `stage` state (late joiners get it at once)."""
+        cameras = [c.name for c in self.rig.cameras] if self.rig is not None else list(self.settings.cameras)
+        self.publish_state(stage_config(
+            name=self.graph_name, fps=self.settings.fps, cameras=cameras,
+            calib_version=self.rig.version if self.rig is not None else "", graph_toml=self.graph_toml,
+            t_ns=self.clock.now_ns()))
 
     def _on_keypoints(self, msg: Keypoints2D) -> None:
         camera = msg.camera

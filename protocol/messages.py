@@ -31,6 +31,7 @@ __all__ = [
     "Pose",
     "PoseFlag",
     "RigCalibration",
+    "StageConfig",
     "Truth",
     "Verdict",
     "ViewParams",
@@ -256,6 +257,29 @@ class RigCalibration:
     cameras: Annotated[list, Seq(CameraCalibration, MAX_CAMERAS)]
 
 
+MAX_GRAPH_TOML = 32 * 1024  # characters; the header (which carries it) is capped at 64 KiB
+
+
+@dataclass(slots=True)
+class StageConfig:
+    """Topic `stage`: the stage configuration, last-value state served to late joiners (the sync node's).
+
+    name: the launch graph's name (the node's name outside a graph). version: content hash of every
+    other field but t_ns. fps: nominal camera rate, frames/s. cameras: camera ids in rig order.
+    calib_version: the `RigCalibration.version` this configuration goes with ("" before any).
+    graph_toml: the launch graph file as the node was started with it ("" outside a graph).
+    """
+
+    KIND: ClassVar[str] = "stage"
+    name: Annotated[str, Str(64)]
+    version: Annotated[str, Str(64)]
+    t_ns: Annotated[int, Int()]
+    fps: Annotated[float, Float()]
+    cameras: Annotated[list, StrSeq(MAX_CAMERAS, 64)]
+    calib_version: Annotated[str, Str(64)]
+    graph_toml: Annotated[str, Str(MAX_GRAPH_TOML)] = ""
+
+
 @dataclass(slots=True)
 class Heartbeat:
     """Topic `hb/<node>`: sent by a publisher when it has been idle for a heartbeat interval."""
@@ -267,5 +291,6 @@ class Heartbeat:
 
 
 MESSAGE_TYPES: dict[str, type] = {
-    cls.KIND: cls for cls in (Keypoints2D, BoxHints, Points3D, Pose, NodeStats, Truth, RigCalibration, Heartbeat)
+    cls.KIND: cls for cls in (Keypoints2D, BoxHints, Points3D, Pose, NodeStats, Truth, RigCalibration, StageConfig,
+                          Heartbeat)
 }

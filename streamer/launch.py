@@ -58,6 +58,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from streamer.node import configure_logging, settings_from_dict, settings_schema
+from streamer.stage_config import GRAPH_ENV
 
 __all__ = [
     "NODE_KINDS",
@@ -371,6 +372,7 @@ class Supervisor:
         self.graph = graph
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(_REPO_ROOT), env.get("PYTHONPATH")) if p)
+        env[GRAPH_ENV] = str(Path(graph.path).resolve())  # the sync node serves it as the `stage` configuration
         self._env = env
         self.procs = {
             name: _Proc(spec, node_command(graph, spec))

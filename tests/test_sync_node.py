@@ -2,6 +2,8 @@
 calibration merge and republish, calib_version and keypoint-count rejects, points3d contents."""
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 
@@ -14,6 +16,26 @@ nodes_sync = pytest.importorskip("nodes.sync")
 
 N_VIEWS = 4
 PERIOD_NS = 33_333_333
+
+
+class VirtualTime:
+    """The `time` module as the sync node sees it in these tests: `monotonic_ns` advances 0.1 ms per call, so
+    deadlines and staleness follow the messages, not how long this (possibly loaded) machine takes."""
+
+    def __init__(self):
+        self._now_ns = 10**12
+
+    def monotonic_ns(self) -> int:
+        self._now_ns += 100_000
+        return self._now_ns
+
+    def __getattr__(self, name):
+        return getattr(time, name)
+
+
+@pytest.fixture(autouse=True)
+def virtual_time(monkeypatch):
+    monkeypatch.setattr(nodes_sync, "time", VirtualTime())
 
 
 class Harness:
