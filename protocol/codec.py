@@ -380,6 +380,8 @@ def _field_decoder(spec):
                 raise DecodeError("limit", f"expected a map of <= {max_items} arrays")
             out = {}
             for key, ref in v.items():
+                if type(key) is not str:
+                    raise DecodeError("field", f"array map key {key!r}: expected a string")
                 arr = ctx.take(ref)
                 if len(key) > 64 or arr.dtype.kind != "f" or arr.ndim > 2 or arr.size > max_len:
                     raise DecodeError("shape", f"{key}: expected a float array of <= {max_len} values")

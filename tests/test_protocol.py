@@ -288,6 +288,19 @@ def test_header_defects_are_rejected_with_a_reason(edit, reason):
     assert _reason(_with_header(encode(one_person_kp2d()), edit)) == reason
 
 
+def test_estimator_parameter_names_must_be_strings():
+    msg = one_person_kp2d()
+    msg.persons[0].params = {"shape": np.zeros(45, np.float32)}
+    frames = encode(msg)
+    assert decode(frames)[1].persons[0].params["shape"].shape == (45,)
+
+    def bytes_key(h):
+        params = h["body"]["persons"][0]["params"]
+        params[b"shape"] = params.pop("shape")
+
+    assert _reason(_with_header(frames, bytes_key)) == "field"
+
+
 def test_topic_must_match_the_message():
     frames = encode(one_person_kp2d())
     assert _reason([b"kp2d/cam9", *frames[1:]]) == "topic"

@@ -13,6 +13,7 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     "body": ("tools.bench_body", "body-model keypoints forward+backward, synthetic generation speed"),
     "fit": ("tools.bench_fit", "warm-started fit latency and accuracy vs a cold Adam fit"),
     "fitter": ("tools.bench_fitter", "fitter node CPU per pose on a recorded take (streamer bench fitter TAKE)"),
+    "fitter_start": ("tools.bench_fitter_start", "fitter node start-up phases and time to first pose"),
     "capture": ("tools.bench_capture", "capture node frames per second per camera (video + CPU estimator)"),
     "sync": ("tools.bench_sync", "frame-set assembly + person choice per frame set"),
     "consumers": ("tools.bench_consumers", "recorder write/read rate, VMC frame cost"),
