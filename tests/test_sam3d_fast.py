@@ -388,3 +388,18 @@ def test_masked_write_rejects_compacted_values_and_partial_masks():
         masked_write(x, torch.tensor([True, False]), torch.ones(()), accumulate=False)
     masked_write(x, torch.tensor([True, False, True, False]), torch.full((4, 3), 2.0), accumulate=True)
     assert x[:, 0].tolist() == [2.0, 0.0, 2.0, 0.0]
+
+
+def test_sync_free_modes_keep_list_index_semantics():
+    x = torch.arange(24.0).reshape(2, 3, 4)
+    expected = x.clone()
+    expected[..., [1, 2]] *= -1
+    expected[:, [0, 2]] += 1
+    got = x.clone()
+    with _SyncFree(torch.device("cpu")).active():
+        got[..., [1, 2]] *= -1
+        got[:, [0, 2]] += 1
+        picked = got[:, [True, False, True]]
+        grid = got[:, :, [[0, 1], [2, 3]]]
+    assert torch.equal(got, expected)
+    assert torch.equal(picked, expected[:, [0, 2]]) and torch.equal(grid, expected[:, :, [[0, 1], [2, 3]]])

@@ -55,6 +55,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from streamer.capture.estimator import Estimator, View
@@ -297,6 +298,8 @@ def masked_write(x: torch.Tensor, mask: torch.Tensor, values: torch.Tensor, accu
         raise RuntimeError(f"masked write: values {tuple(values.shape)} do not broadcast to the target "
                            f"{tuple(x.shape)} (a compacted x[mask] cannot be written without a sync)")
     m = mask.reshape(tuple(mask.shape) + (1,) * (x.dim() - mask.dim()))
+    if values.dim() == 0 and values.device != x.device:  # a host scalar: filled on the device, no copy
+        values = x.new_full((), values.item())
     values = values.to(device=x.device, dtype=x.dtype)
     if accumulate:
         return x.add_(torch.where(m, values, x.new_zeros(())))
@@ -320,6 +323,14 @@ class _SyncFree(TorchDispatchMode):
         self.device = torch.device(device)
         self.elementwise_functions = tuple(elementwise_functions)
         self.constants: dict[tuple[Any, ...], torch.Tensor] = {}
+
+    @contextlib.contextmanager
+    def active(self) -> Iterator[None]:
+        """This mode and its Python-level companion (`_DeviceIndexLists`): index lists such as `x[:, [0, 2]]` and
+        `torch.tensor(..., device=...)` are copied to the device by torch's argument parsing, below any dispatch
+        mode, so they are replaced by device constants before that."""
+        with _DeviceIndexLists(self), self:
+            yield
 
     def _on_device(self, t: Any) -> bool:
         return isinstance(t, torch.Tensor) and t.device.type == self.device.type
@@ -387,6 +398,48 @@ class _SyncFree(TorchDispatchMode):
         return masked_write(target, mask, values, accumulate)
 
 
+def _is_index_list(item: Any) -> bool:
+    """A (nested) list of ints or bools: an advanced index that torch turns into a tensor on the target's device."""
+    if not isinstance(item, list) or not item:
+        return False
+    return all(_is_index_list(x) if isinstance(x, list) else isinstance(x, (int, bool)) for x in item)
+
+
+class _DeviceIndexLists(TorchFunctionMode):
+    """Companion of `_SyncFree` (see `_SyncFree.active`): list indices of device tensors and device tensors made
+    from Python data become the sync-free mode's device constants."""
+
+    def __init__(self, sync_free: _SyncFree) -> None:
+        super().__init__()
+        self.sync_free = sync_free
+
+    def _index_tensor(self, item: list) -> torch.Tensor:
+        array = np.asarray(item)
+        if array.dtype == np.bool_:  # a boolean list selects like its nonzero positions (1-D)
+            array = np.flatnonzero(array)
+        host = torch.from_numpy(array.astype(np.int64))
+        return self.sync_free.constant(host) if self.sync_free.device.type != "cpu" else host
+
+    def _convert(self, index: Any) -> Any:
+        if _is_index_list(index):
+            return self._index_tensor(index)
+        if isinstance(index, tuple):
+            return tuple(self._index_tensor(i) if _is_index_list(i) else i for i in index)
+        return index
+
+    def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
+        kwargs = kwargs or {}
+        if func in (torch.Tensor.__getitem__, torch.Tensor.__setitem__) and self.sync_free._on_device(args[0]):
+            args = (args[0], self._convert(args[1]), *args[2:])
+        elif func in (torch.tensor, torch.as_tensor) and kwargs.get("device") is not None \
+                and torch.device(kwargs["device"]).type == self.sync_free.device.type != "cpu":
+            host = func(*args, **{k: v for k, v in kwargs.items() if k != "device"})
+            if isinstance(host, torch.Tensor) and host.device.type == "cpu":
+                return self.sync_free.constant(host).clone()
+            return host
+        return func(*args, **kwargs)
+
+
 class _GraphedDecode:
     """The decoder stage replayed from one CUDA graph per input shape.
 
@@ -450,14 +503,14 @@ def _swapped(parent: nn.Module, name: str, replacement: nn.Module) -> Iterator[N
 
 
 @contextlib.contextmanager
-def _host_faces(head: nn.Module) -> Iterator[None]:
-    """Keep the head's output-only `faces` (36874, 3) on the host while decoding: upstream copies it to numpy
-    after every decoder layer, one device->host copy and sync each (restored afterwards)."""
-    original = head._parameters.get("faces")
-    if original is None or original.device.type == "cpu":
+def _host_faces(head: nn.Module, host_faces: nn.Parameter | None) -> Iterator[None]:
+    """Keep the head's output-only `faces` (36874, 3) on the host while decoding (`host_faces`, copied once; None:
+    leave as is): upstream copies it to numpy after every decoder layer, one device->host copy and sync each."""
+    if host_faces is None:
         yield
         return
-    head._parameters["faces"] = nn.Parameter(original.detach().cpu(), requires_grad=False)
+    original = head._parameters["faces"]
+    head._parameters["faces"] = host_faces
     try:
         yield
     finally:
@@ -510,6 +563,9 @@ class FastBodyEstimator:
         self._decoder_fn = torch.compile(model.forward_decoder, dynamic=False) if compile_decoder else None
         self._graphed_decode = _GraphedDecode(self._decode_sync_free, self.device) if graph_decoder else None
         self._dummy_prompts: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        faces = getattr(model.head_pose, "faces", None)
+        self._host_faces = (nn.Parameter(faces.detach().cpu(), requires_grad=False)
+                            if isinstance(faces, torch.Tensor) and faces.device.type != "cpu" else None)
 
     # -- batch building ---------------------------------------------------------------------------------------
     def make_batch(self, images: Sequence[np.ndarray | torch.Tensor], requests: Sequence[CropRequest]
@@ -591,7 +647,7 @@ class FastBodyEstimator:
         backbone, which ignores it), optional autocast layers; all restored when the stack closes."""
         model = self.model
         stack.enter_context(_swapped(model, "backbone", _Precomputed(embeddings)))
-        stack.enter_context(_host_faces(model.head_pose))
+        stack.enter_context(_host_faces(model.head_pose, self._host_faces))
         if hasattr(model, "data_preprocess"):
             stack.enter_context(_method_override(model, "data_preprocess", _skip_preprocess))
         if self.decoder_autocast is not None:
@@ -612,7 +668,7 @@ class FastBodyEstimator:
             if encoder is not None:
                 stack.enter_context(_method_override(encoder, "forward",
                                                      self._dummy_prompt_forward(encoder, embeddings.shape[0])))
-            stack.enter_context(mode)
+            stack.enter_context(mode.active())
             return self._forward_body(batch)
 
     def _dummy_prompt_forward(self, encoder: nn.Module, n: int) -> Callable[..., tuple[torch.Tensor, torch.Tensor]]:
