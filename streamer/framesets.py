@@ -17,22 +17,40 @@ Algorithm (a partial-set variant of ROS message_filters ApproximateTime, see
 - The set is decided only when every live camera that could still contribute has a pending
   frame, or when the deadline (`deadline_ns` after the seed frame *arrived*) has passed; then
   it is emitted partial, from the cameras that arrived. A camera is not waited for when it has
-  never been seen, is stale (no arrival for `stale_after_ns`), or its next frame cannot fall
-  inside the window (its last frame, used or rejected, + 3/4 period is beyond it). A camera never
+  never been seen, is stale (no arrival for `stale_after_ns` *and* its newest capture time more
+  than `stale_after_ns` before the seed's: a stall of the caller, which queues every camera's
+  frames, makes none stale), or its next frame cannot fall inside the window. A camera never
   seen is awaited only during the first `stale_after_ns` after the first frame arrived.
+- Which frame of a camera is next, and when it arrives, comes from the camera's timing model
+  (`streamer.frame_timing.FrameClock`: period and phase tracked over its capture times, capture
+  jitter, recent arrival latency) once that has seen a few frames (`predict_timing`). The next
+  frame is expected at its predicted capture time, give or take `margin` = 2 jitters +
+  `timing_margin_ns`. It is awaited only when it can fall inside the window, would not be late
+  on arrival, and would arrive before the deadline at its camera's median latency + `margin`;
+  and only until its predicted capture time + the camera's recent largest arrival latency +
+  `margin` + half the camera's recent latency range (at least 1 ms) + the seed frame's own delay
+  (its latency beyond its camera's smallest: a stalled caller or a network hiccup delays every
+  camera alike). A frame not there by then is overdue (dropped or unusually late): the camera's
+  following frame is considered instead, and a set decided without it is labelled "overdue".
+  Without a warm model (first frames, or `predict_timing=False`) the rule is fixed: awaited when
+  its last frame + 3/4 period is inside the window, until the deadline. The deadline bounds
+  every wait.
 - A set never spans more than `max_spread_ns`. Sets with fewer than `min_cameras` frames
   are not emitted; their frames count as `unmatched`.
 - A frame arriving after the set it belongs to was emitted (capture time not after the
-  camera's last used frame, or nearer the last emitted set than the next one) is `late`
-  and dropped. Gaps in a camera's `seq` count as `dropped`.
+  camera's last used frame, or inside the last emitted set's spread window and nearer that set
+  than the next one) is `late` and dropped. Gaps in a camera's `seq` count as `dropped`.
 """
 from __future__ import annotations
 
 import bisect
 import logging
+import math
 from collections import deque
 from dataclasses import dataclass
 from typing import Any
+
+from streamer.frame_timing import FrameClock
 
 __all__ = ["AssemblySettings", "Assembler", "CameraCounters", "Frame", "FrameSet", "PushOutcome"]
 
@@ -47,11 +65,14 @@ class AssemblySettings:
     max_spread_ns: int = 20_000_000  # a set never spans more than this (latest - earliest capture)
     deadline_ns: int = 33_333_333  # after the seed frame arrived, wait at most this for the others
     buffer_ns: int = 133_333_333  # pending frames older than this behind a camera's newest are evicted
-    stale_after_ns: int = 100_000_000  # a camera silent for this long is not waited for
+    stale_after_ns: int = 100_000_000  # a camera silent (and behind) for this long is not waited for
     min_cameras: int = 2  # smaller sets are not emitted (their frames count as unmatched)
+    predict_timing: bool = True  # wait by each camera's timing model (False: fixed 3/4-period rule + deadline)
+    timing_margin_ns: int = 250_000  # added to 2 capture jitters around a predicted capture or arrival
 
     def __post_init__(self) -> None:
-        for name in ("frame_period_ns", "max_spread_ns", "deadline_ns", "buffer_ns", "stale_after_ns"):
+        for name in ("frame_period_ns", "max_spread_ns", "deadline_ns", "buffer_ns", "stale_after_ns",
+                     "timing_margin_ns"):
             value = getattr(self, name)
             if not isinstance(value, int) or value <= 0:
                 raise ValueError(f"AssemblySettings.{name}: expected a positive integer of ns, got {value!r}")
@@ -64,15 +85,16 @@ class AssemblySettings:
 
     @classmethod
     def for_fps(cls, fps: float, *, max_spread_periods: float = 0.6, deadline_periods: float = 1.0,
-                buffer_periods: float = 4.0, stale_after_periods: float = 3.0, min_cameras: int = 2
-                ) -> "AssemblySettings":
+                buffer_periods: float = 4.0, stale_after_periods: float = 3.0, min_cameras: int = 2,
+                predict_timing: bool = True) -> "AssemblySettings":
         """Settings scaled to a camera rate; durations given in frame periods."""
         if not fps > 0:
             raise ValueError(f"AssemblySettings.for_fps: expected fps > 0, got {fps!r}")
         period = round(1e9 / fps)
         return cls(frame_period_ns=period, max_spread_ns=round(max_spread_periods * period),
                    deadline_ns=round(deadline_periods * period), buffer_ns=round(buffer_periods * period),
-                   stale_after_ns=round(stale_after_periods * period), min_cameras=min_cameras)
+                   stale_after_ns=round(stale_after_periods * period), min_cameras=min_cameras,
+                   predict_timing=predict_timing)
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,8 +114,9 @@ class FrameSet:
 
     frames: members in the assembler's camera order; missing: expected cameras without a frame.
     reason: "complete" (every camera), "resolved" (the missing ones cannot contribute: stale,
-    never seen, or their next frame is outside the window), "deadline" (emitted partial at the
-    deadline while a live camera was still awaited).
+    never seen, or their next frame is outside the window), "overdue" (a missing camera's frame
+    predicted inside the window was not there by its predicted arrival), "deadline" (emitted
+    partial at the deadline while a live camera was still awaited).
     """
 
     t_ns: int  # median capture time of the members, stage clock
@@ -147,7 +170,7 @@ class CameraCounters:
     offset_ns: float = 0.0  # running mean of (capture time - set time) over the camera's used frames
     abs_offset_ns: float = 0.0  # running mean of |capture time - set time|
     max_abs_offset_ns: int = 0
-    period_ns: float = 0.0  # estimated frame period
+    period_ns: float = 0.0  # estimated frame period (the camera's timing model)
     last_seq: int | None = None
     last_t_ns: int | None = None  # capture time of the last received frame
     last_arrival_ns: int | None = None
@@ -155,8 +178,9 @@ class CameraCounters:
 
 
 _OFFSET_EWMA = 0.05
-_NEXT_FRAME_MIN_PERIODS = 0.75  # a camera's next frame is at least this many periods after its last (jitter)
-_PERIOD_EWMA = 0.1
+_NEXT_FRAME_MIN_PERIODS = 0.75  # without a timing model: the next frame is at least this many periods after the last
+_MARGIN_JITTERS = 2.0  # predicted times are trusted to this many capture jitters (+ timing_margin_ns)
+_ARRIVAL_MARGIN_MIN_NS = 1_000_000  # a due frame is given at least this long beyond its recent latest arrival
 
 
 class Assembler:
@@ -169,6 +193,7 @@ class Assembler:
         self.cameras: tuple[str, ...] = tuple(cameras)
         self._order = {c: i for i, c in enumerate(self.cameras)}
         self._pending: list[deque[Frame]] = [deque() for _ in self.cameras]
+        self._clocks: list[FrameClock] = [FrameClock(settings.frame_period_ns) for _ in self.cameras]
         self.counters: dict[str, CameraCounters] = {
             c: CameraCounters(period_ns=float(settings.frame_period_ns)) for c in self.cameras}
         self.unknown_camera = 0
@@ -177,6 +202,7 @@ class Assembler:
         self.last_set: FrameSet | None = None
         self._max_pending = max(2, settings.buffer_ns // settings.frame_period_ns + 2)
         self._t_first_push_ns: int | None = None
+        self._now_ns: int | None = None  # latest caller's clock seen in push / poll
 
     def add_camera(self, camera: str) -> None:
         """Expect frames from one more camera from now on (no-op when already known)."""
@@ -185,6 +211,7 @@ class Assembler:
         self._order[camera] = len(self.cameras)
         self.cameras = self.cameras + (camera,)
         self._pending.append(deque())
+        self._clocks.append(FrameClock(self.settings.frame_period_ns))
         self.counters[camera] = CameraCounters(period_ns=float(self.settings.frame_period_ns))
 
     # ------------------------------------------------------------------ input
@@ -199,6 +226,7 @@ class Assembler:
         cc.received += 1
         if self._t_first_push_ns is None:
             self._t_first_push_ns = now_ns
+        self._now_ns = now_ns if self._now_ns is None else max(self._now_ns, now_ns)
         if cc.last_seq is not None:
             step = seq - cc.last_seq
             if step == 0:
@@ -206,13 +234,11 @@ class Assembler:
                 return PushOutcome.DUPLICATE
             if step < 0:
                 cc.seq_resets += 1
+                self._clocks[index].restart()
                 log.info("camera %s: seq went back from %d to %d (restart?)", camera, cc.last_seq, seq)
             else:
                 cc.dropped += step - 1
-                if cc.last_t_ns is not None and step <= 4 and t_capture_ns > cc.last_t_ns:
-                    sample = (t_capture_ns - cc.last_t_ns) / step
-                    if 0.5 * self.settings.frame_period_ns < sample < 2.0 * self.settings.frame_period_ns:
-                        cc.period_ns += _PERIOD_EWMA * (sample - cc.period_ns)
+        self._observe_timing(index, t_capture_ns, now_ns)
         cc.last_seq = seq
         cc.last_t_ns = t_capture_ns
         cc.last_arrival_ns = now_ns
@@ -240,6 +266,7 @@ class Assembler:
         cc = self.counters.get(camera)
         if cc is None:
             return
+        self._observe_timing(self._order[camera], t_capture_ns, now_ns)
         if cc.last_seq is None or seq > cc.last_seq:
             if cc.last_seq is not None:
                 cc.dropped += seq - cc.last_seq - 1
@@ -247,15 +274,23 @@ class Assembler:
         cc.last_t_ns = t_capture_ns if cc.last_t_ns is None else max(cc.last_t_ns, t_capture_ns)
         cc.last_arrival_ns = now_ns
 
+    def _observe_timing(self, index: int, t_capture_ns: int, now_ns: int) -> None:
+        clock = self._clocks[index]
+        clock.observe(t_capture_ns, now_ns)
+        self.counters[self.cameras[index]].period_ns = clock.period_ns
+
     def _is_late(self, cc: CameraCounters, t_capture_ns: int) -> bool:
         if cc.last_used_t_ns is not None and t_capture_ns <= cc.last_used_t_ns:
             return True
-        return self.last_set is not None and t_capture_ns < self.last_set.t_ns + cc.period_ns / 2
+        last = self.last_set
+        return (last is not None and t_capture_ns < last.t_ns + cc.period_ns / 2
+                and t_capture_ns <= last.start_ns + self.settings.max_spread_ns)
 
     # ----------------------------------------------------------------- output
 
     def poll(self, now_ns: int) -> list[FrameSet]:
         """Every set that can be decided at `now_ns`, oldest first."""
+        self._now_ns = now_ns if self._now_ns is None else max(self._now_ns, now_ns)
         out: list[FrameSet] = []
         while True:
             decided = self._decide_one(now_ns)
@@ -265,9 +300,15 @@ class Assembler:
                 out.append(decided)
 
     def next_deadline_ns(self) -> int | None:
-        """When (caller's clock) the oldest pending set times out; None when nothing is pending."""
+        """When (caller's clock) the oldest pending set is decided at the latest without another
+        arrival (its deadline, or earlier when a camera it waits for becomes overdue or stale);
+        None when nothing is pending."""
         seed = self._seed()
-        return None if seed is None else seed.t_arrival_ns + self.settings.deadline_ns
+        if seed is None:
+            return None
+        deadline = seed.t_arrival_ns + self.settings.deadline_ns
+        awaited_until, _ = self._awaited(seed, max(self._now_ns, seed.t_arrival_ns), deadline)
+        return min([deadline, *awaited_until])
 
     def pending_count(self) -> int:
         return sum(len(p) for p in self._pending)
@@ -286,14 +327,67 @@ class Assembler:
                 best = pending[0]
         return best
 
-    def _awaited(self, index: int, window_end_ns: int, now_ns: int) -> bool:
-        """Whether a camera with nothing pending could still deliver a frame inside the window."""
+    def _awaited(self, seed: Frame, now_ns: int, deadline_ns: int) -> tuple[list[int], bool]:
+        """For the set seeded by `seed`: until when (caller's clock) each awaited camera is awaited,
+        and whether a camera's frame predicted inside the window is overdue."""
+        window_end = seed.t_capture_ns + self.settings.max_spread_ns
+        seed_clock = self._clocks[self._order[seed.camera]]
+        # how much later than its camera's best recent latency the seed came: a delay of delivery
+        # (the caller stalled, the network hiccuped) that the frames awaited share
+        delay_ns = 0 if seed_clock.latency_low_ns is None else max(
+            0, seed.t_arrival_ns - seed.t_capture_ns - seed_clock.latency_low_ns)
+        awaited, overdue = [], False
+        for i, pending in enumerate(self._pending):
+            if not pending:
+                until, camera_overdue = self._awaited_until(i, seed.t_capture_ns, window_end, now_ns, deadline_ns,
+                                                            delay_ns)
+                overdue |= camera_overdue
+                if until is not None:
+                    awaited.append(until)
+        return awaited, overdue
+
+    def _awaited_until(self, index: int, window_start_ns: int, window_end_ns: int, now_ns: int,
+                       deadline_ns: int, delay_ns: int) -> tuple[int | None, bool]:
+        """Whether a camera with nothing pending could still deliver a frame inside the window:
+        (until when it is awaited, caller's clock, capped at the deadline; or None when it is not),
+        and whether a frame of it predicted inside the window is overdue. Frames predicted to be late
+        on arrival (belonging to the last set emitted) or to arrive after the deadline are not awaited."""
+        s = self.settings
         cc = self.counters[self.cameras[index]]
         if cc.last_arrival_ns is None:  # never seen: awaited while the assembler itself is young
-            return self._t_first_push_ns is not None and now_ns - self._t_first_push_ns <= self.settings.stale_after_ns
-        if now_ns - cc.last_arrival_ns > self.settings.stale_after_ns:
-            return False
-        return cc.last_t_ns + _NEXT_FRAME_MIN_PERIODS * cc.period_ns <= window_end_ns
+            if self._t_first_push_ns is None or now_ns - self._t_first_push_ns > s.stale_after_ns:
+                return None, False
+            return min(deadline_ns, self._t_first_push_ns + s.stale_after_ns + 1), False
+        behind = window_start_ns - cc.last_t_ns > s.stale_after_ns
+        if behind and now_ns - cc.last_arrival_ns > s.stale_after_ns:
+            return None, False
+        stale_at = min(deadline_ns, cc.last_arrival_ns + s.stale_after_ns + 1) if behind else deadline_ns
+        clock = self._clocks[index]
+        if not (s.predict_timing and clock.warm):
+            if cc.last_t_ns + _NEXT_FRAME_MIN_PERIODS * cc.period_ns <= window_end_ns:
+                return stale_at, False
+            return None, False
+        margin = _MARGIN_JITTERS * clock.jitter_ns + s.timing_margin_ns
+        period = clock.period_ns
+        expected = clock.next_capture_ns()
+        # frames before the last set's first frame would be late; earlier than two periods before the seed, long overdue
+        earliest = max(window_start_ns - 2 * period, self.last_set.start_ns if self.last_set else -math.inf) - margin
+        if expected < earliest:
+            expected += math.ceil((earliest - expected) / period) * period
+        overdue = False
+        while expected - margin <= window_end_ns:
+            if self._is_late(cc, expected + margin):  # it would belong to the last set emitted: no use
+                expected += period
+                continue
+            if expected + clock.latency_median_ns + margin > deadline_ns:
+                break  # it would too often arrive after the deadline: waiting would not get it
+            arrives_by = expected + clock.latency_high_ns + margin + delay_ns + max(
+                _ARRIVAL_MARGIN_MIN_NS, (clock.latency_high_ns - clock.latency_low_ns) / 2)
+            if now_ns < arrives_by:
+                return min(stale_at, math.ceil(arrives_by)), overdue
+            overdue |= expected + margin >= window_start_ns
+            expected += period
+        return None, overdue
 
     def _decide_one(self, now_ns: int):
         s = self.settings
@@ -302,9 +396,9 @@ class Assembler:
             return None
         t0 = seed.t_capture_ns
         window_end = t0 + s.max_spread_ns
-        deadline_passed = now_ns - seed.t_arrival_ns >= s.deadline_ns
-        awaited = [i for i, p in enumerate(self._pending) if not p and self._awaited(i, window_end, now_ns)]
-        if awaited and not deadline_passed:
+        deadline = seed.t_arrival_ns + s.deadline_ns
+        awaited, overdue = self._awaited(seed, now_ns, deadline)
+        if awaited and now_ns < deadline:
             return None
 
         # Candidates inside the window, time order; the first frame beyond it bounds the last gap.
@@ -356,6 +450,8 @@ class Assembler:
             reason = "complete"
         elif awaited:
             reason = "deadline"
+        elif overdue:
+            reason = "overdue"
         else:
             reason = "resolved"
         frame_set = FrameSet(t_ns=t_set, start_ns=times[0], end_ns=times[-1], frames=tuple(frames),

@@ -89,9 +89,13 @@ def test_dropped_frames_are_counted_and_leave_partial_sets():
     for k, fs in by_seq.items():
         expected_missing = tuple(c.name for c in cams if k in c.dropped)
         assert fs.missing == expected_missing
-    # a dropped frame is only known missing at the deadline (the camera's next frame comes a period later)
-    assert by_seq[10].reason == "deadline"
-    assert by_seq[10].t_emit_ns - min(f.t_arrival_ns for f in by_seq[10].frames) <= SETTINGS.deadline_ns + 2 * MS
+    # a dropped frame is written off once overdue by the camera's timing model (its capture period and
+    # arrival latency), well before the deadline, also twice in a row (10, 11)
+    for k in (10, 11, 25, 40):
+        fs = by_seq[k]
+        assert fs.reason == "overdue"
+        assert fs.t_emit_ns - min(f.t_arrival_ns for f in fs.frames) < SETTINGS.deadline_ns / 2
+    assert all(cc.late == 0 for cc in assembler.counters.values())
 
 
 def test_a_camera_that_dies_mid_run_gives_partial_sets_at_the_deadline_then_without_waiting():
@@ -106,7 +110,7 @@ def test_a_camera_that_dies_mid_run_gives_partial_sets_at_the_deadline_then_with
     for fs in after:  # never later than the deadline after the set's first frame arrived
         seed = min(fs.frames, key=lambda f: f.t_capture_ns)
         assert fs.t_emit_ns - seed.t_arrival_ns <= SETTINGS.deadline_ns
-    deadline_sets = [fs for fs in after if fs.reason == "deadline"]
+    deadline_sets = [fs for fs in after if fs.reason in ("deadline", "overdue")]
     assert 1 <= len(deadline_sets) <= 4  # until the camera counts as stale (3 periods)
     assert all(fs.reason == "resolved" for fs in after[len(deadline_sets):])
     # once stale (the set after the last deadline set may still straddle that moment), a set is
@@ -125,13 +129,21 @@ def test_spread_limit_is_never_exceeded_and_an_out_of_phase_camera_is_left_out()
     assert assembler.counters["half"].unmatched == 50 and assembler.counters["half"].late == 0
 
 
-def test_a_camera_slower_than_the_deadline_is_late_and_counted():
+@pytest.mark.parametrize("predict", [False, True])
+def test_a_camera_slower_than_the_deadline_is_late_and_counted(predict):
+    settings = AssemblySettings.for_fps(30.0, predict_timing=predict)
     cams = [CameraSim("a"), CameraSim("b", offset_ms=1.0), CameraSim("slow", offset_ms=-1.0, latency_ms=60.0)]
-    sets, assembler = simulate(cams, 40, SETTINGS, seed=6)
-    check_invariants(sets, assembler)
-    assert all(fs.cameras == ("a", "b") and fs.reason == "deadline" for fs in sets)
+    sets, assembler = simulate(cams, 40, settings, seed=6)
+    check_invariants(sets, assembler, settings)
+    assert all(fs.cameras == ("a", "b") for fs in sets)
     assert assembler.counters["slow"].late >= 39
     assert assembler.sets_partial == len(sets)
+    waits = [fs.t_emit_ns - max(f.t_arrival_ns for f in fs.frames) for fs in sets]
+    if predict:  # once its timing model is warm, its frames are known to come after the deadline: no wait
+        assert all(fs.reason == "resolved" and wait == 0 for fs, wait in zip(sets[10:], waits[10:]))
+    else:  # waited for until the deadline every time
+        assert all(fs.reason == "deadline" for fs in sets)
+        assert min(waits) > SETTINGS.deadline_ns - 10 * MS
 
 
 def test_a_camera_with_a_far_clock_is_bounded_and_counted():

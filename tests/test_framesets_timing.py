@@ -1,0 +1,171 @@
+"""Per-camera timing model (`streamer.frame_timing.FrameClock`) and the waits it saves the assembler:
+cameras whose next frame falls outside the window, dropped frames, a stalled caller, decision-wait figures."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from streamer.frame_timing import LATENCY_FRAMES, WARM_FRAMES, FrameClock
+from streamer.framesets import Assembler, AssemblySettings
+from tests.sync_sim import CameraSim, simulate
+from tools.bench_sync import decision_waits, simulated_arrivals
+
+MS = 1_000_000
+SETTINGS = AssemblySettings.for_fps(30.0)
+FIXED = AssemblySettings.for_fps(30.0, predict_timing=False)
+
+
+def test_frame_clock_tracks_period_phase_and_jitter_through_drops():
+    rng = np.random.default_rng(0)
+    true_period = 1e9 / 29.97  # not the nominal 30 fps
+    clock = FrameClock(SETTINGS.frame_period_ns)
+    errors = []
+    for k in range(300):
+        if k % 17 == 5:  # dropped frames: the frame number comes from the time, not a seq
+            continue
+        t = 5e9 + 7.3 * MS + k * true_period
+        if clock.warm:
+            errors.append(clock.next_capture_ns() + (k - last_k - 1) * clock.period_ns - t)
+        clock.observe(int(t + rng.normal(0.0, 0.5 * MS)), int(t + 6 * MS))
+        last_k = k
+    assert abs(clock.period_ns - true_period) < 0.02 * MS
+    assert np.percentile(np.abs(errors[50:]), 99) < 2.0 * MS  # residuals of a 0.5 ms-jitter camera
+    assert 0.4 * MS < clock.jitter_ns < 0.8 * MS
+    # arrival - reported capture: 6 ms minus the capture jitter
+    assert 3 * MS < clock.latency_low_ns < 6 * MS < clock.latency_high_ns < 9 * MS
+
+
+def test_frame_clock_ignores_one_outlier_and_restarts_on_a_phase_step():
+    clock = FrameClock(SETTINGS.frame_period_ns)
+    period = SETTINGS.frame_period_ns
+    for k in range(20):
+        clock.observe(k * period)
+    clock.observe(20 * period + 9 * MS)  # one glitch: not learnt
+    assert abs(clock.next_capture_ns() - 21 * period) < 0.01 * MS and clock.warm
+    for k in range(21, 24):  # the camera's phase jumped by 12 ms: three in a row restart the line
+        clock.observe(k * period + 12 * MS)
+    assert not clock.warm and abs(clock.next_capture_ns() - (24 * period + 12 * MS)) < 0.01 * MS
+    for k in range(24, 24 + WARM_FRAMES):
+        clock.observe(k * period + 12 * MS)
+    assert clock.warm and abs(clock.next_capture_ns() - ((24 + WARM_FRAMES) * period + 12 * MS)) < 0.01 * MS
+
+
+def test_frame_clock_latency_extremes_follow_a_rise_at_once_and_forget_a_spike():
+    clock = FrameClock(SETTINGS.frame_period_ns)
+    period = SETTINGS.frame_period_ns
+    latencies = [5 * MS] * 10 + [40 * MS] + [6 * MS] * (LATENCY_FRAMES - 1) + [7 * MS] * 3
+    for k, latency in enumerate(latencies):
+        clock.observe(k * period, k * period + latency)
+        window = latencies[max(0, k + 1 - LATENCY_FRAMES):k + 1]
+        assert (clock.latency_low_ns, clock.latency_high_ns) == (min(window), max(window))
+    assert clock.latency_high_ns == 7 * MS  # the spike left the window
+
+
+def test_frame_clock_rejects_a_bad_period():
+    with pytest.raises(ValueError, match="nominal period"):
+        FrameClock(0)
+
+
+def _waits(sets):
+    return [fs.t_emit_ns - max(f.t_arrival_ns for f in fs.frames) for fs in sets]
+
+
+def test_a_camera_just_outside_the_window_is_not_waited_for():
+    # spread limit 10 ms; "edge" captures 14 ms after "a": outside a's window and too far from the next
+    # one, so it never joins a set, but its last frame + 3/4 period is inside the window
+    settings = AssemblySettings.for_fps(30.0, max_spread_periods=0.3)
+    fixed_settings = AssemblySettings.for_fps(30.0, max_spread_periods=0.3, predict_timing=False)
+    cams = [CameraSim("a", 0.0, 0.3), CameraSim("b", 1.0, 0.3, latency_ms=6.0), CameraSim("edge", 14.0, 0.3, latency_ms=19.0)]
+    model_sets, model = simulate(cams, 90, settings, seed=1)
+    fixed_sets, fixed = simulate(cams, 90, fixed_settings, seed=1)
+    for sets, assembler in ((model_sets, model), (fixed_sets, fixed)):
+        assert len(sets) == 90 and all(fs.cameras == ("a", "b") for fs in sets)
+        assert assembler.counters["edge"].unmatched == 90 and assembler.counters["edge"].late == 0
+    # with the model, once warm, a set goes out on the arrival of its newest member
+    warm = model_sets[WARM_FRAMES + 2:]
+    assert max(_waits(warm)) == 0 and all(fs.reason == "resolved" for fs in warm)
+    # the fixed 3/4-period rule waits for edge's frame every time (it arrives ~13 ms after b's)
+    assert min(_waits(fixed_sets[WARM_FRAMES + 2:])) > 10 * MS
+
+
+def test_a_dropped_frame_is_written_off_at_its_predicted_arrival_not_the_deadline():
+    cams = [CameraSim(f"c{i}", offset_ms=o, jitter_ms=0.5, latency_ms=4.0 + i, latency_jitter_ms=0.5)
+            for i, o in enumerate([0.0, 3.0, 6.0, 9.0])]
+    cams[2].dropped = {30, 55}
+    sets, assembler = simulate(cams, 80, SETTINGS, seed=3)
+    by_seq = {fs.frames[0].seq: fs for fs in sets}
+    for k in (30, 55):
+        fs = by_seq[k]
+        assert fs.missing == ("c2",) and fs.reason == "overdue"
+        seed = min(fs.frames, key=lambda f: f.t_capture_ns)
+        # c2's frame was due at about seed + 6 ms capture + 6 ms latency: written off a few ms later
+        assert fs.t_emit_ns - seed.t_arrival_ns < 20 * MS < SETTINGS.deadline_ns
+    assert sum(fs.reason == "complete" for fs in sets) == 78
+    assert all(cc.late == 0 for cc in assembler.counters.values())
+
+
+def test_next_deadline_is_the_overdue_time_and_polling_then_decides():
+    period = SETTINGS.frame_period_ns
+    a = Assembler(["a", "b", "c"], SETTINGS)
+    for k in range(20):
+        t = 10**10 + k * period
+        for i, camera in enumerate(a.cameras):
+            a.push(camera, k, t + i * MS, t + (5 + i) * MS)
+        assert [fs.reason for fs in a.poll(t + 7 * MS)] == ["complete"]
+    t = 10**10 + 20 * period
+    a.push("a", 20, t, t + 5 * MS)
+    a.push("b", 20, t + MS, t + 6 * MS)  # c's frame 20 never comes
+    assert a.poll(t + 6 * MS) == []
+    due = a.next_deadline_ns()
+    assert t + 7 * MS < due < t + 5 * MS + SETTINGS.deadline_ns  # c's latency is 5 ms, steady
+    assert a.poll(due - 1) == []
+    (fs,) = a.poll(due)
+    assert fs.reason == "overdue" and fs.missing == ("c",) and fs.t_emit_ns == due
+
+
+def test_a_stalled_caller_does_not_make_the_cameras_stale():
+    """The caller stops reading for longer than stale_after_ns (frames queue up), then reads the
+    backlog in a burst: every set is still complete."""
+    period = SETTINGS.frame_period_ns
+    a = Assembler(["a", "b", "c"], SETTINGS)
+    sets = []
+    for k in range(40):
+        t = 10**10 + k * period
+        now = t + 5 * MS if not 10 <= k < 16 else 10**10 + 16 * period  # frames 10..15 read late, at once
+        for i, camera in enumerate(a.cameras):
+            a.push(camera, k, t + i * MS, now + i * 1000)
+            sets += a.poll(now + i * 1000)
+    assert len(sets) == 40 and all(fs.reason == "complete" for fs in sets)
+
+
+@pytest.mark.parametrize("n_cameras", [4, 8])
+def test_decision_waits_model_against_the_fixed_rule(n_cameras):
+    """Deterministic figures over free-running cameras (phases uniform, jitter, latency tail, drops)."""
+    model, fixed = [], []
+    for seed in range(2):
+        events = simulated_arrivals(n_cameras, 30.0, 20.0, seed)
+        model.append(decision_waits(events, SETTINGS))
+        fixed.append(decision_waits(events, FIXED))
+    mean = lambda runs, key: float(np.mean([r[key] for r in runs]))  # noqa: E731
+    assert mean(model, "wait_p99_ms") < mean(fixed, "wait_p99_ms") - 2.0
+    assert mean(model, "wait_p50_ms") <= mean(fixed, "wait_p50_ms")
+    assert mean(model, "deadline_share") < mean(fixed, "deadline_share")
+    assert mean(model, "late_per_1k") < 6.0  # merely late frames are rarely written off
+    assert mean(model, "cameras_per_set") >= mean(fixed, "cameras_per_set") - 0.05
+
+
+from hypothesis import given, settings as hyp_settings, strategies as st  # noqa: E402
+
+
+@hyp_settings(max_examples=150, deadline=None)
+@given(st.lists(st.tuples(st.integers(-10**12, 10**12), st.integers(-10**12, 10**12)), max_size=200))
+def test_frame_clock_stays_bounded_on_any_input(frames):
+    clock = FrameClock(SETTINGS.frame_period_ns)
+    for t_capture, t_arrival in frames:
+        clock.observe(t_capture, t_arrival)
+        assert 0.5 * SETTINGS.frame_period_ns <= clock.period_ns <= 2.0 * SETTINGS.frame_period_ns
+        assert clock.jitter_ns >= 0 and np.isfinite(clock.next_capture_ns())
+    if frames:
+        latencies = [a - c for c, a in frames][-LATENCY_FRAMES:]
+        assert (clock.latency_low_ns, clock.latency_high_ns) == (min(latencies), max(latencies))
+        assert min(latencies) <= clock.latency_median_ns <= max(latencies)
