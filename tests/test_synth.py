@@ -162,3 +162,41 @@ def test_motion_is_periodic_and_grounded(stage) -> None:
         assert abs(k[:, 13:21, 2].min(axis=1) - k[0, 13:21, 2].min()).max() < 1e-6  # feet on the floor
         assert k[:, 0, 2].max() - k[:, 0, 2].min() > 0.25  # squats move the head
     assert _NS == 1_000_000_000
+
+
+def test_occlusion_geometry_and_broadcasting() -> None:
+    camera = np.array([0.0, -5.0, 1.0])
+    start, end, radius = np.array([[0.0, 0.0, 0.5]]), np.array([[0.0, 0.0, 1.5]]), np.array([0.2])  # vertical capsule
+    points = np.array([
+        [0.0, 2.0, 1.0],  # straight behind the capsule: occluded
+        [0.0, -2.0, 1.0],  # between the camera and the capsule: visible
+        [0.0, 0.1, 1.0],  # inside the capsule, less than a radius beyond its near side: visible (its own surface)
+        [1.0, 2.0, 1.0],  # behind, but the ray passes 0.71 m to the side: visible
+        [0.0, 2.0, 3.0],  # behind and above: the ray passes over the top cap (0.3 m): visible
+        [0.0, 2.0, 1.6],  # behind, the ray crosses the top cap within the radius: occluded
+    ])
+    assert occluded_points(camera, points, start, end, radius).tolist() == [True, False, False, False, False, True]
+    rng = np.random.default_rng(5)  # leading dims broadcast: one call for V cameras == V calls
+    centers, pts = rng.normal(size=(3, 3)) * 4, rng.normal(size=(3, 50, 3))
+    starts, ends, radii = rng.normal(size=(3, 4, 3)) * 0.5, rng.normal(size=(3, 4, 3)) * 0.5, rng.uniform(0.1, 0.6, (3, 4))
+    batched = occluded_points(centers, pts, starts, ends, radii)
+    assert batched.shape == (3, 50) and batched.any() and not batched.all()
+    for v in range(3):
+        assert np.array_equal(batched[v], occluded_points(centers[v], pts[v], starts[v], ends[v], radii[v]))
+    assert np.array_equal(occluded_points(centers[0], pts, starts[0], ends[0], radii[0]),
+                          np.stack([occluded_points(centers[0], p, starts[0], ends[0], radii[0]) for p in pts]))
+
+
+def test_detection_boxes_hold_the_visible_points_with_a_margin(stage) -> None:
+    cam = stage.rig.cameras[1]
+    for k in range(0, stage.cycle_frames, 5):
+        msg, observed = stage.observe_detailed(k, cam.name)
+        if msg is None:
+            continue
+        width, height = cam.image_size
+        for person, clean in zip(msg.persons, observed.clean_pixels):
+            visible = clean[(clean[:, 0] >= 0) & (clean[:, 0] < width) & (clean[:, 1] >= 0) & (clean[:, 1] < height)]
+            lo, hi = visible.min(0), visible.max(0)
+            margin = 0.1 * np.maximum(hi - lo, 1.0)
+            expected = np.clip(np.r_[lo - margin, hi + margin], 0, [width, height, width, height])
+            assert person.box.dtype == np.float32 and np.allclose(person.box, expected, atol=1e-3)
