@@ -36,3 +36,35 @@ def test_bench_sync_table_and_bad_arguments(capsys):
     with pytest.raises(SystemExit) as refused:
         bench_sync.main(["--take", "no/such/take.mcap"])
     assert refused.value.code == 2
+
+
+def test_bench_sync_take_replays_its_arrivals_and_reads_the_live_hop(tmp_path, capsys):
+    """A small real take (kp2d of 3 cameras, one points3d per frame, received 2 ms after its newest member)."""
+    import numpy as np
+
+    from protocol import Keypoints2D, Points3D
+    from streamer.recording import TakeWriter
+
+    events = bench_sync.simulated_arrivals(3, 30.0, 3.0, seed=4)
+    path = tmp_path / "take.mcap"
+    newest: dict[int, int] = {}
+    k, v = 2, 3  # keypoints, cameras
+    with TakeWriter(path) as take:
+        for arrival, camera, seq, t_capture in events:
+            take.write(Keypoints2D(camera=camera, seq=seq, frame_index=seq, t_capture_ns=t_capture,
+                                   image_size=np.array([1280, 720], np.int32), calib_version="v", persons=[]), arrival)
+            newest[seq] = max(newest.get(seq, 0), arrival)
+        for seq, arrival in sorted(newest.items(), key=lambda item: item[1]):
+            take.write(Points3D(t_ns=seq, frame_index=seq, person_id=0, calib_version="v",
+                                cameras=["cam0", "cam1", "cam2"], sources_seq=np.full(v, seq, np.int64),
+                                sync_spread_ns=0, points=np.zeros((k, 3), np.float32), n_views=np.zeros(k, np.uint8),
+                                inliers=np.zeros((k, v), bool), reproj_px=np.zeros((k, v), np.float32),
+                                confidence=np.zeros(k, np.float32), mean_reproj_px=0.0, usable=True),
+                       arrival + 2_000_000)
+    assert bench_sync.main(["--json", "--sets", "10", "--repeats", "1", "--seconds", "1", "--rigs", "1",
+                            "--take", str(path)]) == 0
+    result = json.loads(capsys.readouterr().out)
+    # a points3d naming a dropped frame has no computable hop and is skipped
+    assert abs(result["take_live_sync_hop_p50_ms"] - 2.0) < 1e-6 and abs(result["take_live_sync_hop_p99_ms"] - 2.0) < 1e-6
+    assert 0 <= result["wait_p50_ms_take"] <= result["wait_p99_ms_take"] <= 34
+    assert result["wait_p99_ms_take"] <= result["wait_p99_ms_take_fixed"]

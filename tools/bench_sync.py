@@ -14,14 +14,17 @@ so machine load does not enter): per set, decided time - newest member's arrival
 of the end-to-end latency. Free-running cameras at 4 and 8 cameras x 30 and 60 fps
 (`simulated_arrivals`: trigger phases uniform over the frame period, clock offsets, capture jitter,
 per-camera publish latency with a tail, dropped frames), and with `--take` a recorded take
-(kp2d receive times of the recorder as arrivals). Each with the timing model (`predict_timing`,
-the default) and the fixed rule. Reported: p50/p99 wait, the share of sets that were complete,
+(kp2d receive times of the recorder as arrivals; beside it the live sync node's hop recorded in
+the take, points3d receive - newest member kp2d receive, both on the recorder's clock, so free of
+the senders' clock offsets). Each with the timing model (`predict_timing`, the default) and the
+fixed rule. Reported: p50/p99 wait, the share of sets that were complete,
 resolved early (partial, no camera awaited), overdue (a predicted frame written off) or decided
 at the deadline, and late frames per 1000 received (arrived after their set was emitted).
 
 `--json` prints one object; stable keys: `assembly_ms_8cam` (assembly + person choice at 8 cameras),
 `wait_p50_ms_<N>x<F>`, `wait_p99_ms_<N>x<F>`, `late_per_1k_<N>x<F>` (timing model) and the same with
-`_fixed` appended (fixed rule), `<reason>_share_<N>x<F>`; with --take the same keys with `take` for `<N>x<F>`.
+`_fixed` appended (fixed rule), `<reason>_share_<N>x<F>`; with --take the same keys with `take` for `<N>x<F>`,
+and `take_live_sync_hop_p50_ms` / `take_live_sync_hop_p99_ms`.
 """
 from __future__ import annotations
 
@@ -46,7 +49,7 @@ from streamer.calibration import Camera, Rig
 from streamer.framesets import Assembler, AssemblySettings
 from streamer.triangulation import triangulate_robust
 
-__all__ = ["decision_waits", "main", "measure", "ring_rig", "simulated_arrivals", "take_arrivals"]
+__all__ = ["decision_waits", "main", "measure", "recorded_sync_hop", "ring_rig", "simulated_arrivals", "take_arrivals"]
 
 BUDGET_MS = 0.3
 VIEW_COUNTS = (4, 8, 16)
@@ -204,6 +207,26 @@ def take_arrivals(path: Path) -> tuple[list[Arrival], float]:
     return events, (1e9 / float(np.median(np.diff(first))) if len(first) > 1 else 30.0)
 
 
+def recorded_sync_hop(path: Path) -> dict[str, float]:
+    """The live sync node's hop in a recorded take, ms: for every points3d, its receive time minus the
+    newest receive time of its member kp2d (`sources_seq`), both the recorder's log times."""
+    from protocol import Keypoints2D, Points3D
+    from streamer.recording import read_take
+
+    received: dict[tuple[str, int], int] = {}
+    hops = []
+    for log_ns, _, msg in read_take(path):
+        if isinstance(msg, Keypoints2D):
+            received[(msg.camera, msg.seq)] = log_ns
+        elif isinstance(msg, Points3D):
+            members = [received.get((c, int(s))) for c, s in zip(msg.cameras, msg.sources_seq) if s >= 0]
+            if members and None not in members:
+                hops.append((log_ns - max(members)) / _MS)
+    if not hops:
+        return {}
+    return {"live_sync_hop_p50_ms": float(np.percentile(hops, 50)), "live_sync_hop_p99_ms": float(np.percentile(hops, 99))}
+
+
 def decision_waits(events: list[Arrival], settings: AssemblySettings) -> dict[str, float]:
     """Feed the arrivals to an assembler (polling at every arrival and every due time in between) and
     sum up: wait = set decided - newest member arrived (ms) p50/p99/max, the share of sets per reason,
@@ -292,7 +315,9 @@ def main(argv: list[str]) -> int:
     clock = time.perf_counter if args.clock == "wall" else time.process_time
     results = {n: measure(n, args.sets, args.repeats, clock=clock) for n in VIEW_COUNTS}
     waits = _wait_rows(args.seconds, args.rigs, args.take)
+    live = recorded_sync_hop(args.take) if args.take is not None else {}
     flat = {f"{key}_{n}cam": round(value, 4) for n, row in results.items() for key, value in row.items()}
+    flat.update({f"take_{key}": round(value, 4) for key, value in live.items()})
     flat["budget_ms"] = BUDGET_MS
     flat["clock"] = args.clock
     for label, by_rule in waits.items():
@@ -315,6 +340,9 @@ def main(argv: list[str]) -> int:
         print(f"{label:<30}" + "".join(f"{results[n][key]:>10.3f}" for n in VIEW_COUNTS) + f"{budget:>14}")
     print()
     _print_waits(waits)
+    if live:
+        print(f"take, live sync node (recorder clock): hop p50 {live['live_sync_hop_p50_ms']:.1f} ms, "
+              f"p99 {live['live_sync_hop_p99_ms']:.1f} ms")
     return 0
 
 
