@@ -486,6 +486,47 @@ def _table(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _pipeline_rows(model: Any, images: list[np.ndarray], requests: list[Any], sizes: list[int], *,
+                   compile_backbone: bool, iters: int) -> list[dict[str, Any]]:
+    """The CUDA-graph path per batch size, one call at a time and as a 2-stream pipeline (backbone of batch t+1
+    on a second stream while batch t decodes), each checked against the eager fast path on the same crops."""
+    import torch
+
+    from streamer.capture.sam3d_fast import FastBodyEstimator, person_dicts
+
+    eager = FastBodyEstimator(model, cuda_graphs=False)
+    fast = FastBodyEstimator(model, cuda_graphs=True, graph_decoder=True, compile_backbone=compile_backbone)
+    rows = []
+    frames = 8
+    for size in sizes:
+        reqs = [requests[i % len(requests)] for i in range(size)]
+        boxes = np.stack([r.box_xyxy for r in reqs])
+        reference = eager.estimate(images, reqs)
+
+        def pipelined(count: int) -> list[list[dict]]:
+            batches = (fast.make_batch(images, reqs) for _ in range(count))
+            return [person_dicts(out, boxes) for out in fast.run_pipelined(batches)]
+
+        for name, run, per_call in ((f"graph path, batch {size}", lambda: fast.estimate(images, reqs), size),
+                                    (f"graph path, 2 streams, batch {size}", lambda: pipelined(frames),
+                                     size * frames)):
+            row = _time_variant(name, run, images_per_call=per_call, iters=iters if per_call == size else
+                                max(2, iters // frames), warmup=2, sync=torch.cuda.synchronize,
+                                peak=lambda: torch.cuda.max_memory_allocated() / 2**30)
+            outputs = run()
+            errors = _relative_errors(reference, outputs if per_call == size else outputs[-1])
+            row["max_rel_err_vs_eager"] = max(v for k, v in errors.items() if not k.endswith("_px"))
+            row["images_per_call"] = size
+            if per_call != size:
+                row["latency_ms_p50"] = rows[-1]["latency_ms_p50"]
+                row["latency_ms_p99"] = rows[-1]["latency_ms_p99"]
+                row["note"] = f"{frames} batches per timed run; latency: one batch without streams"
+            rows.append(row)
+            _progress(f"{name}: {row['images_per_s']:.1f} img/s, p50 {row['latency_ms_p50']:.0f} ms, "
+                      f"vs eager {row['max_rel_err_vs_eager']:.1e}")
+    return rows
+
+
 def _check_graph(model: Any, images: list[np.ndarray], request_sets: list[list[Any]]) -> int:
     """The CUDA-graph decoder against the eager fast path on each request set (the first records the graph)."""
     from streamer.capture.sam3d_fast import FastBodyEstimator
@@ -530,6 +571,10 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--process-iters", type=int, default=10, help="timed calls per process and config")
     parser.add_argument("--only-processes", action="store_true",
                         help="time only the --processes configs (no model in the main process)")
+    parser.add_argument("--pipeline-only", action="store_true",
+                        help="only time the CUDA-graph path (compiled backbone unless --no-compile) with and without "
+                             "the 2-stream pipeline at the camera batch and --scale-batches, checked against the eager "
+                             "fast path")
     parser.add_argument("--check-graph-only", action="store_true",
                         help="only check that the CUDA-graph decoder records and matches the eager fast path on "
                              "two input sets (exit 1 if not); quick with --backbone dinov3_vits16")
@@ -586,6 +631,14 @@ def main(argv: list[str]) -> int:
 
     if args.check_graph_only:
         return _check_graph(model, images, [requests, fresh, requests])
+    if args.pipeline_only:
+        sizes = [len(requests)] + [int(x) for x in args.scale_batches.split(",") if x]
+        rows = _pipeline_rows(model, images, fresh, sizes, compile_backbone=not args.no_compile, iters=args.iters)
+        text = json.dumps({"gpu": torch.cuda.get_device_name(0), "model": model_text, "rows": rows}, indent=1)
+        if args.out:
+            Path(args.out).write_text(text)
+        print(text)
+        return 0
 
     def sync() -> None:
         torch.cuda.synchronize()
