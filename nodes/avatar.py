@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from protocol import Verdict
+from streamer.humanoid import tpose_keypoints
 from streamer.node import Node, run_node
 from streamer.vmc import vmc_bundle, vmc_frame_from_keypoints
 
@@ -46,6 +47,7 @@ class Avatar(Node):
         self._person = self.settings.person_id
         self._previous_quats: np.ndarray | None = None
         self._t0_ns: int | None = None
+        vmc_frame_from_keypoints(tpose_keypoints())  # compiles (first run, ~30 s) or loads the retargeting kernel now
 
     def on_message(self, topic: str, msg) -> None:
         if self._person < 0:

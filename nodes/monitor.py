@@ -28,7 +28,8 @@ class Settings:
     rerun_url: str | None = field(default=None, metadata={"help": "stream to a Rerun viewer (rerun+http://...)"})
     spawn_viewer: bool = field(default=False, metadata={"help": "start a local Rerun viewer"})
     table: bool = field(default=True, metadata={"help": "print the status table"})
-    rate_hz: float = field(default=30.0, metadata={"help": "inputs taken (newest per topic) per second; 0: every arrival"})
+    rate_hz: float = field(default=30.0, metadata={
+        "help": "inputs taken (newest per topic) per second; 0: every arrival"})
     table_interval_s: float = field(default=1.0, metadata={"help": "status table / time series period, s"})
     dead_after_s: float = field(default=1.0, metadata={"help": "a camera silent this long is dead"})
     bump_ratio: float = field(default=3.0, metadata={"help": "reprojection rise that flags a bumped camera"})

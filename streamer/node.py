@@ -346,7 +346,8 @@ class Node:
             if now >= next_dispatch:
                 self._dispatch(sub)
                 if dispatch_ns > 0:
-                    next_dispatch = next_dispatch + dispatch_ns if now - next_dispatch < dispatch_ns else now + dispatch_ns
+                    late = now - next_dispatch >= dispatch_ns
+                    next_dispatch = now + dispatch_ns if late else next_dispatch + dispatch_ns
             now = time.monotonic_ns()
             if now >= next_tick:
                 try:

@@ -88,12 +88,16 @@ def adjust_graph(doc: dict, *, cameras: int, fps: float, base_port: int | None =
 
 def warm_stage_cache(doc: dict) -> None:
     """Fill the on-disk caches here, once, so that no node stalls on them while frames flow: the
-    synthetic animation (computed by the first process otherwise) and the triangulation's compiled
-    kernel (numba's cache, compiled by the sync's first frame set otherwise)."""
+    synthetic animation (computed by the first process otherwise) and the compiled kernels (numba's
+    cache) of the stage's observation model, the triangulation and the avatar's retargeting (compiled
+    by every capture node, the sync and the avatar at once otherwise)."""
     import numpy as np
 
     from nodes.capture import Settings, build_synthetic_stage
+    from streamer.humanoid import retarget, tpose_keypoints
     from streamer.triangulation import triangulate_robust
+
+    retarget(tpose_keypoints())
 
     spec = next(s for s in doc["nodes"].values() if s.get("kind") == "capture")
     fields = {k: v for k, v in spec.get("settings", {}).items() if k.startswith("synth_")}

@@ -118,7 +118,8 @@ def _occluded_kernel(centers, points, starts, ends, radii):  # (L, 3), (L, P, 3)
     for i in range(n_lead):
         cx, cy, cz = centers[i, 0], centers[i, 1], centers[i, 2]
         for m in range(n_capsules):
-            d2x, d2y, d2z = ends[i, m, 0] - starts[i, m, 0], ends[i, m, 1] - starts[i, m, 1], ends[i, m, 2] - starts[i, m, 2]
+            d2x, d2y, d2z = (ends[i, m, 0] - starts[i, m, 0], ends[i, m, 1] - starts[i, m, 1],
+                             ends[i, m, 2] - starts[i, m, 2])
             rx, ry, rz = cx - starts[i, m, 0], cy - starts[i, m, 1], cz - starts[i, m, 2]
             e = d2x * d2x + d2y * d2y + d2z * d2z
             f = d2x * rx + d2y * ry + d2z * rz
@@ -258,7 +259,8 @@ def _detections(order: np.ndarray, events: np.ndarray, observed: np.ndarray, con
     """One camera's `Observed` from its (N, 70, ...) arrays and (N, 4) boxes: misses, swaps, detection order."""
     persons, ids, kept_labels, swapped, cleans = [], [], [], [], []
     flip = mhr70.FLIP_PERMUTATION
-    observed32, confidence32, boxes32 = observed.astype(np.float32), confidence.astype(np.float32), boxes.astype(np.float32)
+    observed32, confidence32 = observed.astype(np.float32), confidence.astype(np.float32)
+    boxes32 = boxes.astype(np.float32)
     for p in order:
         if events[p, 0] < settings.miss_rate or visible_counts[p] < 3:
             continue  # missed, or not in view
