@@ -183,6 +183,17 @@ _MARGIN_JITTERS = 2.0  # predicted times are trusted to this many capture jitter
 _ARRIVAL_MARGIN_MIN_NS = 1_000_000  # a due frame is given at least this long beyond its recent latest arrival
 
 
+@dataclass(frozen=True, slots=True)
+class _Awaited:
+    """A camera waited for: until when (caller's clock) and, with a timing model, the capture time
+    predicted for the frame awaited, give or take `margin_ns` (stage clock)."""
+
+    index: int
+    until_ns: int
+    expected_ns: float | None = None
+    margin_ns: float = 0.0
+
+
 class Assembler:
     """Per-camera buffers and the set-forming loop. Not thread-safe; one per sync node."""
 
@@ -203,6 +214,9 @@ class Assembler:
         self._max_pending = max(2, settings.buffer_ns // settings.frame_period_ns + 2)
         self._t_first_push_ns: int | None = None
         self._now_ns: int | None = None  # latest caller's clock seen in push / poll
+        # cameras whose frame was predicted after the last set's cut when it was decided without
+        # waiting for them: from which capture time their frames belong to a later set (not late)
+        self._left_for_later: dict[int, float] = {}
 
     def add_camera(self, camera: str) -> None:
         """Expect frames from one more camera from now on (no-op when already known)."""
@@ -242,7 +256,7 @@ class Assembler:
         cc.last_seq = seq
         cc.last_t_ns = t_capture_ns
         cc.last_arrival_ns = now_ns
-        if self._is_late(cc, t_capture_ns):
+        if self._is_late(index, t_capture_ns):
             cc.late += 1
             return PushOutcome.LATE
         frame = Frame(camera, seq, t_capture_ns, now_ns, payload)
@@ -279,12 +293,14 @@ class Assembler:
         clock.observe(t_capture_ns, now_ns)
         self.counters[self.cameras[index]].period_ns = clock.period_ns
 
-    def _is_late(self, cc: CameraCounters, t_capture_ns: int) -> bool:
+    def _is_late(self, index: int, t_capture_ns: float) -> bool:
+        cc = self.counters[self.cameras[index]]
         if cc.last_used_t_ns is not None and t_capture_ns <= cc.last_used_t_ns:
             return True
         last = self.last_set
-        return (last is not None and t_capture_ns < last.t_ns + cc.period_ns / 2
-                and t_capture_ns <= last.start_ns + self.settings.max_spread_ns)
+        if last is None or index in self._left_for_later and t_capture_ns >= self._left_for_later[index]:
+            return False
+        return t_capture_ns < last.t_ns + cc.period_ns / 2 and t_capture_ns <= last.start_ns + self.settings.max_spread_ns
 
     # ----------------------------------------------------------------- output
 
@@ -307,8 +323,8 @@ class Assembler:
         if seed is None:
             return None
         deadline = seed.t_arrival_ns + self.settings.deadline_ns
-        awaited_until, _ = self._awaited(seed, max(self._now_ns, seed.t_arrival_ns), deadline)
-        return min([deadline, *awaited_until])
+        awaited, _ = self._awaited(seed, max(self._now_ns, seed.t_arrival_ns), deadline)
+        return min([deadline, *(a.until_ns for a in awaited)])
 
     def pending_count(self) -> int:
         return sum(len(p) for p in self._pending)
@@ -327,9 +343,9 @@ class Assembler:
                 best = pending[0]
         return best
 
-    def _awaited(self, seed: Frame, now_ns: int, deadline_ns: int) -> tuple[list[int], bool]:
-        """For the set seeded by `seed`: until when (caller's clock) each awaited camera is awaited,
-        and whether a camera's frame predicted inside the window is overdue."""
+    def _awaited(self, seed: Frame, now_ns: int, deadline_ns: int) -> tuple[list[_Awaited], bool]:
+        """For the set seeded by `seed`: the awaited cameras (until when, caller's clock, and their
+        predicted frame), and whether a camera's frame predicted inside the window is overdue."""
         window_end = seed.t_capture_ns + self.settings.max_spread_ns
         seed_clock = self._clocks[self._order[seed.camera]]
         # how much later than its camera's best recent latency the seed came: a delay of delivery
@@ -339,25 +355,25 @@ class Assembler:
         awaited, overdue = [], False
         for i, pending in enumerate(self._pending):
             if not pending:
-                until, camera_overdue = self._awaited_until(i, seed.t_capture_ns, window_end, now_ns, deadline_ns,
-                                                            delay_ns)
+                waiting, camera_overdue = self._awaited_until(i, seed.t_capture_ns, window_end, now_ns, deadline_ns,
+                                                              delay_ns)
                 overdue |= camera_overdue
-                if until is not None:
-                    awaited.append(until)
+                if waiting is not None:
+                    awaited.append(waiting)
         return awaited, overdue
 
     def _awaited_until(self, index: int, window_start_ns: int, window_end_ns: int, now_ns: int,
-                       deadline_ns: int, delay_ns: int) -> tuple[int | None, bool]:
+                       deadline_ns: int, delay_ns: int) -> tuple[_Awaited | None, bool]:
         """Whether a camera with nothing pending could still deliver a frame inside the window:
-        (until when it is awaited, caller's clock, capped at the deadline; or None when it is not),
-        and whether a frame of it predicted inside the window is overdue. Frames predicted to be late
+        (until when it is awaited, caller's clock, capped at the deadline, and the frame predicted;
+        or None when it is not), and whether a frame of it predicted inside the window is overdue. Frames predicted to be late
         on arrival (belonging to the last set emitted) or to arrive after the deadline are not awaited."""
         s = self.settings
         cc = self.counters[self.cameras[index]]
         if cc.last_arrival_ns is None:  # never seen: awaited while the assembler itself is young
             if self._t_first_push_ns is None or now_ns - self._t_first_push_ns > s.stale_after_ns:
                 return None, False
-            return min(deadline_ns, self._t_first_push_ns + s.stale_after_ns + 1), False
+            return _Awaited(index, min(deadline_ns, self._t_first_push_ns + s.stale_after_ns + 1)), False
         behind = window_start_ns - cc.last_t_ns > s.stale_after_ns
         if behind and now_ns - cc.last_arrival_ns > s.stale_after_ns:
             return None, False
@@ -365,7 +381,7 @@ class Assembler:
         clock = self._clocks[index]
         if not (s.predict_timing and clock.warm):
             if cc.last_t_ns + _NEXT_FRAME_MIN_PERIODS * cc.period_ns <= window_end_ns:
-                return stale_at, False
+                return _Awaited(index, stale_at), False
             return None, False
         margin = _MARGIN_JITTERS * clock.jitter_ns + s.timing_margin_ns
         period = clock.period_ns
@@ -376,7 +392,7 @@ class Assembler:
             expected += math.ceil((earliest - expected) / period) * period
         overdue = False
         while expected - margin <= window_end_ns:
-            if self._is_late(cc, expected + margin):  # it would belong to the last set emitted: no use
+            if self._is_late(index, expected + margin):  # it would belong to the last set emitted: no use
                 expected += period
                 continue
             if expected + clock.latency_median_ns + margin > deadline_ns:
@@ -384,10 +400,49 @@ class Assembler:
             arrives_by = expected + clock.latency_high_ns + margin + delay_ns + max(
                 _ARRIVAL_MARGIN_MIN_NS, (clock.latency_high_ns - clock.latency_low_ns) / 2)
             if now_ns < arrives_by:
-                return min(stale_at, math.ceil(arrives_by)), overdue
+                return _Awaited(index, min(stale_at, math.ceil(arrives_by)), expected, margin), overdue
             overdue |= expected + margin >= window_start_ns
             expected += period
         return None, overdue
+
+    def _cut(self, candidates: list[tuple[float, int, Frame | None]], next_beyond: float) -> int:
+        """How many of the time-ordered candidates (capture time, camera index, frame) form the set:
+        the prefix with one frame per camera cut at the largest gap to what follows."""
+        best_end, best_gap = 0, -1.0
+        in_prefix: set[int] = set()
+        predicted_next = math.inf  # earliest next frame of a camera already in the prefix
+        for j, (t, i, _) in enumerate(candidates):
+            if i in in_prefix:
+                break
+            in_prefix.add(i)
+            predicted_next = min(predicted_next, t + self.counters[self.cameras[i]].period_ns)
+            following = candidates[j + 1][0] if j + 1 < len(candidates) else min(predicted_next, next_beyond)
+            gap = following - t
+            if gap >= best_gap:
+                best_end, best_gap = j + 1, gap
+        return best_end
+
+    def _cut_before_awaited(self, candidates, next_beyond: float, window_end_ns: int,
+                            awaited: list[_Awaited]) -> list | None:
+        """The set's members if the awaited cameras' frames, at their predicted capture times give or
+        take their margins, would all fall after the cut (so waiting for them changes nothing);
+        else None. Each awaited frame takes part in the cut as a placeholder, so the set is the one
+        it would be with them."""
+        members = None
+        for shift in (-1.0, 0.0, 1.0):
+            trial, beyond = list(candidates), next_beyond
+            for a in awaited:
+                t = a.expected_ns + shift * a.margin_ns
+                if t > window_end_ns:
+                    beyond = min(beyond, t)
+                else:
+                    trial.append((t, a.index, None))
+            trial.sort(key=lambda c: (c[0], c[1]))
+            prefix = trial[:self._cut(trial, beyond)]
+            if any(f is None for _, _, f in prefix) or (members is not None and prefix != members):
+                return None
+            members = prefix
+        return members
 
     def _decide_one(self, now_ns: int):
         s = self.settings
@@ -398,37 +453,28 @@ class Assembler:
         window_end = t0 + s.max_spread_ns
         deadline = seed.t_arrival_ns + s.deadline_ns
         awaited, overdue = self._awaited(seed, now_ns, deadline)
-        if awaited and now_ns < deadline:
-            return None
-
+        waiting = bool(awaited) and now_ns < deadline
+        if waiting and any(a.expected_ns is None for a in awaited):
+            return None  # no prediction to decide without them
         # Candidates inside the window, time order; the first frame beyond it bounds the last gap.
-        candidates: list[tuple[int, int, Frame]] = []
-        next_beyond = None
+        candidates: list[tuple[float, int, Frame | None]] = []
+        next_beyond = math.inf
         for i, pending in enumerate(self._pending):
             for f in pending:
                 if f.t_capture_ns > window_end:
-                    if next_beyond is None or f.t_capture_ns < next_beyond:
-                        next_beyond = f.t_capture_ns
+                    next_beyond = min(next_beyond, f.t_capture_ns)
                     break
                 candidates.append((f.t_capture_ns, i, f))
-        candidates.sort(key=lambda c: (c[0], c[1]))
-
-        best_end, best_gap = 0, -1.0
-        in_prefix: set[int] = set()
-        predicted_next = float("inf")  # earliest next frame of a camera already in the prefix
-        for j, (t, i, _) in enumerate(candidates):
-            if i in in_prefix:
-                break
-            in_prefix.add(i)
-            predicted_next = min(predicted_next, t + self.counters[self.cameras[i]].period_ns)
-            if j + 1 < len(candidates):
-                following = candidates[j + 1][0]
-            else:
-                following = min(predicted_next, next_beyond if next_beyond is not None else float("inf"))
-            gap = following - t
-            if gap >= best_gap:
-                best_end, best_gap = j + 1, gap
-        members = candidates[:best_end]
+        left_for_later: dict[int, float] = {}
+        if waiting:
+            members = self._cut_before_awaited(candidates, next_beyond, window_end, awaited)
+            if members is None:
+                return None
+            left_for_later = {a.index: a.expected_ns - a.margin_ns for a in awaited}
+            awaited = []  # what they will send belongs to a later set
+        else:
+            candidates.sort(key=lambda c: (c[0], c[1]))
+            members = candidates[:self._cut(candidates, next_beyond)]
 
         frames = []
         for _, i, f in sorted(members, key=lambda c: c[1]):
@@ -467,6 +513,7 @@ class Assembler:
         self.sets_emitted += 1
         self.sets_partial += bool(missing)
         self.last_set = frame_set
+        self._left_for_later = left_for_later
         return frame_set
 
 
