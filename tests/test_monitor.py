@@ -248,3 +248,21 @@ def test_fit_is_compared_with_the_nearest_truth_person():
     assert status.update("pose", pose, 200) == pytest.approx(2.0, abs=1e-3)
     late = dataclasses.replace(pose, t_ns=100 + 50_000_000)
     assert status.update("pose", late, 300) is None  # no truth at that instant
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(0, 2**32 - 1), st.integers(1, 80), st.integers(1, 8), st.floats(0.0, 1.0))
+def test_per_camera_reprojection_error_is_the_median_of_its_finite_points(seed, n_points, n_cameras, missing):
+    rng = np.random.default_rng(seed)
+    cams = [f"cam{i}" for i in range(n_cameras)]
+    msg = _points3d(0, cams, list(rng.uniform(0.5, 5.0, n_cameras)), rng)
+    reproj = np.array(msg.reproj_px[:n_points])
+    reproj[rng.random(reproj.shape) < missing] = np.nan
+    reproj[rng.random(reproj.shape) < 0.05] = np.inf
+    msg.reproj_px = reproj
+    status = StageStatus()
+    status.update("points3d", msg, 0)
+    for v, cam in enumerate(cams):
+        column = reproj[:, v].astype(float)[np.isfinite(reproj[:, v])]
+        got = status.cameras[cam].baseline if cam in status.cameras else []
+        assert got == ([float(np.median(column))] if column.size >= 3 else [])  # fewer than 3 points: no value

@@ -169,13 +169,13 @@ class StageStatus:
     def _on_points(self, msg: Points3D) -> None:
         self.sync_spread_ms = msg.sync_spread_ns / 1e6
         reproj = np.asarray(msg.reproj_px, float)
-        for v, name in enumerate(msg.cameras):
-            column = reproj[:, v] if reproj.ndim == 2 and v < reproj.shape[1] else np.empty(0)
-            column = column[np.isfinite(column)]
-            if column.size < 3:
+        if reproj.ndim != 2 or reproj.shape[0] == 0:
+            return
+        errors, counts = _column_medians(reproj[:, :len(msg.cameras)])
+        for name, error, count in zip(msg.cameras, errors.tolist(), counts.tolist()):
+            if count < 3:
                 continue
             cam = self._camera(name)
-            error = float(np.median(column))
             if len(cam.baseline) < self.settings.baseline_sets:
                 cam.baseline.append(error)
             cam.recent.append(error)
@@ -243,6 +243,18 @@ class StageStatus:
         cam = self.cameras[name]
         seen = [t for t in (cam.last_seen_ns, cam.received_changed_ns) if t is not None]
         return bool(seen) and now_ns - max(seen) <= dead_ns
+
+
+def _column_medians(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(median of the finite entries, their count) of each column of (K, V) `values`, all columns at once
+    (one sort instead of a `np.median` per column); NaN for a column without any."""
+    finite = np.isfinite(values)
+    counts = finite.sum(0)
+    ordered = np.sort(np.where(finite, values, np.inf), axis=0)  # the finite entries first, ascending
+    columns = np.arange(values.shape[1])
+    upper = ordered[np.minimum(counts // 2, len(values) - 1), columns]
+    lower = ordered[np.maximum((counts - 1) // 2, 0), columns]
+    return np.where(counts > 0, (lower + upper) / 2, np.nan), counts
 
 
 def _fps(cam: _Camera) -> float:
