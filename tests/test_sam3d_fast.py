@@ -225,9 +225,10 @@ def test_bf16_decoder_layers_run_in_bf16_and_stay_close():
     assert bf16["pred_keypoints_3d"].dtype == torch.float32
 
 
-def test_pipelined_run_gives_the_same_outputs_as_separate_calls():
+@pytest.mark.parametrize("graph_decoder", [False, True])
+def test_pipelined_run_gives_the_same_outputs_as_separate_calls(graph_decoder):
     model = StandInSam3dBody().eval()
-    fast = FastBodyEstimator(model, cuda_graphs=False)
+    fast = FastBodyEstimator(model, cuda_graphs=False, graph_decoder=graph_decoder)
     images, requests = _images(), _requests()
     batches = [fast.make_batch(images, requests[:2]), fast.make_batch(images, requests[2:])]
     piped = list(fast.run_pipelined(iter(batches)))
@@ -316,10 +317,9 @@ def test_graph_decoder_path_equals_the_eager_path_without_any_sync_and_restores_
     assert set(graphed._dummy_prompts) == {4}
     assert not {"data_preprocess", "forward_decoder"} & set(model.__dict__)
     assert "forward" not in model.prompt_encoder.__dict__
-    with pytest.raises(RuntimeError, match="waits for the device"):  # the stand-in does sync without the bypasses
-        with _SyncFree(torch.device("cpu")), torch.no_grad():
-            fast = FastBodyEstimator(model, cuda_graphs=False)
-            fast(images, requests)
+    plain = FastBodyEstimator(model, cuda_graphs=False)
+    with pytest.raises(RuntimeError, match="waits for the device"), _SyncFree(torch.device("cpu")), torch.no_grad():
+        plain(images, requests)  # the stand-in does sync without the bypasses
     with pytest.raises(ValueError, match="exclude each other"):
         FastBodyEstimator(model, graph_decoder=True, compile_decoder=True)
 

@@ -14,11 +14,16 @@ blendshapes, the pose-corrective MLP 750 -> 3000 -> 18439x3 (dense here; sparse 
 
 Each variant feeds one frame set (one person crop per camera, N cameras) per iteration and reports images/s,
 per-frame-set latency p50/p99 and peak GPU memory: stock "full" and "body" calls per image, the fast path per
-image, batched across cameras, + bf16 decoder layers, + CUDA-graph backbone, + torch.compile backbone (and decoder
-with --compile-decoder), + a 2-stream pipeline, P processes sharing the GPU, and larger batches (several frame
-sets per call, reported apart). Also: time split (crop / backbone / decoder / one MHR call), a detector stand-in
-(what boxes from the 3D track save), the cost of those boxes, and whether onnxruntime has a GPU provider. The agreement check runs the stock body-only call and the
-fast path on the same inputs and reports relative errors. `--json` prints one object with the stable keys
+image, batched across cameras, + bf16 decoder layers, + CUDA-graph backbone, + CUDA-graph decoder, +
+torch.compile backbone (alone and with the graph decoder; the decoder compiled with --compile-decoder), + TF32
+decoder matmuls, then the best path at larger batches (several frame sets per call: latency grows with them),
+a 2-stream pipeline (eager decoder only) and P processes sharing the GPU (`--processes 4x32,2x16g`, 'g': graph
+decoder; `--only-processes` for that alone). Also: time split (crop / backbone / decoder / one MHR call), a
+detector stand-in (what boxes from the 3D track save), the cost of those boxes, and whether onnxruntime has a
+GPU provider. The agreement check runs the stock body-only call and the fast path on the same inputs and reports
+relative errors; each fast path is also run on other inputs (cameras reversed, boxes moved) against the eager
+fast path, so nothing of a recorded CUDA graph's inputs can stay frozen unnoticed. `--check-graph-only` checks
+just the graph decoder (seconds with `--backbone dinov3_vits16`). `--json` prints one object with the stable keys
 best_images_per_s, stock_images_per_s, speedup_vs_stock, gpu.
 """
 from __future__ import annotations
@@ -469,62 +474,21 @@ def _progress(text: str) -> None:
 
 
 def _table(result: dict[str, Any]) -> str:
-    lines = [f"SAM-3D Body estimator throughput on {result['gpu']} ({result['cameras']} cameras, one person each; "
-             f"{result['model']})",
-             f"{'variant':<34} {'img/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'GiB':>6}  agreement",
-             "-" * 90]
+    lines = [(f"SAM-3D Body estimator throughput on {result['gpu']} ({result['cameras']} cameras, one person each; "
+              f"{result['model']})"),
+             f"{'variant':<48} {'img/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'GiB':>6}  agreement",
+             "-" * 104]
     for v in result["variants"]:
         if "error" in v:
-            lines.append(f"{v['variant']:<34} failed: {v['error'][:120]}")
+            lines.append(f"{v['variant']:<48} failed: {v['error'][:120]}")
             continue
         agree = v.get("agreement_max_rel_err")
         agree_text = "" if agree is None else f"max rel err {agree:.1e} {'ok' if v.get('agrees') else 'FAIL'}"
-        lines.append(f"{v['variant']:<34} {v['images_per_s']:8.1f} {v['latency_ms_p50']:8.1f} "
+        lines.append(f"{v['variant']:<48} {v['images_per_s']:8.1f} {v['latency_ms_p50']:8.1f} "
                      f"{v['latency_ms_p99']:8.1f} {v['gpu_mem_peak_gib']:6.1f}  {agree_text}")
     lines.append(f"best: {result['best_variant']} {result['best_images_per_s']:.1f} img/s = "
                  f"{result['speedup_vs_stock']:.1f}x stock ({result['stock_images_per_s']:.1f} img/s)")
     return "\n".join(lines)
-
-
-def _pipeline_rows(model: Any, images: list[np.ndarray], requests: list[Any], sizes: list[int], *,
-                   compile_backbone: bool, iters: int) -> list[dict[str, Any]]:
-    """The CUDA-graph path per batch size, one call at a time and as a 2-stream pipeline (backbone of batch t+1
-    on a second stream while batch t decodes), each checked against the eager fast path on the same crops."""
-    import torch
-
-    from streamer.capture.sam3d_fast import FastBodyEstimator, person_dicts
-
-    eager = FastBodyEstimator(model, cuda_graphs=False)
-    fast = FastBodyEstimator(model, cuda_graphs=True, graph_decoder=True, compile_backbone=compile_backbone)
-    rows = []
-    frames = 8
-    for size in sizes:
-        reqs = [requests[i % len(requests)] for i in range(size)]
-        boxes = np.stack([r.box_xyxy for r in reqs])
-        reference = eager.estimate(images, reqs)
-
-        def pipelined(count: int) -> list[list[dict]]:
-            batches = (fast.make_batch(images, reqs) for _ in range(count))
-            return [person_dicts(out, boxes) for out in fast.run_pipelined(batches)]
-
-        for name, run, per_call in ((f"graph path, batch {size}", lambda: fast.estimate(images, reqs), size),
-                                    (f"graph path, 2 streams, batch {size}", lambda: pipelined(frames),
-                                     size * frames)):
-            row = _time_variant(name, run, images_per_call=per_call, iters=iters if per_call == size else
-                                max(2, iters // frames), warmup=2, sync=torch.cuda.synchronize,
-                                peak=lambda: torch.cuda.max_memory_allocated() / 2**30)
-            outputs = run()
-            errors = _relative_errors(reference, outputs if per_call == size else outputs[-1])
-            row["max_rel_err_vs_eager"] = max(v for k, v in errors.items() if not k.endswith("_px"))
-            row["images_per_call"] = size
-            if per_call != size:
-                row["latency_ms_p50"] = rows[-1]["latency_ms_p50"]
-                row["latency_ms_p99"] = rows[-1]["latency_ms_p99"]
-                row["note"] = f"{frames} batches per timed run; latency: one batch without streams"
-            rows.append(row)
-            _progress(f"{name}: {row['images_per_s']:.1f} img/s, p50 {row['latency_ms_p50']:.0f} ms, "
-                      f"vs eager {row['max_rel_err_vs_eager']:.1e}")
-    return rows
 
 
 def _check_graph(model: Any, images: list[np.ndarray], request_sets: list[list[Any]]) -> int:
@@ -571,10 +535,6 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--process-iters", type=int, default=10, help="timed calls per process and config")
     parser.add_argument("--only-processes", action="store_true",
                         help="time only the --processes configs (no model in the main process)")
-    parser.add_argument("--pipeline-only", action="store_true",
-                        help="only time the CUDA-graph path (compiled backbone unless --no-compile) with and without "
-                             "the 2-stream pipeline at the camera batch and --scale-batches, checked against the eager "
-                             "fast path")
     parser.add_argument("--check-graph-only", action="store_true",
                         help="only check that the CUDA-graph decoder records and matches the eager fast path on "
                              "two input sets (exit 1 if not); quick with --backbone dinov3_vits16")
@@ -631,14 +591,6 @@ def main(argv: list[str]) -> int:
 
     if args.check_graph_only:
         return _check_graph(model, images, [requests, fresh, requests])
-    if args.pipeline_only:
-        sizes = [len(requests)] + [int(x) for x in args.scale_batches.split(",") if x]
-        rows = _pipeline_rows(model, images, fresh, sizes, compile_backbone=not args.no_compile, iters=args.iters)
-        text = json.dumps({"gpu": torch.cuda.get_device_name(0), "model": model_text, "rows": rows}, indent=1)
-        if args.out:
-            Path(args.out).write_text(text)
-        print(text)
-        return 0
 
     def sync() -> None:
         torch.cuda.synchronize()
@@ -769,7 +721,8 @@ def main(argv: list[str]) -> int:
         _progress(f"{row['variant']}: {row.get('images_per_s', float('nan')):.1f} img/s {row.get('error', '')}")
     plain = {r.get("images_per_call"): r for r in [best_row, *scaling] if "error" not in r}
     frames = 8
-    for size in [n, *sizes]:
+    # with the CUDA-graph decoder, run_pipelined runs serially (see its docstring): no 2-stream rows then
+    for size in ([] if best_fast.graph_decoder else [n, *sizes]):
         reqs = [requests[i % n] for i in range(size)]
         name = f"best path, 2 streams, batch {size}"
         try:

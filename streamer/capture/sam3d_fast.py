@@ -25,14 +25,15 @@ the upstream modules as they are and changes only how they are driven. Against t
 
 Measured options that are kept off by default (`streamer bench estimator`, README "SAM-3D Body speed"): bf16
 autocast of the decoder layers (no gain, outputs moved beyond the agreement tolerance), `torch.compile` of the
-decoder (no gain: graph breaks), a second CUDA stream overlapping backbone and decoder (`run_pipelined`, ~2 %).
-What remains slow is upstream's decoder, bound by host work (thousands of small kernels and host->device copies
-of index constants, each a stream sync, per call) rather than by the GPU.
+decoder (no gain: graph breaks), a second CUDA stream overlapping backbone and decoder (`run_pipelined`, ~2 %
+with the eager decoder). Eagerly, upstream's decoder is bound by host work (thousands of small kernels and
+host->device copies of index constants, each a stream sync, per call); replayed from a CUDA graph
+(`graph_decoder=True`) it costs its GPU time only, and the backbone is the larger part.
 
 Use in the capture node (one process serving the cameras that share a GPU):
 
     upstream = build_sam3d_body(checkpoint, mhr_path)            # streamer.capture.sam3d
-    fast = FastBodyEstimator(upstream.model, compile_backbone=True)
+    fast = FastBodyEstimator(upstream.model, compile_backbone=True, graph_decoder=True)
     estimator = FastSam3dEstimator(fast, upstream)               # hinted views: one forward; others: stock + detector
 
 Call contract relied on (upstream sam-3d-body 1.0.0): `model.image_mean`, `model.image_std` ((3, 1, 1)),
@@ -561,6 +562,7 @@ class FastBodyEstimator:
         use_graphs = cuda_graphs and self.device.type == "cuda"
         self._encode_fn = _GraphedBackbone(fn) if use_graphs else fn
         self._decoder_fn = torch.compile(model.forward_decoder, dynamic=False) if compile_decoder else None
+        self.graph_decoder = graph_decoder
         self._graphed_decode = _GraphedDecode(self._decode_sync_free, self.device) if graph_decoder else None
         self._dummy_prompts: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         faces = getattr(model.head_pose, "faces", None)
@@ -703,10 +705,12 @@ class FastBodyEstimator:
     def run_pipelined(self, batches: Iterable[dict[str, torch.Tensor]]) -> Iterator[dict[str, Any]]:
         """Yield the decoder output of each batch, encoding batch t+1 on a second stream while batch t decodes.
 
-        The decoder is bound by kernel launches and host syncs; the backbone by arithmetic: overlapping them
-        hides most of the decoder. CUDA only; batches come from `make_batch`.
+        With an eager decoder (bound by kernel launches and host syncs) overlapping it with the backbone hides
+        part of it. With `graph_decoder` the batches run one after the other on one stream: replaying the decoder
+        graph while the backbone graph replays on a second stream did not finish on the H200 (twice, no result
+        within 150 s; cause not found), and both graphs keep the GPU busy anyway. Batches come from `make_batch`.
         """
-        if self.device.type != "cuda":
+        if self.device.type != "cuda" or self._graphed_decode is not None:
             for batch in batches:
                 yield self.decode(batch, self.encode(batch))
             return
