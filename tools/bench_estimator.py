@@ -1,7 +1,7 @@
 """`streamer bench estimator`: SAM-3D Body GPU throughput, stock call vs the fast multi-camera path.
 
 Builds SAM-3D Body from the upstream package installed by the user (facebookresearch/sam-3d-body; see the
-README section "SAM-3D Body speed"), with the released dinov3 checkpoint's configuration (512 x 512 crops,
+README section "SAM-3D Body on a GPU"), with the released dinov3 checkpoint's configuration (512 x 512 crops,
 DINOv3 ViT-H+/16 backbone, 6-layer 1024-d promptable decoder, MHR head with intermediate predictions) and
 random weights when no checkpoint is given: speed does not depend on weight values.
 
@@ -96,7 +96,7 @@ MODEL:
   ENABLE_HAND: true
 """
 
-INSTALL_HELP = ("cannot import sam_3d_body. Install the upstream code (README 'SAM-3D Body speed'): it has no "
+INSTALL_HELP = ("cannot import sam_3d_body. Install the upstream code (README 'SAM-3D Body on a GPU'): it has no "
                 "packaging files, so clone it and put it on the path: git clone "
                 "https://github.com/facebookresearch/sam-3d-body && export PYTHONPATH=$PWD/sam-3d-body:$PYTHONPATH; "
                 "pip install roma yacs omegaconf braceexpand einops timm pytorch-lightning opencv-python-headless "

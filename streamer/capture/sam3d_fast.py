@@ -23,7 +23,7 @@ the upstream modules as they are and changes only how they are driven. Against t
    sync raises while recording, so a graph is either complete or not made;
 6. takes person boxes from hints (the 3D track reprojected, `streamer.capture.boxes`), so no detector runs.
 
-Measured options that are kept off by default (`streamer bench estimator`, README "SAM-3D Body speed"): bf16
+Measured options that are kept off by default (`streamer bench estimator`, README "SAM-3D Body on a GPU"): bf16
 autocast of the decoder layers (no gain, outputs moved beyond the agreement tolerance), `torch.compile` of the
 decoder (no gain: graph breaks), a second CUDA stream overlapping backbone and decoder (`run_pipelined`, ~2 %
 with the eager decoder). Eagerly, upstream's decoder is bound by host work (thousands of small kernels and
