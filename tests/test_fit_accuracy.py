@@ -21,16 +21,19 @@ def test_synthetic_stage_fit_beats_raw_triangulation():
 
 @pytest.mark.data
 def test_pose2sim_balancing_trial_fit():
-    """Real OpenPose data: jitter drops >= 2x (measured 3.8x). The fitted points' median reprojection error
-    is 2.17x the raw robust triangulation's (12.4 vs 5.7 px; 2.28x before the keypoint-offset calibration).
-    The raw points are scored on the very observations they were triangulated from (in-sample); on this
-    trial Pose2Sim's own .trc is 1.88x, a causal EMA (0.5) of the raw points 1.65x, and an unconstrained
-    per-frame Anny fit with offsets 1.93x (its floor). The 1.5x goal is NOT met; this pins the level."""
+    """Real OpenPose data, scored on the same 2D observations for raw and fit. In-sample (the raw points
+    reprojected onto the very observations they were triangulated from): the fitted median is 1.79x the
+    raw robust triangulation's (10.3 vs 5.7 px; 2.17x before the information-weighted data term, the
+    weaker acceleration prior and the faster offset calibration); jitter 2.5x lower. The 1.5x goal is
+    NOT met in-sample (an unsmoothed per-frame fit with offsets calibrated on the whole trial is ~1.5x).
+    Held out (leave one camera out, both scored on the camera neither saw): the fit predicts the unseen
+    view as well as the raw triangulation (0.98x: 24.5 vs 25.1 px)."""
     if not BALANCING.is_dir():
         pytest.skip(f"shared test data not found at {BALANCING} (see ../shared/reference/data.md)")
     from tools.eval_fit import evaluate_pose2sim_fit
 
     r = evaluate_pose2sim_fit(BALANCING)
     assert r["jitter_ratio"] >= 2.0, r
-    assert r["reproj_ratio"] < 2.25, r
-    assert r["good_fraction"] > 0.7, r
+    assert r["reproj_ratio"] < 1.9, r
+    assert r["good_fraction"] > 0.9, r
+    assert r["heldout_ratio"] < 1.02 and r["heldout_observations"] > 5000, r

@@ -1,7 +1,8 @@
 """The fit objective, its settings, and the verdict, evaluated at given parameters.
 
 loss(x) = data_loss(x) + prior_loss(x), with
-  data_loss = sum_k w_k huber(|kp_k(x) - y_k|) / sum_k w_k        (metres^2, Huber threshold `huber_m`)
+  data_loss = sum_k w_k huber(|kp_k(x) - y_k|_k) / sum_k w_k        (metres^2, Huber threshold `huber_m`)
+  |r|_k = sqrt(r^T M_k r) with the targets' metric M_k (`FitTargets.metric`; Euclidean when None)
   prior_loss = 1/2 sum_i over free dims of
       accel_prior    * (x_i - pred_i)^2   (pred: the constant-velocity prediction for this frame)
     + velocity_prior * (x_i - prev_i)^2
@@ -22,7 +23,9 @@ from protocol.messages import Verdict
 from streamer.body.model import BodyModel
 from streamer.fitting.targets import FitTargets
 
-__all__ = ["FitEvaluation", "FitSettings", "Prior", "PriorTerms", "evaluate", "huber", "prior_terms"]
+__all__ = [
+    "FitEvaluation", "FitSettings", "Prior", "PriorTerms", "evaluate", "huber", "metric_distance", "prior_terms",
+]
 
 
 @dataclass(frozen=True)
@@ -40,7 +43,7 @@ class FitSettings:
     """
 
     huber_m: float = 0.03
-    accel_prior: float = 2e-3
+    accel_prior: float = 1e-3
     velocity_prior: float = 0.0
     pose_prior: float = 1e-6
     shape_prior: float = 1e-4
@@ -99,7 +102,8 @@ class FitEvaluation:
 
     loss, data_loss: as in the module docstring (NaN when unusable). rms_m: weighted RMS
     error of the inlier points (within outlier_m); inlier_fraction: their weighted fraction; errors_m: (K,) per-point
-    distance, NaN where not valid; keypoints: (K, 3) float64 model points (NaN where undefined)."""
+    Euclidean distance (also with a metric: the verdict is about metres), NaN where not valid; keypoints: (K, 3)
+    float64 model points (NaN where undefined)."""
 
     loss: float
     data_loss: float
@@ -114,6 +118,13 @@ class FitEvaluation:
 def huber(distance: torch.Tensor, threshold: float) -> torch.Tensor:
     """Huber penalty of non-negative distances: d^2/2 inside the threshold, linear outside."""
     return torch.where(distance <= threshold, 0.5 * distance**2, threshold * (distance - 0.5 * threshold))
+
+
+def metric_distance(residual: torch.Tensor, metric: torch.Tensor | None) -> torch.Tensor:
+    """(R,) distances of residuals (R, 3) under per-row metrics (R, 3, 3) (Euclidean when None)."""
+    if metric is None:
+        return torch.linalg.vector_norm(residual, dim=1)
+    return torch.einsum("ri,rij,rj->r", residual, metric, residual).clamp_min(0.0).sqrt()
 
 
 def prior_terms(model: BodyModel, free: np.ndarray, prior: Prior, settings: FitSettings) -> PriorTerms:
@@ -158,7 +169,11 @@ def evaluate(
     if not targets.usable or w_sum <= 0 or not finite_params:
         return FitEvaluation(np.nan, np.nan, np.nan, np.nan, n_valid, Verdict.UNUSABLE, errors, keypoints)
     e = np.nan_to_num(errors)
-    data_loss = float(w @ huber(torch.as_tensor(e), settings.huber_m).numpy() / w_sum)
+    dist = torch.as_tensor(e)
+    if targets.metric is not None:
+        resid = torch.as_tensor(np.where(valid[:, None], np.nan_to_num(keypoints) - targets.points, 0.0))
+        dist = metric_distance(resid, torch.as_tensor(targets.metric))
+    data_loss = float(w @ huber(dist, settings.huber_m).numpy() / w_sum)
     x_free = torch.as_tensor(np.asarray(params, np.float64)[free])
     loss = data_loss + float(prior_terms(model, free, prior, settings).value(x_free))
     inlier = e <= settings.outlier_m

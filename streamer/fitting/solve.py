@@ -1,7 +1,7 @@
 """Levenberg-Marquardt fit of a `BodyModel` to one frame's targets (Huber data term by IRLS).
 
-Per iteration: a Jacobian of the valid keypoints with respect to the free dims
-(the model's analytic `keypoints_and_jacobian` when it has one, forward-mode autodiff, or one
+Per iteration (distances in the targets' metric when they have one, `FitTargets.metric`): a
+Jacobian of the valid keypoints with respect to the free dims (the model's analytic `keypoints_and_jacobian` when it has one, forward-mode autodiff, or one
 batched forward pass of finite differences; in a
 warm-started frame with `broyden`, computed once and then updated by rank-1 secant
 updates along each accepted step, which costs no model evaluation), the
@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from streamer.body.model import BodyModel
-from streamer.fitting.objective import FitEvaluation, FitSettings, Prior, evaluate, huber, prior_terms
+from streamer.fitting.objective import FitEvaluation, FitSettings, Prior, evaluate, huber, metric_distance, prior_terms
 from streamer.fitting.targets import FitTargets
 
 __all__ = ["FitResult", "fit_frame", "jacobian_method"]
@@ -160,6 +160,7 @@ def fit_frame(
     target = torch.as_tensor(targets.points[rows_np], dtype=torch.float64)
     weights = torch.as_tensor(targets.weights[rows_np], dtype=torch.float64)
     weights = weights / weights.sum()
+    metric = None if targets.metric is None else torch.as_tensor(targets.metric[rows_np], dtype=torch.float64)
     free_idx = torch.as_tensor(np.flatnonzero(free), device=dev)
     base = torch.as_tensor(start, device=dev).to(dtype)
     terms = prior_terms(model, free, prior, settings)
@@ -172,7 +173,7 @@ def fit_frame(
         return loss_of(x_free, kp), kp
 
     def loss_of(x_free: torch.Tensor, kp: torch.Tensor) -> float:
-        dist = torch.linalg.vector_norm(kp - target, dim=1)
+        dist = metric_distance(kp - target, metric)
         return float(weights @ huber(dist, settings.huber_m) + terms.value(x_free))
 
     x = torch.as_tensor(start[free], dtype=torch.float64)
@@ -203,10 +204,11 @@ def fit_frame(
             jac, kp = jac.to(torch.float64).cpu(), kp.to(torch.float64).cpu()
         iterations += 1
         resid = kp - target  # (R, 3)
-        dist = torch.linalg.vector_norm(resid, dim=1)
+        dist = metric_distance(resid, metric)
         irls = torch.where(dist <= settings.huber_m, 1.0, settings.huber_m / dist.clamp_min(1e-12))
         w = weights * irls  # (R,)
-        jw = jac * w[:, None, None]
+        metric_jac = jac if metric is None else torch.einsum("rab,rbn->ran", metric, jac)  # M J
+        jw = metric_jac * w[:, None, None]
         hessian = torch.einsum("rcn,rcm->nm", jw, jac)
         gradient = torch.einsum("rcn,rc->n", jw, resid)
         prior_grad, prior_diag = terms.gradient_and_diagonal(x)

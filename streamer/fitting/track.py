@@ -61,14 +61,14 @@ class TrackSettings:
     coast_root_s: float = 1.0
     coast_pose_s: float = 0.2
     max_speed_mps: float = 4.0
-    shape_frames: int = 30
+    shape_frames: int = 15
     fit_hands: bool = False
     all_shape_dims: bool = False
     frozen_groups: tuple[str, ...] = ("jaw",)
     jacobian_stagger: int = 3
     smooth_output: bool = True
-    offset_frames: int = 15
-    offset_rounds: int = 3
+    offset_frames: int = 5
+    offset_rounds: int = 20
     max_offset_m: float = 0.08
     offset_min_weight: float = 0.3
     root_accel_noise: float = 2.0
@@ -97,8 +97,9 @@ class TrackState:
     fitted frame; root_kf / pose_kf: Kalman states of the root and the other dims; slewing: the
     next fit is slew-limited; shape_sum / shape_count / shape_held: the shape estimate; jacobian,
     jacobian_phase: the carried keypoint Jacobian and its refresh phase; offsets: (K, 3) the keypoint
-    offsets in use (None: zero); offset_sum (K, 3) / offset_weight (K,) / offset_count: the current
-    calibration window; offset_round: windows done."""
+    offsets in use (None: zero); offset_sum (K, 3) / offset_info (K, 3, 3) / offset_weight (K,) /
+    offset_count: the current calibration window (node-frame metric-weighted residual sum, metric sum,
+    weight sum, fits); offset_round: windows done."""
 
     params: np.ndarray | None
     t_ns: int
@@ -114,6 +115,7 @@ class TrackState:
     offsets: np.ndarray | None = None
     offset_sum: np.ndarray | None = None
     offset_weight: np.ndarray | None = None
+    offset_info: np.ndarray | None = None
     offset_count: int = 0
     offset_round: int = 0
 
@@ -247,7 +249,9 @@ def _slew_limit(context: TrackContext, model: BodyModel, previous: np.ndarray, f
 def _calibrate_offsets(context: TrackContext, state: TrackState, params: np.ndarray, targets: FitTargets,
                        evaluation: FitEvaluation) -> TrackState:
     """`state` with this good fit's inlier residuals added to the offset window (closing the window
-    after `offset_frames` fits: the offsets move by its mean residual)."""
+    after `offset_frames` fits: the offsets move by its mean residual). With a metric on the targets the
+    mean is weighted by it (per point, the offset change that best explains the window's residuals in
+    the well-observed directions: (sum_t R^T M R)^-1 sum_t R^T M r, R = world_from_node)."""
     s = context.settings
     model = context.model
     k = len(targets.points)
@@ -257,18 +261,22 @@ def _calibrate_offsets(context: TrackContext, state: TrackState, params: np.ndar
     use = targets.valid & context.defined & (np.nan_to_num(evaluation.errors_m, nan=np.inf) <= s.fit.outlier_m)
     resid = np.where(use[:, None], targets.points - np.nan_to_num(evaluation.keypoints), 0.0)
     w = np.where(use, targets.weights, 0.0)
+    metric = np.broadcast_to(np.eye(3), (k, 3, 3)) if targets.metric is None else targets.metric
+    info = w[:, None, None] * np.einsum("kai,kab,kbj->kij", frames, metric, frames)  # node-frame metric
     total = (np.zeros((k, 3)) if state.offset_sum is None else state.offset_sum) + \
-        w[:, None] * np.einsum("kji,kj->ki", frames, resid)
+        np.einsum("kai,kab,kb->ki", frames, w[:, None, None] * metric, resid)
+    info_sum = (np.zeros((k, 3, 3)) if state.offset_info is None else state.offset_info) + info
     weight = (np.zeros(k) if state.offset_weight is None else state.offset_weight) + w
     count = state.offset_count + 1
     if count < s.offset_frames:
-        return replace(state, offset_sum=total, offset_weight=weight, offset_count=count)
+        return replace(state, offset_sum=total, offset_info=info_sum, offset_weight=weight, offset_count=count)
     moved = weight >= s.offset_min_weight * count
-    mean = np.where(moved[:, None], total / np.maximum(weight, 1e-12)[:, None], 0.0)
+    regular = info_sum + 1e-9 * np.eye(3)
+    mean = np.where(moved[:, None], np.linalg.solve(regular, total[..., None])[..., 0], 0.0)
     offsets = (np.zeros((k, 3)) if state.offsets is None else state.offsets) + mean
     norm = np.linalg.norm(offsets, axis=1, keepdims=True)
     offsets = offsets * np.minimum(1.0, s.max_offset_m / np.maximum(norm, 1e-12))
-    return replace(state, offsets=offsets, offset_sum=None, offset_weight=None, offset_count=0,
+    return replace(state, offsets=offsets, offset_sum=None, offset_info=None, offset_weight=None, offset_count=0,
                    offset_round=state.offset_round + 1)
 
 
