@@ -18,9 +18,12 @@ the upstream modules as they are and changes only how they are driven. Against t
    encoder and roma's Euler conversion index with device boolean masks (`nonzero`, a sync). `_SyncFree`, a
    dispatch mode active only while the graph is recorded, turns the first two into device constants made once
    (keyed by their content), and roma's elementwise masked assignments into `torch.where`; the dummy prompt's
-   embedding (the body pass always sends the all-invalid prompt) is computed once per batch size and the
-   backbone normalisation, whose output the precomputed backbone ignores, is skipped. Anything else that would
-   sync raises while recording, so a graph is either complete or not made;
+   embedding (the body pass always sends the all-invalid prompt) is computed once per batch size, and (in every
+   path) upstream's input normalisation, whose output only reaches the precomputed backbone, is skipped.
+   Anything else that would sync raises while recording, so a graph is either complete or not made. On the
+   H200 the replayed decoder gave the eager path's outputs bit for bit, on the recorded inputs and on others.
+   Only the MHR stand-in of `streamer bench estimator` has been recorded: the real TorchScript `mhr_model.pt`
+   is gated (if it syncs, recording raises and `graph_decoder=False` is the way back);
 6. takes person boxes from hints (the 3D track reprojected, `streamer.capture.boxes`), so no detector runs.
 
 Measured options that are kept off by default (`streamer bench estimator`, README "SAM-3D Body on a GPU"): bf16
@@ -39,8 +42,10 @@ Use in the capture node (one process serving the cameras that share a GPU):
 Call contract relied on (upstream sam-3d-body 1.0.0): `model.image_mean`, `model.image_std` ((3, 1, 1)),
 `model.backbone(x (B, 3, S, S), backbone dtype) -> (B, C, h, w)`, `model.backbone_dtype`,
 `model.decoder.layers` (ModuleList of layers returning `(tokens, image_tokens)`), `model.forward_step(batch,
-decoder_type="body") -> {"mhr": dict of (B, ...) tensors}`, `model._initialize_batch(batch)`, and the batch dict
-of `sam_3d_body.data.utils.prepare_batch`. The module never imports the upstream package itself.
+decoder_type="body") -> {"mhr": dict of (B, ...) tensors}`, `model._initialize_batch(batch)`,
+`model.data_preprocess(inputs, ...)`, `model.prompt_encoder(keypoints=...) -> (embeddings, mask)` and
+`model.head_pose.faces` (copied to the host once, when the FastBodyEstimator is made), and the batch dict of
+`sam_3d_body.data.utils.prepare_batch`. The module never imports the upstream package itself.
 """
 from __future__ import annotations
 
