@@ -42,8 +42,8 @@ _MAX_STEPS = 8  # a gap of more frames than this re-anchors without learning the
 class FrameClock:
     """Timing model of one camera; times in integer ns (capture: stage clock, arrival: caller's clock)."""
 
-    __slots__ = ("nominal_period_ns", "period_ns", "anchor_ns", "jitter_ns", "frames", "_outliers", "_latencies",
-                 "latency_low_ns", "latency_high_ns", "_latency_median_ns", "_latencies_since_median")
+    __slots__ = ("_latencies", "_latencies_since_median", "_latency_median_ns", "_outliers", "anchor_ns", "frames",
+                 "jitter_ns", "latency_high_ns", "latency_low_ns", "nominal_period_ns", "period_ns")
 
     def __init__(self, nominal_period_ns: float):
         if not nominal_period_ns > 0:

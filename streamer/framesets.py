@@ -11,8 +11,9 @@ Algorithm (a partial-set variant of ROS message_filters ApproximateTime, see
 - The next set is seeded by the earliest pending frame (time `t0`). Its candidates are the
   pending frames with `t <= t0 + max_spread_ns`, in time order. The set is a prefix of that
   sequence holding at most one frame per camera, cut at the largest time gap to the frame
-  that follows (single-linkage cut: the set is the tightest cluster around the seed, which
-  gives the smallest spread once cameras run in steady state). Each frame is used once and
+  that follows (received, or predicted for a camera with nothing pending, so the cut does not
+  depend on what has arrived yet; single-linkage cut: the set is the tightest cluster around the
+  seed, which gives the smallest spread once cameras run in steady state). Each frame is used once and
   sets never cross: a set always takes each member camera's oldest pending frame.
 - The set is decided only when every live camera that could still contribute has a pending
   frame, or when the deadline (`deadline_ns` after the seed frame *arrived*) has passed; then
@@ -32,6 +33,9 @@ Algorithm (a partial-set variant of ROS message_filters ApproximateTime, see
   (its latency beyond its camera's smallest: a stalled caller or a network hiccup delays every
   camera alike). A frame not there by then is overdue (dropped or unusually late): the camera's
   following frame is considered instead, and a set decided without it is labelled "overdue".
+  A set is also decided at once when every awaited frame, at its predicted time give or take
+  its margin, would fall after the set's cut (it would open the next set; such a frame is not
+  counted late when it comes).
   Without a warm model (first frames, or `predict_timing=False`) the rule is fixed: awaited when
   its last frame + 3/4 period is inside the window, until the deadline. The deadline bounds
   every wait.
@@ -323,7 +327,7 @@ class Assembler:
         if seed is None:
             return None
         deadline = seed.t_arrival_ns + self.settings.deadline_ns
-        awaited, _ = self._awaited(seed, max(self._now_ns, seed.t_arrival_ns), deadline)
+        awaited, _, _ = self._awaited(seed, max(self._now_ns, seed.t_arrival_ns), deadline)
         return min([deadline, *(a.until_ns for a in awaited)])
 
     def pending_count(self) -> int:
@@ -343,46 +347,49 @@ class Assembler:
                 best = pending[0]
         return best
 
-    def _awaited(self, seed: Frame, now_ns: int, deadline_ns: int) -> tuple[list[_Awaited], bool]:
+    def _awaited(self, seed: Frame, now_ns: int, deadline_ns: int) -> tuple[list[_Awaited], bool, float]:
         """For the set seeded by `seed`: the awaited cameras (until when, caller's clock, and their
-        predicted frame), and whether a camera's frame predicted inside the window is overdue."""
+        predicted frame), whether a camera's frame predicted inside the window is overdue, and the
+        earliest frame predicted beyond the window of a camera with nothing pending."""
         window_end = seed.t_capture_ns + self.settings.max_spread_ns
         seed_clock = self._clocks[self._order[seed.camera]]
         # how much later than its camera's best recent latency the seed came: a delay of delivery
         # (the caller stalled, the network hiccuped) that the frames awaited share
         delay_ns = 0 if seed_clock.latency_low_ns is None else max(
             0, seed.t_arrival_ns - seed.t_capture_ns - seed_clock.latency_low_ns)
-        awaited, overdue = [], False
+        awaited, overdue, beyond = [], False, math.inf
         for i, pending in enumerate(self._pending):
             if not pending:
-                waiting, camera_overdue = self._awaited_until(i, seed.t_capture_ns, window_end, now_ns, deadline_ns,
-                                                              delay_ns)
+                waiting, camera_overdue, camera_beyond = self._awaited_until(
+                    i, seed.t_capture_ns, window_end, now_ns, deadline_ns, delay_ns)
                 overdue |= camera_overdue
+                beyond = min(beyond, camera_beyond)
                 if waiting is not None:
                     awaited.append(waiting)
-        return awaited, overdue
+        return awaited, overdue, beyond
 
     def _awaited_until(self, index: int, window_start_ns: int, window_end_ns: int, now_ns: int,
-                       deadline_ns: int, delay_ns: int) -> tuple[_Awaited | None, bool]:
+                       deadline_ns: int, delay_ns: int) -> tuple[_Awaited | None, bool, float]:
         """Whether a camera with nothing pending could still deliver a frame inside the window:
         (until when it is awaited, caller's clock, capped at the deadline, and the frame predicted;
-        or None when it is not), and whether a frame of it predicted inside the window is overdue. Frames predicted to be late
+        or None when it is not), whether a frame of it predicted inside the window is overdue, and
+        its next frame predicted beyond the window (inf when unknown). Frames predicted to be late
         on arrival (belonging to the last set emitted) or to arrive after the deadline are not awaited."""
         s = self.settings
         cc = self.counters[self.cameras[index]]
         if cc.last_arrival_ns is None:  # never seen: awaited while the assembler itself is young
             if self._t_first_push_ns is None or now_ns - self._t_first_push_ns > s.stale_after_ns:
-                return None, False
-            return _Awaited(index, min(deadline_ns, self._t_first_push_ns + s.stale_after_ns + 1)), False
+                return None, False, math.inf
+            return _Awaited(index, min(deadline_ns, self._t_first_push_ns + s.stale_after_ns + 1)), False, math.inf
         behind = window_start_ns - cc.last_t_ns > s.stale_after_ns
         if behind and now_ns - cc.last_arrival_ns > s.stale_after_ns:
-            return None, False
+            return None, False, math.inf
         stale_at = min(deadline_ns, cc.last_arrival_ns + s.stale_after_ns + 1) if behind else deadline_ns
         clock = self._clocks[index]
         if not (s.predict_timing and clock.warm):
             if cc.last_t_ns + _NEXT_FRAME_MIN_PERIODS * cc.period_ns <= window_end_ns:
-                return _Awaited(index, stale_at), False
-            return None, False
+                return _Awaited(index, stale_at), False, math.inf
+            return None, False, math.inf
         margin = _MARGIN_JITTERS * clock.jitter_ns + s.timing_margin_ns
         period = clock.period_ns
         expected = clock.next_capture_ns()
@@ -396,14 +403,14 @@ class Assembler:
                 expected += period
                 continue
             if expected + clock.latency_median_ns + margin > deadline_ns:
-                break  # it would too often arrive after the deadline: waiting would not get it
+                return None, overdue, math.inf  # it would too often arrive after the deadline: waiting would not get it
             arrives_by = expected + clock.latency_high_ns + margin + delay_ns + max(
                 _ARRIVAL_MARGIN_MIN_NS, (clock.latency_high_ns - clock.latency_low_ns) / 2)
             if now_ns < arrives_by:
-                return _Awaited(index, min(stale_at, math.ceil(arrives_by)), expected, margin), overdue
+                return _Awaited(index, min(stale_at, math.ceil(arrives_by)), expected, margin), overdue, math.inf
             overdue |= expected + margin >= window_start_ns
             expected += period
-        return None, overdue
+        return None, overdue, expected
 
     def _cut(self, candidates: list[tuple[float, int, Frame | None]], next_beyond: float) -> int:
         """How many of the time-ordered candidates (capture time, camera index, frame) form the set:
@@ -452,13 +459,14 @@ class Assembler:
         t0 = seed.t_capture_ns
         window_end = t0 + s.max_spread_ns
         deadline = seed.t_arrival_ns + s.deadline_ns
-        awaited, overdue = self._awaited(seed, now_ns, deadline)
+        awaited, overdue, predicted_beyond = self._awaited(seed, now_ns, deadline)
         waiting = bool(awaited) and now_ns < deadline
         if waiting and any(a.expected_ns is None for a in awaited):
             return None  # no prediction to decide without them
-        # Candidates inside the window, time order; the first frame beyond it bounds the last gap.
+        # Candidates inside the window, time order; the first frame beyond it (received or, of a
+        # camera with nothing pending, predicted) bounds the last gap, whatever has arrived yet.
         candidates: list[tuple[float, int, Frame | None]] = []
-        next_beyond = math.inf
+        next_beyond = predicted_beyond
         for i, pending in enumerate(self._pending):
             for f in pending:
                 if f.t_capture_ns > window_end:

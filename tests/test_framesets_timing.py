@@ -20,6 +20,7 @@ def test_frame_clock_tracks_period_phase_and_jitter_through_drops():
     true_period = 1e9 / 29.97  # not the nominal 30 fps
     clock = FrameClock(SETTINGS.frame_period_ns)
     errors = []
+    last_k = -1
     for k in range(300):
         if k % 17 == 5:  # dropped frames: the frame number comes from the time, not a seq
             continue
@@ -146,12 +147,15 @@ def test_decision_waits_model_against_the_fixed_rule(n_cameras):
         events = simulated_arrivals(n_cameras, 30.0, 20.0, seed)
         model.append(decision_waits(events, SETTINGS))
         fixed.append(decision_waits(events, FIXED))
-    mean = lambda runs, key: float(np.mean([r[key] for r in runs]))  # noqa: E731
+
+    def mean(runs, key):
+        return float(np.mean([r[key] for r in runs]))
+
     assert mean(model, "wait_p99_ms") < mean(fixed, "wait_p99_ms") - 2.0
     assert mean(model, "wait_p50_ms") <= mean(fixed, "wait_p50_ms")
     assert mean(model, "deadline_share") < mean(fixed, "deadline_share")
     assert mean(model, "late_per_1k") < 6.0  # merely late frames are rarely written off
-    assert mean(model, "cameras_per_set") >= mean(fixed, "cameras_per_set") - 0.05
+    assert mean(model, "used_per_1k") >= mean(fixed, "used_per_1k") - 5.0  # as many frames go into sets
 
 
 from hypothesis import given, settings as hyp_settings, strategies as st  # noqa: E402

@@ -19,10 +19,11 @@ the take, points3d receive - newest member kp2d receive, both on the recorder's 
 the senders' clock offsets). Each with the timing model (`predict_timing`, the default) and the
 fixed rule. Reported: p50/p99 wait, the share of sets that were complete,
 resolved early (partial, no camera awaited), overdue (a predicted frame written off) or decided
-at the deadline, and late frames per 1000 received (arrived after their set was emitted).
+at the deadline, late frames (arrived after their set was emitted) and frames used in a set per
+1000 received, cameras per set.
 
 `--json` prints one object; stable keys: `assembly_ms_8cam` (assembly + person choice at 8 cameras),
-`wait_p50_ms_<N>x<F>`, `wait_p99_ms_<N>x<F>`, `late_per_1k_<N>x<F>` (timing model) and the same with
+`wait_p50_ms_<N>x<F>`, `wait_p99_ms_<N>x<F>`, `late_per_1k_<N>x<F>`, `used_per_1k_<N>x<F>` (timing model) and the same with
 `_fixed` appended (fixed rule), `<reason>_share_<N>x<F>`; with --take the same keys with `take` for `<N>x<F>`,
 and `take_live_sync_hop_p50_ms` / `take_live_sync_hop_p99_ms`.
 """
@@ -230,7 +231,7 @@ def recorded_sync_hop(path: Path) -> dict[str, float]:
 def decision_waits(events: list[Arrival], settings: AssemblySettings) -> dict[str, float]:
     """Feed the arrivals to an assembler (polling at every arrival and every due time in between) and
     sum up: wait = set decided - newest member arrived (ms) p50/p99/max, the share of sets per reason,
-    late and unmatched frames per 1000 received, mean cameras per set."""
+    late, unmatched and used (in a set) frames per 1000 received, mean cameras per set."""
     cameras = sorted({e[1] for e in events}, key=lambda c: (len(c), c))
     assembler = Assembler(cameras, settings)
     sets = []
@@ -246,6 +247,7 @@ def decision_waits(events: list[Arrival], settings: AssemblySettings) -> dict[st
            "wait_p99_ms": float(np.percentile(waits, 99)), "wait_max_ms": float(waits.max()),
            "late_per_1k": 1e3 * sum(cc.late for cc in assembler.counters.values()) / received,
            "unmatched_per_1k": 1e3 * sum(cc.unmatched for cc in assembler.counters.values()) / received,
+           "used_per_1k": 1e3 * sum(cc.used for cc in assembler.counters.values()) / received,
            "cameras_per_set": float(np.mean([len(fs.frames) for fs in sets]))}
     for reason in REASONS:
         chosen = [w for fs, w in zip(sets, waits) if fs.reason == reason]
@@ -283,14 +285,14 @@ def _pool(parts: list[dict[str, float]]) -> dict[str, float]:
 
 def _print_waits(rows: dict[str, dict[str, dict[str, float]]]) -> None:
     header = (f"{'decision wait (ms)':<20}{'rule':>7}{'sets':>7}{'p50':>7}{'p99':>7}{'max':>7}"
-              + "".join(f"{r[:8]:>10}" for r in REASONS) + f"{'late/1k':>9}{'cams/set':>9}")
+              + "".join(f"{r[:8]:>10}" for r in REASONS) + f"{'late/1k':>9}{'used/1k':>9}{'cams/set':>9}")
     print(header)
     print("-" * len(header))
     for label, by_rule in rows.items():
         for rule, r in by_rule.items():
             print(f"{label:<20}{rule:>7}{r['sets']:>7}{r['wait_p50_ms']:>7.1f}{r['wait_p99_ms']:>7.1f}"
                   f"{r['wait_max_ms']:>7.1f}" + "".join(f"{r[f'{x}_share']:>10.1%}" for x in REASONS)
-                  + f"{r['late_per_1k']:>9.1f}{r['cameras_per_set']:>9.2f}")
+                  + f"{r['late_per_1k']:>9.1f}{r['used_per_1k']:>9.1f}{r['cameras_per_set']:>9.2f}")
 
 
 def main(argv: list[str]) -> int:
@@ -323,7 +325,7 @@ def main(argv: list[str]) -> int:
     for label, by_rule in waits.items():
         for rule, row in by_rule.items():
             suffix = "" if rule == "model" else "_fixed"
-            for key in ("wait_p50_ms", "wait_p99_ms", "late_per_1k") + tuple(f"{r}_share" for r in REASONS):
+            for key in ("wait_p50_ms", "wait_p99_ms", "late_per_1k", "used_per_1k") + tuple(f"{r}_share" for r in REASONS):
                 flat[f"{key}_{label}{suffix}"] = round(row[key], 4)
     if args.json:
         print(json.dumps(flat, sort_keys=True))
