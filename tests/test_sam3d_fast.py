@@ -80,6 +80,7 @@ class StandInSam3dBody(nn.Module):
         self.head = nn.Linear(16, 70 * 3 + 3 + 133 + 108 + 45 + 28 + 3)
         self.prompt_encoder = _StandInPromptEncoder(16)
         self.calls = 0
+        self.batch_sizes_seen: list[int] = []
 
     def data_preprocess(self, inputs: torch.Tensor, crop_width: bool = False) -> torch.Tensor:
         if inputs.max() > 1:  # a device sync, as upstream's
@@ -88,6 +89,7 @@ class StandInSam3dBody(nn.Module):
 
     def _initialize_batch(self, batch: dict) -> None:
         self._batch_size, self._num_person = batch["img"].shape[:2]
+        self.batch_sizes_seen.append(self._batch_size)
 
     def forward_decoder(self, image_embeddings: torch.Tensor, batch: dict, prompt: torch.Tensor | None = None
                         ) -> dict:
@@ -403,3 +405,26 @@ def test_sync_free_modes_keep_list_index_semantics():
         grid = got[:, :, [[0, 1], [2, 3]]]
     assert torch.equal(got, expected)
     assert torch.equal(picked, expected[:, [0, 2]]) and torch.equal(grid, expected[:, :, [[0, 1], [2, 3]]])
+
+
+def test_batch_sizes_pad_calls_to_a_few_sizes_with_the_same_outputs_and_warm_up_records_them():
+    model = StandInSam3dBody().eval()
+    images, requests = _images(), _requests()
+    plain = FastBodyEstimator(model, cuda_graphs=False)(images, requests[:3])
+    padded = FastBodyEstimator(model, cuda_graphs=False, graph_decoder=True, batch_sizes=(8, 2))
+    assert padded.batch_sizes == (2, 8)
+    model.batch_sizes_seen.clear()
+    out = padded(images, requests[:3])
+    assert model.batch_sizes_seen == [8]
+    for key, value in plain.items():
+        assert out[key].shape == value.shape
+        torch.testing.assert_close(out[key], value, rtol=1e-4, atol=1e-5)  # batch size changes GEMM blocking
+    padded(images, requests)  # 4 crops: also 8
+    padded(images, requests[:1])  # 1 crop: 2
+    assert model.batch_sizes_seen == [8, 8, 2]
+    model.batch_sizes_seen.clear()
+    stock = _StockStandIn(padded)
+    FastSam3dEstimator(padded, stock).estimate([View("a", images[0], requests[0].camera_matrix)])
+    assert model.batch_sizes_seen[:2] == [2, 8]  # the first call warms both sizes (then the stock call runs)
+    with pytest.raises(ValueError, match="batch_sizes"):
+        FastBodyEstimator(model, batch_sizes=(0, 4))

@@ -36,7 +36,8 @@ host->device copies of index constants, each a stream sync, per call); replayed 
 Use in the capture node (one process serving the cameras that share a GPU):
 
     upstream = build_sam3d_body(checkpoint, mhr_path)            # streamer.capture.sam3d
-    fast = FastBodyEstimator(upstream.model, compile_backbone=True, graph_decoder=True)
+    fast = FastBodyEstimator(upstream.model, compile_backbone=True, graph_decoder=True,
+                             batch_sizes=(len(cameras),))        # up to one person per camera: one recorded size
     estimator = FastSam3dEstimator(fast, upstream)               # hinted views: one forward; others: stock + detector
 
 Call contract relied on (upstream sam-3d-body 1.0.0): `model.image_mean`, `model.image_std` ((3, 1, 1)),
@@ -545,15 +546,21 @@ class FastBodyEstimator:
     cuda_graphs: replay the backbone from CUDA graphs (CUDA only); compile_backbone: torch.compile it first;
     compile_decoder: torch.compile upstream `forward_decoder` (decoder layers, MHR head, camera projection, keypoint
     token updates; graph breaks at the TorchScript MHR call); graph_decoder: replay the decoder stage from a CUDA
-    graph per batch size (module docstring, point 5; recorded on the first call of each size, a few seconds).
+    graph per batch size (module docstring, point 5; recorded on the first call of each size, a few seconds);
+    batch_sizes: pad each call with n crops up to the smallest of these >= n (repeating the last crop, whose
+    extra outputs are dropped), so a live stage whose person count varies replays a few recorded/compiled sizes
+    instead of recording a new one mid-stream; `warm_up` records them all beforehand.
     The model object is shared: the fast path swaps submodules only for the duration of a call, under a lock.
     """
 
     def __init__(self, model: nn.Module, *, decoder_autocast: torch.dtype | None = None,
                  cuda_graphs: bool = True, compile_backbone: bool = False, compile_decoder: bool = False,
-                 graph_decoder: bool = False) -> None:
+                 graph_decoder: bool = False, batch_sizes: Sequence[int] = ()) -> None:
         if graph_decoder and compile_decoder:
             raise ValueError("graph_decoder and compile_decoder exclude each other: pick one")
+        if any(int(b) < 1 for b in batch_sizes):
+            raise ValueError(f"batch_sizes: expected sizes >= 1, got {list(batch_sizes)}")
+        self.batch_sizes = tuple(sorted({int(b) for b in batch_sizes}))
         self.model = model
         self.device = model.image_mean.device
         size = model.cfg.MODEL.IMAGE_SIZE  # upstream passes it to TopdownAffine as (w, h)
@@ -699,8 +706,24 @@ class FastBodyEstimator:
     def __call__(self, images: Sequence[np.ndarray | torch.Tensor], requests: Sequence[CropRequest]
                  ) -> dict[str, Any]:
         """All crops in one forward: the upstream "mhr" output dict with a leading batch of len(requests)."""
-        batch = self.make_batch(images, requests)
-        return self.decode(batch, self.encode(batch))
+        n = len(requests)
+        size = next((b for b in self.batch_sizes if b >= n), n)
+        padded = list(requests) + [requests[-1]] * (size - n) if requests else list(requests)
+        batch = self.make_batch(images, padded)
+        out = self.decode(batch, self.encode(batch))
+        if size == n:
+            return out
+        return {k: v[:n] if isinstance(v, torch.Tensor) and v.dim() > 0 and v.shape[0] == size else v
+                for k, v in out.items()}
+
+    def warm_up(self, image_size: tuple[int, int], camera_matrix: np.ndarray) -> None:
+        """One call at each of `batch_sizes` on a blank image (w, h) px with a centred box: the first call of a
+        size compiles and records (seconds to a minute with compile_backbone), so pay it before frames are due."""
+        width, height = image_size
+        image = np.zeros((height, width, 3), np.uint8)
+        box = np.array([width * 0.4, height * 0.2, width * 0.6, height * 0.8], np.float32)
+        for size in self.batch_sizes:
+            self([image], [CropRequest(0, box, np.asarray(camera_matrix))] * size)
 
     def estimate(self, images: Sequence[np.ndarray | torch.Tensor], requests: Sequence[CropRequest]
                  ) -> list[dict[str, np.ndarray]]:
@@ -747,6 +770,7 @@ class FastSam3dEstimator(Estimator):
     fast: a FastBodyEstimator. stock: the upstream `SAM3DBodyEstimator` of the same model (with its optional
     detector), used for views without boxes (acquisition), in body-only mode so every person comes from the
     same decoder. Persons come out in box order per view, as `streamer.capture.sam3d.person_from_sam3d` builds them.
+    The first call (the capture node's warm-up on blank frames) also warms the fast path at its batch sizes.
     """
 
     name = "sam3d-fast"
@@ -755,10 +779,16 @@ class FastSam3dEstimator(Estimator):
         self.fast = fast
         self.stock = stock
         self.bbox_thr = bbox_thr
+        self._warmed = False
 
     def estimate(self, views: Sequence[View]) -> list[list[Any]]:
         """One list of `Person2D` per view, in view order."""
         from streamer.capture.sam3d import infer_sam3d_batch, person_from_sam3d
+
+        if not self._warmed and views:
+            self._warmed = True
+            height, width = np.asarray(views[0].image).shape[:2]
+            self.fast.warm_up((width, height), np.asarray(views[0].K))
 
         requests, owners = [], []
         for v, view in enumerate(views):
