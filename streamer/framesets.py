@@ -27,7 +27,7 @@ Algorithm (a partial-set variant of ROS message_filters ApproximateTime, see
   jitter, recent arrival latency) once that has seen a few frames (`predict_timing`). The next
   frame is expected at its predicted capture time, give or take `margin` = 2 jitters +
   `timing_margin_ns`. It is awaited only when it can fall inside the window, would not be late
-  on arrival, and would arrive before the deadline at its camera's median latency + `margin`;
+  on arrival, and would arrive before the deadline at its camera's median latency;
   and only until its predicted capture time + the camera's recent largest arrival latency +
   `margin` + half the camera's recent latency range (at least 1 ms) + the seed frame's own delay
   (its latency beyond its camera's smallest: a stalled caller or a network hiccup delays every
@@ -402,8 +402,8 @@ class Assembler:
             if self._is_late(index, expected + margin):  # it would belong to the last set emitted: no use
                 expected += period
                 continue
-            if expected + clock.latency_median_ns + margin > deadline_ns:
-                return None, overdue, math.inf  # it would too often arrive after the deadline: waiting would not get it
+            if expected + clock.latency_median_ns > deadline_ns:
+                return None, overdue, math.inf  # more likely than not after the deadline: waiting would not get it
             arrives_by = expected + clock.latency_high_ns + margin + delay_ns + max(
                 _ARRIVAL_MARGIN_MIN_NS, (clock.latency_high_ns - clock.latency_low_ns) / 2)
             if now_ns < arrives_by:
