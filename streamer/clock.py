@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import struct
+import threading
 import time
 
 import zmq
@@ -25,6 +26,7 @@ __all__ = [
     "REESTIMATE_S",
     "ClockClient",
     "ClockServer",
+    "ClockThread",
     "StageClock",
     "offset_from_probe",
 ]
@@ -49,9 +51,19 @@ class StageClock:
 
     def __init__(self, injected_offset_ns: int = 0):
         self._anchor_ns = time.time_ns() - time.monotonic_ns() + int(injected_offset_ns)
-        self.offset_ns = 0  # stage - local, from the last estimate
-        self.drift_ppm = 0.0  # rate of change of offset, followed between estimates
-        self._estimated_at_local_ns: int | None = None
+        # (offset stage - local ns, drift ppm, local ns of the estimate or None): one tuple, replaced whole,
+        # so a reader in another thread (the clock probe runs in its own) never sees half an update
+        self._estimate: tuple[int, float, int | None] = (0, 0.0, None)
+
+    @property
+    def offset_ns(self) -> int:
+        """stage - local, ns, from the last estimate."""
+        return self._estimate[0]
+
+    @property
+    def drift_ppm(self) -> float:
+        """Rate of change of the offset, followed between estimates."""
+        return self._estimate[1]
 
     def local_ns(self) -> int:
         """This process's uncorrected clock (monotonic, anchored to the wall clock at start)."""
@@ -67,19 +79,20 @@ class StageClock:
         return self._correction_at(time.monotonic_ns() + self._anchor_ns)
 
     def _correction_at(self, local_ns: int) -> int:
-        if self._estimated_at_local_ns is None:
-            return self.offset_ns
-        return self.offset_ns + int((local_ns - self._estimated_at_local_ns) * self.drift_ppm * 1e-6)
+        offset, drift_ppm, at_local_ns = self._estimate
+        if at_local_ns is None:
+            return offset
+        return offset + int((local_ns - at_local_ns) * drift_ppm * 1e-6)
 
     def set_estimate(self, offset_ns: int, at_local_ns: int) -> None:
         """Adopt a new offset measured at local time `at_local_ns`; derives drift from the previous one."""
-        if self._estimated_at_local_ns is not None:
-            dt = at_local_ns - self._estimated_at_local_ns
+        old_offset, drift_ppm, old_at = self._estimate
+        if old_at is not None:
+            dt = at_local_ns - old_at
             if dt >= 1_000_000_000:
-                drift = (offset_ns - self.offset_ns) / dt * 1e6
-                self.drift_ppm = max(-MAX_DRIFT_PPM, min(MAX_DRIFT_PPM, drift))
-        self.offset_ns = int(offset_ns)
-        self._estimated_at_local_ns = at_local_ns
+                drift = (offset_ns - old_offset) / dt * 1e6
+                drift_ppm = max(-MAX_DRIFT_PPM, min(MAX_DRIFT_PPM, drift))
+        self._estimate = (int(offset_ns), drift_ppm, at_local_ns)
 
 
 def offset_from_probe(t0: int, t1: int, t2: int, t3: int) -> tuple[int, int]:
@@ -117,6 +130,10 @@ class ClockServer:
                 self.rejects += 1
                 continue
             self.answered += 1
+
+    def next_due_ms(self) -> int:
+        """How long the socket may be left unpolled when no probe comes: indefinitely (the caller caps it)."""
+        return -1
 
     def close(self) -> None:
         self.socket.close(linger=0)
@@ -182,6 +199,13 @@ class ClockClient:
             elif now >= self._next_burst_mono:
                 self._send_probe(now)
 
+    def next_due_ms(self) -> int:
+        """ms until `service()` has something to do besides reading a reply (a probe to time out or send)."""
+        now = time.monotonic_ns()
+        due = (self._sent_mono + int(PROBE_TIMEOUT_S * 1e9) if self._outstanding is not None
+               else now if self._probes_sent >= self.probes_per_burst else self._next_burst_mono)
+        return max(0, -(-(due - now) // 1_000_000))
+
     def _send_probe(self, now_mono: int) -> None:
         t0 = self.clock.local_ns()
         try:
@@ -206,3 +230,45 @@ class ClockClient:
 
     def close(self) -> None:
         self.socket.close(linger=0)
+
+
+class ClockThread:
+    """Serves a `ClockServer` or `ClockClient` from its own thread.
+
+    A node's loop may be busy or asleep for a whole frame (a capture node waits in its source for the
+    next frame): probes served from it are answered, and replies read, that late, and every sample of
+    a burst carries half that delay as offset error (-11 to -16 ms was seen on one host). Here the
+    socket wakes this thread the moment a message arrives; samples delayed by the interpreter lock
+    have longer round trips and lose the lowest-round-trip choice. The thread owns the socket from
+    `start()` to `stop()`; `stop()` joins it, then the caller may close the endpoint.
+    """
+
+    def __init__(self, endpoint: ClockServer | ClockClient, *, max_wait_ms: int = 100):
+        self.endpoint = endpoint
+        self.max_wait_ms = max_wait_ms
+        self.errors = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"clock-{type(endpoint).__name__}", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout_s: float = 2.0) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(timeout_s)
+
+    def _run(self) -> None:
+        poller = zmq.Poller()
+        poller.register(self.endpoint.socket, zmq.POLLIN)
+        while not self._stop.is_set():
+            due = self.endpoint.next_due_ms()
+            try:
+                poller.poll(self.max_wait_ms if due < 0 else min(due, self.max_wait_ms))
+                self.endpoint.service()
+            except zmq.ZMQError as exc:  # the context is going away: nothing left to serve
+                if exc.errno == zmq.ETERM:
+                    return
+                self.errors += 1
+                log.warning("clock %s: %s", type(self.endpoint).__name__, exc)
+                self._stop.wait(0.1)

@@ -64,7 +64,7 @@ import numpy as np
 import zmq
 
 from protocol import NodeStats
-from streamer.clock import ClockClient, ClockServer, StageClock
+from streamer.clock import ClockClient, ClockServer, ClockThread, StageClock
 from streamer.transport.curve import load_keypair, load_public_key, start_authenticator
 from streamer.transport.liveness import HEARTBEAT_INTERVAL_S
 from streamer.transport.pubsub import DEFAULT_HWM, Publisher, Subscriber
@@ -170,6 +170,7 @@ class Node:
         self._publisher: Publisher | None = None
         self._subscriber: Subscriber | None = None
         self._authenticator = None
+        self._clock_threads: list[ClockThread] = []
 
     # ------------------------------------------------------------ hooks
 
@@ -281,6 +282,8 @@ class Node:
                 self.log.exception("final stats not sent")
             self._subscriber.close()
             self._publisher.close(flush_ms=FLUSH_MS)
+            for thread in self._clock_threads:
+                thread.stop()
             for extra in (clock_server, clock_client):
                 if extra is not None:
                     extra.close()
@@ -308,6 +311,9 @@ class Node:
         clock_server = ClockServer(cfg.clock_serve, self.clock, context=context) if cfg.clock_serve else None
         clock_client = ClockClient(cfg.clock_connect, self.clock, context=context) if cfg.clock_connect else None
         self._clock_client = clock_client
+        self._clock_threads = [ClockThread(e) for e in (clock_server, clock_client) if e is not None]
+        for thread in self._clock_threads:  # probes served off the node's loop (see ClockThread)
+            thread.start()
         return self._authenticator, clock_server, clock_client
 
     def _on_signal(self, signum, frame) -> None:
@@ -323,9 +329,6 @@ class Node:
         poller = zmq.Poller()  # what wakes the loop: inputs only when they are taken as they arrive
         for sock in (pub.socket, *(sub.sockets if dispatch_ns <= 0 else ())):
             poller.register(sock, zmq.POLLIN)
-        for extra in (clock_server, clock_client):
-            if extra is not None:
-                poller.register(extra.socket, zmq.POLLIN)
         start = time.monotonic_ns()
         end = start + int(cfg.seconds * 1e9) if cfg.seconds is not None else None
         next_tick = next_dispatch = start
@@ -337,11 +340,7 @@ class Node:
             now = time.monotonic_ns()
             wake = next_tick if dispatch_ns <= 0 else min(next_tick, next_dispatch)
             wait_ms = min(MAX_POLL_MS, max(0, -(-(wake - now) // 1_000_000)))
-            events = dict(poller.poll(wait_ms))
-            if clock_server is not None and clock_server.socket in events:
-                clock_server.service()
-            if clock_client is not None:
-                clock_client.service()
+            poller.poll(wait_ms)
             now = time.monotonic_ns()
             if now >= next_dispatch:
                 self._dispatch(sub)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -12,7 +13,8 @@ import zmq
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from streamer.clock import ClockClient, ClockServer, StageClock, offset_from_probe
+from streamer.clock import ClockClient, ClockServer, ClockThread, StageClock, offset_from_probe
+from streamer.node import Node, NodeConfig
 from streamer.transport import Subscriber
 
 REPO = Path(__file__).resolve().parents[1]
@@ -64,6 +66,36 @@ def test_probe_recovers_an_injected_offset_in_process():
     assert abs(client_clock.now_ns() - master.now_ns()) < 1_000_000
     assert 0 < client.rtt_ns < 50_000_000
     server.close(), client.close()
+
+
+class _FrameWaiter(Node):
+    """A node whose loop sleeps most of each frame period, like a capture node waiting for its camera."""
+
+    def setup(self) -> None:
+        self.tick_interval_s = 0.0
+
+    def on_tick(self, now_ns: int) -> None:
+        time.sleep(0.03)
+
+
+def test_a_node_busy_in_its_loop_still_estimates_its_offset_within_a_millisecond():
+    """Probes are served and read by a clock thread: a reply read only when the loop comes round
+    (up to 30 ms later here) used to bias every sample by half that (-11..-16 ms seen in the demo)."""
+    master = StageClock()
+    server = ClockServer("tcp://127.0.0.1:0", master)
+    serving = ClockThread(server)
+    serving.start()
+    node = _FrameWaiter(NodeConfig(name="waiter", bind="tcp://127.0.0.1:0", clock_connect=server.endpoint,
+                                   seconds=2.5), clock_offset_ns=-40_000_000)
+    runner = threading.Thread(target=node.run)
+    runner.start()
+    runner.join(20)
+    serving.stop()
+    server.close()
+    client = node._clock_client
+    assert not runner.is_alive() and client.estimates >= 1
+    assert abs(node.clock.offset_ns - 40_000_000) < 1_000_000, node.clock.offset_ns
+    assert client.rtt_ns < 5_000_000
 
 
 def test_malformed_probes_are_counted_not_answered():
