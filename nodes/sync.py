@@ -20,8 +20,8 @@ Recovery: frames whose `calib_version` does not match the calibration received f
 camera are counted (`calib_mismatch/<cam>`) and dropped, as are frames of cameras without a
 calibration yet (`no_calib/<cam>`) and frames whose keypoint count differs from the first one
 (`keypoint_count_mismatch/<cam>`); a frame set that fails is counted (`frame_set_errors`)
-and skipped, never a crash; a dead camera only costs one deadline per set until it
-counts as stale, then sets complete without it; a lost track is re-acquired by bootstrap.
+and skipped, never a crash; a dead camera only costs a wait until its frame is overdue (its
+timing model's predicted arrival; at most the deadline) per set until it counts as stale, then sets complete without it; a lost track is re-acquired by bootstrap.
 """
 from __future__ import annotations
 
@@ -67,6 +67,7 @@ class Settings:
     deadline_ms: float = 33.3  # wait at most this after a set's first frame arrived, then emit it partial
     buffer_ms: float = 133.3  # per-camera buffer, by capture time (3-5 frame periods)
     stale_after_ms: float = 100.0  # a camera silent this long is not waited for
+    predict_timing: bool = True  # wait for a camera only as its timing model predicts (False: fixed rule + deadline)
     min_cameras: int = 2  # smaller frame sets are not triangulated
     min_valid_points: int = 6  # fewer valid 3D points: points3d.usable = False
     threshold_px: float = 15.0  # triangulation inlier gate, pixels
@@ -98,7 +99,8 @@ class Sync(Node):
         self.tick_interval_s = s.poll_interval_ms / 1e3
         self.assembly_settings = AssemblySettings(
             frame_period_ns=_ns(1e3 / s.fps), max_spread_ns=_ns(s.max_spread_ms), deadline_ns=_ns(s.deadline_ms),
-            buffer_ns=_ns(s.buffer_ms), stale_after_ns=_ns(s.stale_after_ms), min_cameras=s.min_cameras)
+            buffer_ns=_ns(s.buffer_ms), stale_after_ns=_ns(s.stale_after_ms), min_cameras=s.min_cameras,
+            predict_timing=s.predict_timing)
         self.association_settings = AssociationSettings(
             min_confidence=s.min_confidence, gate_px=s.gate_px, epipolar_gate_px=s.epipolar_gate_px,
             lost_after_frames=s.lost_after_frames, max_jump_m=s.max_jump_m, coast_speed_m=s.coast_speed_m)

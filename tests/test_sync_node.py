@@ -168,3 +168,9 @@ def test_a_joining_camera_keeps_the_track_a_recalibrated_one_resets_it():
     assert h.node.local["bootstraps"] == 2 and h.node.counters["calib_mismatch/c1"] == 3
     assert [len(m.cameras) for m in points(h)][:3] == [3, 3, 3] and len(points(h)[3].cameras) == 4
     assert len({m.person_id for m in points(h)}) == 2
+
+
+def test_timing_model_setting_reaches_the_assembler():
+    for predict in (True, False):
+        h = Harness(cameras=("c0", "c1"), predict_timing=predict)
+        assert h.node.assembler.settings.predict_timing is predict
