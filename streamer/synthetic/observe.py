@@ -77,17 +77,6 @@ class Observed:
     clean_pixels: np.ndarray
 
 
-def _capsules(points: np.ndarray, settings: ObservationSettings) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(..., M, 3) start, (..., M, 3) end, (..., M) radius: torso and head of each person; points (..., N, 70, 3)."""
-    hips = 0.5 * (points[..., _LHIP, :] + points[..., _RHIP, :])
-    head = 0.5 * (points[..., _LEAR, :] + points[..., _REAR, :])
-    starts = np.concatenate([hips, head], axis=-2)
-    ends = np.concatenate([points[..., _NECK, :], head], axis=-2)
-    n = points.shape[-3]
-    radii = np.broadcast_to(np.repeat([settings.torso_radius_m, settings.head_radius_m], n), starts.shape[:-1])
-    return starts, ends, radii
-
-
 def occluded_points(camera_center: np.ndarray, points: np.ndarray, starts: np.ndarray, ends: np.ndarray,
                     radii: np.ndarray) -> np.ndarray:
     """(..., P) bool: the segment camera->point passes through a capsule (start, end, radius) at least one
@@ -142,6 +131,25 @@ def _occluded_kernel(centers, points, starts, ends, radii):  # (L, 3), (L, P, 3)
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy")
+def _body_occlusion(centers, points, torso_radius, head_radius, lhip, rhip, lear, rear, neck):
+    """(V, N * 70) bool: `occluded_points` of every person's points (V, N, 70, 3) seen from camera v (V, 3),
+    against every person's torso (hip midpoint -> neck) and head (a ball at the ear midpoint) capsules."""
+    n_cams, n_persons = points.shape[0], points.shape[1]
+    starts = np.empty((n_cams, 2 * n_persons, 3))
+    ends = np.empty((n_cams, 2 * n_persons, 3))
+    radii = np.empty((n_cams, 2 * n_persons))
+    for v in range(n_cams):
+        for p in range(n_persons):
+            for x in range(3):
+                starts[v, p, x] = 0.5 * (points[v, p, lhip, x] + points[v, p, rhip, x])
+                ends[v, p, x] = points[v, p, neck, x]
+                head = 0.5 * (points[v, p, lear, x] + points[v, p, rear, x])
+                starts[v, n_persons + p, x] = ends[v, n_persons + p, x] = head
+            radii[v, p], radii[v, n_persons + p] = torso_radius, head_radius
+    return _occluded_kernel(centers, points.reshape(n_cams, -1, 3), starts, ends, radii)
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy")
 def _unit_clip(x):
     """x clipped to [0, 1] (NaN stays NaN, as np.clip)."""
     if x < 0.0:
@@ -169,8 +177,8 @@ def observe_persons(points: np.ndarray, pixels: np.ndarray, camera_centers: np.n
     normals = np.stack([d[2] for d in draws])  # noise x, y, confidence
 
     sizes = np.asarray(image_sizes, dtype=np.float64).reshape(n_cams, 2)
-    starts, ends, radii = _capsules(points, settings)
-    occluded = occluded_points(camera_centers, points.reshape(n_cams, -1, 3), starts, ends, radii)
+    occluded = _body_occlusion(np.ascontiguousarray(camera_centers, np.float64), np.ascontiguousarray(points, np.float64),
+                               settings.torso_radius_m, settings.head_radius_m, _LHIP, _RHIP, _LEAR, _REAR, _NECK)
     angle = 2 * np.pi * uniforms[..., 4]  # gross outliers: the other person's same point when it is visible
     length = 20 + 60 * uniforms[..., 3]  # there, else thrown 20-80 px (numpy's cos/sin: the same throws as ever)
     throws = np.stack([length * np.cos(angle), length * np.sin(angle)], axis=-1)

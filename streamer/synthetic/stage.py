@@ -75,7 +75,7 @@ class SyntheticStage:
         self.animations: list[Animation] = (
             self._animate() if body is not None else load_or_build_animations(s, self._animate))
         self.cycle_frames = self.animations[0].num_frames
-        self._keypoints = np.stack([a.keypoints for a in self.animations])  # (N, T, 70, 3)
+        self._keypoints = np.stack([a.keypoints for a in self.animations], axis=1)  # (T, N, 70, 3), time-major
         obs = s.observation
         self._phase_s, self._offset_s = {}, {}
         for index, name in enumerate(self.camera_names):
@@ -131,8 +131,8 @@ class SyntheticStage:
         w = (f - base)[..., None, None, None]
         i0 = base.astype(np.int64) % self.cycle_frames
         i1 = (i0 + 1) % self.cycle_frames
-        k = self._keypoints  # (N, T, 70, 3)
-        return np.moveaxis(k[:, i0], 0, -3) * (1 - w) + np.moveaxis(k[:, i1], 0, -3) * w
+        k = self._keypoints  # (T, N, 70, 3)
+        return k[i0] * (1 - w) + k[i1] * w
 
     # -- observations ----------------------------------------------------------------------
 
