@@ -15,6 +15,12 @@ the re-acquired pose is slew-limited to `max_speed_mps`, so it never jumps. Ship
 never NaN. On unusable and stale poses `loss` and `data_loss` are NaN ("not computed"; a zero loss
 would claim a perfect fit, ARCHITECTURE.md §4 rule 2): read the verdict.
 
+Data term: with `information_metric` each point's error is weighed by how well its inlier views see it
+(`streamer.fitting.information.point_information` with the rig of `points3d.calib_version`, its cameras in
+the order of `points3d.cameras`): error along a poorly seen direction (a two-view point's depth) costs
+less than error in the cameras' image planes. Without that rig (or with a camera it lacks) the frame is
+fitted with the Euclidean term (counted). Every tracking default is the library's (`TrackSettings`).
+
 Initialisation (a person's first fit, and again after the track was lost): with the MHR body the
 estimator's per-view parameters (`points3d.view_params`, SAM-3D Body's MHR parameters in each camera's
 frame) are turned into world-frame candidates with the rig calibration (`calib` state: the root rotation
@@ -27,7 +33,8 @@ parameters: the node says so once in the log and starts from the canonical pose.
 Counters: frames, published, stale_sent, verdict/<v>, source/<fit|coast|hold>, rejects/bad_points3d,
 not_published/<first_unusable|time_not_advancing>, start/<estimator|canonical> and start_view/<camera>
 (which start each (re)initialisation used), init/<no_calib|unknown_camera|bad_view_params|
-params_not_in_model_layout> (view parameters that could not be used). Gauges: fit_ms, iterations,
+params_not_in_model_layout> (view parameters that could not be used), info/<metric|no_calib|unknown_camera|
+bad_inliers> (the data term of each frame: metric, or why Euclidean). Gauges: fit_ms, iterations,
 rms_mm, persons, start_rms_mm (aligned RMS error of the last start).
 """
 from __future__ import annotations
@@ -42,16 +49,21 @@ import torch
 
 from protocol.messages import Points3D, Pose, PoseFlag, RigCalibration, Verdict
 from streamer.calibration import Rig
-from streamer.fitting import FitSettings, TargetSettings, fit_targets
+from streamer.fitting import fit_targets
 from streamer.fitting.align import Alignment
+from streamer.fitting.information import point_information
 from streamer.fitting.init import Start, align_params, choose_start
 from streamer.fitting.targets import FitTargets
-from streamer.fitting.track import TrackOutput, TrackSettings, TrackState, make_context, track_init, track_step
+from streamer.fitting.track import (TrackOutput, TrackSettings, TrackState, make_context, starts_afresh, track_init,
+                                    track_step)
 from streamer.node import Node, run_node
 
-__all__ = ["Fitter", "Settings", "main", "pose_message"]
+__all__ = ["Fitter", "Settings", "main", "pose_message", "track_settings"]
 
 logger = logging.getLogger(__name__)
+
+
+_TRACK = TrackSettings()  # the library's defaults: the node repeats none of them
 
 
 @dataclass(frozen=True)
@@ -61,26 +73,40 @@ class Settings:
     mhr_checkpoint: str = ""  # MHR: SAM-3D Body model.ckpt or its folder (empty: $STREAMER_SAM3D_CHECKPOINT)
     device: str = "cpu"  # torch device: "cpu" or "cuda"
     torch_threads: int = 1  # CPU threads for torch in this process
-    min_valid_points: int = 6  # fewer valid 3D points: the frame is unusable
-    huber_m: float = 0.03  # Huber threshold of the data term, metres
-    accel_prior: float = 2e-3  # weight of the constant-velocity prior (per rad^2 / m^2)
-    max_iterations: int = 1  # LM steps per warm-started frame
-    max_iterations_cold: int = 60  # LM steps when (re)initialising
-    good_rms_m: float = 0.04  # verdict "good" at most this inlier RMS error, metres
-    smooth_output: bool = True  # ship the parameter Kalman's posterior (less jitter, no steady lag)
-    pose_accel_noise: float = 20.0  # Kalman process noise of rotations, rad/s^2 (jitter vs lag knob)
-    root_accel_noise: float = 2.0  # Kalman process noise of the root translation, m/s^2
-    coast_root_s: float = 1.0  # coast the root translation through unusable frames this long
-    coast_pose_s: float = 0.2  # coast rotations this long, then hold
-    lost_after_s: float = 1.5  # no usable frame this long: re-initialise on the next
-    max_speed_mps: float = 4.0  # slew limit on keypoints after a gap, m/s
-    shape_frames: int = 30  # good fits averaged into the subject's held shape
-    offset_frames: int = 15  # good fits per keypoint-offset calibration window, after the shape (0: none)
-    offset_rounds: int = 3  # calibration windows, then the offsets are held
-    fit_hands: bool = False  # move the finger dims
+    information_metric: bool = True  # weigh each point's error by how well its inlier views see it (needs `calib`)
+    min_valid_points: int = _TRACK.targets.min_valid  # fewer valid 3D points: the frame is unusable
+    huber_m: float = _TRACK.fit.huber_m  # Huber threshold of the data term, metres
+    accel_prior: float = _TRACK.fit.accel_prior  # weight of the constant-velocity prior (per rad^2 / m^2)
+    max_iterations: int = _TRACK.fit.max_iterations  # LM steps per warm-started frame
+    max_iterations_cold: int = _TRACK.fit.max_iterations_cold  # LM steps when (re)initialising
+    good_rms_m: float = _TRACK.fit.good_rms_m  # verdict "good" at most this inlier RMS error, metres
+    smooth_output: bool = _TRACK.smooth_output  # ship the parameter Kalman's posterior (less jitter, no steady lag)
+    pose_accel_noise: float = _TRACK.pose_accel_noise  # Kalman process noise of rotations, rad/s^2 (jitter vs lag)
+    root_accel_noise: float = _TRACK.root_accel_noise  # Kalman process noise of the root translation, m/s^2
+    coast_root_s: float = _TRACK.coast_root_s  # coast the root translation through unusable frames this long
+    coast_pose_s: float = _TRACK.coast_pose_s  # coast rotations this long, then hold
+    lost_after_s: float = _TRACK.lost_after_s  # no usable frame this long: re-initialise on the next
+    max_speed_mps: float = _TRACK.max_speed_mps  # slew limit on keypoints after a gap, m/s
+    shape_frames: int = _TRACK.shape_frames  # good fits averaged into the subject's held shape
+    offset_frames: int = _TRACK.offset_frames  # good fits per keypoint-offset calibration window (0: none)
+    offset_rounds: int = _TRACK.offset_rounds  # calibration windows, then the offsets are held
+    fit_hands: bool = _TRACK.fit_hands  # move the finger dims
     stale_after_s: float = 0.5  # no points3d this long: re-send the last poses as "stale"
     stale_interval_s: float = 0.25  # how often a stale pose is re-sent
     forget_after_s: float = 30.0  # drop a person's track after this long without input
+
+
+def track_settings(s: Settings) -> TrackSettings:
+    """The tracking settings of the node's settings (the library's defaults for everything not in `Settings`)."""
+    return replace(
+        _TRACK,
+        fit=replace(_TRACK.fit, huber_m=s.huber_m, accel_prior=s.accel_prior, max_iterations=s.max_iterations,
+                    max_iterations_cold=s.max_iterations_cold, good_rms_m=s.good_rms_m),
+        targets=replace(_TRACK.targets, min_valid=s.min_valid_points),
+        lost_after_s=s.lost_after_s, coast_root_s=s.coast_root_s, coast_pose_s=s.coast_pose_s,
+        max_speed_mps=s.max_speed_mps, shape_frames=s.shape_frames, fit_hands=s.fit_hands,
+        offset_frames=s.offset_frames, offset_rounds=s.offset_rounds, smooth_output=s.smooth_output,
+        root_accel_noise=s.root_accel_noise, pose_accel_noise=s.pose_accel_noise)
 
 
 def build_body(name: str, device: str, *, mhr_model: str = "", mhr_checkpoint: str = ""):
@@ -129,21 +155,14 @@ class Fitter(Node):
         s = self.settings
         torch.set_num_threads(max(1, s.torch_threads))
         self.model = build_body(s.body_model, s.device, mhr_model=s.mhr_model, mhr_checkpoint=s.mhr_checkpoint)
-        track = TrackSettings(
-            fit=FitSettings(huber_m=s.huber_m, accel_prior=s.accel_prior, max_iterations=s.max_iterations,
-                            max_iterations_cold=s.max_iterations_cold, good_rms_m=s.good_rms_m),
-            targets=TargetSettings(min_valid=s.min_valid_points),
-            lost_after_s=s.lost_after_s, coast_root_s=s.coast_root_s, coast_pose_s=s.coast_pose_s,
-            max_speed_mps=s.max_speed_mps, shape_frames=s.shape_frames, fit_hands=s.fit_hands,
-            offset_frames=s.offset_frames, offset_rounds=s.offset_rounds,
-            smooth_output=s.smooth_output, root_accel_noise=s.root_accel_noise, pose_accel_noise=s.pose_accel_noise)
-        self.context = make_context(self.model, track)
+        self.context = make_context(self.model, track_settings(s))
         self.tracks: dict[int, TrackState] = {}
         self.last_pose: dict[int, Pose] = {}
         self.last_input_ns: dict[int, int] = {}
         self.last_stale_ns: dict[int, int] = {}
         self.tick_interval_s = min(0.05, s.stale_interval_s)
         self.rigs: dict[str, Rig] = {}  # calibration version -> rig (the newest few), from the `calib` state
+        self.view_rigs: dict[tuple[str, tuple[str, ...]], Rig | None] = {}  # (version, cameras) -> rig in V order
         self.said_no_layout = False
 
     def on_message(self, topic: str, msg) -> None:
@@ -155,7 +174,8 @@ class Fitter(Node):
         self.count("frames")
         try:
             targets = fit_targets(msg.points, n_views=msg.n_views, confidence=msg.confidence,
-                                  defined=self.context.defined, settings=self.context.settings.targets)
+                                  defined=self.context.defined, information=self._information(msg),
+                                  settings=self.context.settings.targets)
         except ValueError as exc:
             self.count("rejects/bad_points3d")
             logger.warning("points3d rejected: %s", exc)
@@ -166,7 +186,7 @@ class Fitter(Node):
         state = self.tracks.get(person) or track_init(self.context)
         t0 = time.perf_counter()
         candidates = None
-        if self._starts_afresh(state, targets, msg.t_ns):
+        if starts_afresh(state, targets, msg.t_ns, self.context):
             start = self._choose_start(msg, targets)
             candidates = start.params[None] if start is not None and start.source == "estimator" else None
         state, output = track_step(state, targets, msg.t_ns, self.context, candidates=candidates)
@@ -190,6 +210,42 @@ class Fitter(Node):
             self.gauge("rms_mm", output.evaluation.rms_m * 1000)
         self.gauge("persons", float(len(self.tracks)))
 
+    # ------------------------------------------------------------ data term
+
+    def _information(self, msg: Points3D) -> np.ndarray | None:
+        """(K, 3, 3) information of each point from its inlier views (`point_information`), or None (the Euclidean
+        data term): the metric is off, the rig of `msg.calib_version` has not arrived, or it lacks (or cannot
+        project with) one of `msg.cameras`; each fallback is counted."""
+        if not self.settings.information_metric:
+            return None
+        key = (msg.calib_version, tuple(msg.cameras))
+        if key not in self.view_rigs:
+            rig = self.rigs.get(msg.calib_version)
+            if rig is None:
+                self.count("info/no_calib")
+                return None
+            try:
+                view_rig = rig.subset(msg.cameras)
+                unposed = [cam.name for cam in view_rig if not cam.is_posed]
+                if unposed:
+                    raise ValueError(f"cameras {unposed} are not posed")
+            except (KeyError, ValueError) as exc:
+                view_rig = None
+                logger.warning("points3d of calibration %s: no information metric (%s)", msg.calib_version, exc)
+            self.view_rigs[key] = view_rig
+        view_rig = self.view_rigs[key]
+        if view_rig is None:
+            self.count("info/unknown_camera")
+            return None
+        try:
+            information = point_information(msg.points, msg.inliers, view_rig)
+        except ValueError as exc:
+            self.count("info/bad_inliers")
+            logger.debug("points3d: no information metric (%s)", exc)
+            return None
+        self.count("info/metric")
+        return information
+
     # ------------------------------------------------------------ initialisation
 
     def _on_calibration(self, msg: RigCalibration) -> None:
@@ -204,13 +260,7 @@ class Fitter(Node):
         self.rigs[msg.version] = rig
         while len(self.rigs) > 4:
             self.rigs.pop(next(iter(self.rigs)))
-
-    def _starts_afresh(self, state: TrackState, targets: FitTargets, t_ns: int) -> bool:
-        """Whether `track_step` (re)initialises this person at `t_ns`: usable targets and no track, or no fit
-        for `lost_after_s` (the rule of streamer.fitting.track)."""
-        if not targets.usable or int(t_ns) <= state.t_ns:
-            return False
-        return state.params is None or (int(t_ns) - state.t_fit_ns) * 1e-9 > self.context.settings.lost_after_s
+        self.view_rigs = {key: rig for key, rig in self.view_rigs.items() if key[0] in self.rigs}
 
     def _view_candidates(self, msg: Points3D) -> tuple[np.ndarray, list[str]]:
         """World-frame start candidates (C, P) from the estimator's per-view parameters, and their cameras."""

@@ -177,3 +177,24 @@ def test_fitter_process_publishes_poses(walk):
             proc.wait()
         sub.close()
         publisher.close()
+
+
+NODE_ONLY_SETTINGS = {"body_model", "mhr_model", "mhr_checkpoint", "device", "torch_threads", "information_metric",
+                      "stale_after_s", "stale_interval_s", "forget_after_s"}
+
+
+def test_node_defaults_are_the_tracking_library_defaults():
+    """The node repeats no tracking default (one source of truth: TrackSettings), and each of its tracking
+    settings reaches the library."""
+    import dataclasses
+
+    from nodes.fitter import Settings, track_settings
+    from streamer.fitting.track import TrackSettings
+
+    assert track_settings(Settings()) == TrackSettings()
+    tracking = [f for f in dataclasses.fields(Settings) if f.name not in NODE_ONLY_SETTINGS]
+    assert len(tracking) == 17
+    for f in tracking:
+        value = getattr(Settings(), f.name)
+        changed = (not value) if isinstance(value, bool) else value + 1 if isinstance(value, int) else value * 2 + 0.1
+        assert track_settings(Settings(**{f.name: changed})) != TrackSettings(), f.name

@@ -9,6 +9,7 @@ The layout conversion is also checked on the four real SAM-3D Body outputs (skip
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -235,3 +236,77 @@ def test_real_sam3d_outputs_reach_the_mhr_layout(body, rig):
         turned = body.turn_global_rot(params[g["global_rot"]], world_from_cam.rotation)
         in_world = FLIP @ euler_xyz_to_rotmat(torch.as_tensor(turned)).numpy()
         assert np.allclose(in_world, world_from_cam.rotation @ FLIP @ out["pred_global_rots"][1], atol=1e-5)
+
+
+def test_an_estimator_start_keeps_the_estimator_shape_scale_and_the_dims_it_does_not_fit(assets, body, rig):
+    """MHR's shape and scale are not fitted (and the hands only with fit_hands): a first track started from the
+    estimator keeps the estimator's values of every dim it does not fit, instead of the model's default."""
+    rng = np.random.default_rng(6)
+    world = world_truth(body, rng)
+    g = body.groups
+    world[g["shape"]] = rng.normal(0, 0.5, 45)
+    world[g["scale"]] = rng.normal(0, 0.3, 28)
+    world[g["hand_pose"]] = rng.normal(0, 0.3, 108)
+    truth = model_keypoints(body, world)
+    default_body = world.copy()
+    default_body[g["shape"]], default_body[g["scale"]] = 0.0, 0.0
+    assert body.default_params(1)[0, g["shape"]].abs().max() == 0 and body.default_params(1)[0, g["scale"]].abs().max() == 0
+    assert mean_error_m_of(model_keypoints(body, default_body), truth) > 0.01  # the default body is visibly off
+    views = {c: estimator_view(body, world, rig, c, 0.01, rng) for c in CAMERAS}
+    h = Harness(assets, rig, max_iterations_cold=20)
+    fixed = ~h.node.context.free
+    assert fixed[g["shape"]].all() and fixed[g["scale"]].all()
+    poses = [h.feed(points3d(truth + rng.normal(0, 0.003, truth.shape), k, rig, views)) for k in range(5)]
+    assert h.node.counters["start/estimator"] == 1
+    for pose in poses:
+        assert np.allclose(pose.params[fixed], world[fixed], atol=1e-5)  # every view carries the true values
+        assert mean_error_m(pose, truth) < 0.005
+
+
+def mean_error_m_of(keypoints: np.ndarray, truth: np.ndarray) -> float:
+    return float(np.linalg.norm(keypoints - truth, axis=1).mean())
+
+
+def _views_seen(msg: Points3D, rng: np.random.Generator) -> Points3D:
+    """`msg` with each point seen by 2 to 4 random cameras (the inliers that weigh the information metric)."""
+    k, v = msg.inliers.shape
+    inliers = np.zeros((k, v), bool)
+    for row in inliers:
+        row[rng.choice(v, rng.integers(2, v + 1), replace=False)] = True
+    return replace(msg, inliers=inliers, n_views=inliers.sum(1).astype(np.uint8))
+
+
+def _reordered(msg: Points3D, order: list[int]) -> Points3D:
+    """The same frame with its V axis (cameras, inliers, residuals, sources) in another order."""
+    return replace(msg, cameras=[msg.cameras[i] for i in order], inliers=msg.inliers[:, order],
+                   reproj_px=msg.reproj_px[:, order], sources_seq=msg.sources_seq[order])
+
+
+def test_the_data_term_is_information_weighted_with_the_rig_and_euclidean_without(assets, body, rig):
+    """With the `calib` of the points' version every frame gets the information metric of its inlier views, the
+    V axis read in the order of `points3d.cameras`; without it (or with a camera the rig lacks, or with the
+    setting off) the fit is Euclidean, counted."""
+    rng = np.random.default_rng(7)
+    world = world_truth(body, rng)
+    truth = model_keypoints(body, world)
+    frames = [_views_seen(points3d(truth + rng.normal(0, 0.01, truth.shape), k, rig, {}), rng) for k in range(6)]
+    reverse = [3, 2, 1, 0]
+    runs = {"metric": (rig, {}, frames), "reordered": (rig, {}, [_reordered(m, reverse) for m in frames]),
+            "no_calib": (None, {}, frames), "off": (rig, {"information_metric": False}, frames),
+            "unknown_camera": (rig, {}, [replace(m, cameras=["c0", "c1", "c2", "cx"]) for m in frames])}
+    poses, counters = {}, {}
+    for name, (with_rig, settings, msgs) in runs.items():
+        h = Harness(assets, with_rig, **settings)
+        poses[name] = [h.feed(decode(encode(m))[1]) for m in msgs]
+        counters[name] = {k: v for k, v in h.node.counters.items() if k.startswith("info/")}
+    assert counters == {"metric": {"info/metric": 6}, "reordered": {"info/metric": 6}, "no_calib": {"info/no_calib": 6},
+                        "off": {}, "unknown_camera": {"info/unknown_camera": 6}}
+
+    def losses(name):
+        return np.array([p.data_loss for p in poses[name]])
+
+    assert np.allclose(losses("reordered"), losses("metric"), rtol=1e-6)  # the V axis follows points3d.cameras
+    assert np.array_equal(losses("no_calib"), losses("off")) and np.array_equal(losses("unknown_camera"), losses("off"))
+    assert not np.allclose(losses("metric"), losses("off"), rtol=1e-2)  # the metric changes the fit
+    for name in poses:
+        assert all(mean_error_m(p, truth) < 0.015 for p in poses[name]), name

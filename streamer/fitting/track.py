@@ -37,7 +37,8 @@ from streamer.fitting.objective import FitEvaluation, FitSettings, Prior, evalua
 from streamer.fitting.solve import fit_frame, jacobian_method
 from streamer.fitting.targets import FitTargets, TargetSettings
 
-__all__ = ["TrackContext", "TrackOutput", "TrackSettings", "TrackState", "make_context", "track_init", "track_step"]
+__all__ = ["TrackContext", "TrackOutput", "TrackSettings", "TrackState", "make_context", "starts_afresh", "track_init",
+           "track_step"]
 
 _NEVER_NS = np.iinfo(np.int64).min
 
@@ -167,6 +168,17 @@ def track_init(context: TrackContext) -> TrackState:
     n_rest = context.model.num_params - n_root
     return TrackState(None, _NEVER_NS, _NEVER_NS, kalman_init(n_root, 1), kalman_init(n_rest, 1), False,
                       np.zeros(int(context.shape.sum())), 0, None)
+
+
+def _lost(state: TrackState, t_ns: int, settings: TrackSettings) -> bool:
+    """No track yet, or no fitted frame for longer than `lost_after_s` before t_ns."""
+    return state.params is None or (int(t_ns) - state.t_fit_ns) * 1e-9 > settings.lost_after_s
+
+
+def starts_afresh(state: TrackState, targets: FitTargets, t_ns: int, context: TrackContext) -> bool:
+    """Whether `track_step(state, targets, t_ns, context)` (re)initialises the track (and so uses its
+    `candidates`): usable targets, time advancing, and no track or no fit for `lost_after_s`."""
+    return targets.usable and int(t_ns) > state.t_ns and _lost(state, t_ns, context.settings)
 
 
 def _kalman_settings(context: TrackContext, accel_noise: float, max_gap_s: float) -> KalmanSettings:
@@ -309,7 +321,7 @@ def _track_step(
         return state, None
     s = context.settings
     model = context.model
-    lost = state.params is None or (t_ns - state.t_fit_ns) * 1e-9 > s.lost_after_s
+    lost = _lost(state, t_ns, s)
     if not targets.usable:
         if state.params is None:
             return replace(state, t_ns=t_ns), None
@@ -338,13 +350,15 @@ def _track_step(
         start = choose_start(model, targets, candidates=candidates, reference=reference)
         if state.params is not None:  # keep the held shape on re-initialisation
             start.params[context.shape] = reference[context.shape]
-        start_params, cold = start.params, True
+        # a first track starts the dims it does not fit (MHR's shape, scale, hands) from the reference, unless
+        # the estimator measured them
+        keep = state.params is not None or start.source == "estimator"
+        start_params, cold = (start.params if keep else np.where(free, start.params, reference)), True
         root_kf, pose_kf = kalman_init(int(context.root.sum()), 1), kalman_init(int((~context.root).sum()), 1)
         # a new track: no continuity with the held (MISSING-flagged) pose, so no slew limit
         state = replace(state, root_kf=root_kf, pose_kf=pose_kf, slewing=False)
     else:  # after a gap (slewing), the data may be far from the prediction: allow a cold fit's iterations
         start_params, cold = prediction, state.slewing
-    start_params = np.where(free, start_params, reference if state.params is None else start_params)
     if state.shape_held is not None:
         start_params[context.shape] = state.shape_held
     prior = Prior(prediction=prediction, previous=state.params, reference=reference)
