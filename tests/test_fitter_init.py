@@ -239,7 +239,7 @@ def test_real_sam3d_outputs_reach_the_mhr_layout(body, rig):
 
 
 def test_an_estimator_start_keeps_the_estimator_shape_scale_and_the_dims_it_does_not_fit(assets, body, rig):
-    """MHR's shape and scale are not fitted (and the hands only with fit_hands): a first track started from the
+    """MHR's shape and scale are not fitted (nor the hands, without fit_hands): a first track started from the
     estimator keeps the estimator's values of every dim it does not fit, instead of the model's default."""
     rng = np.random.default_rng(6)
     world = world_truth(body, rng)
@@ -255,7 +255,7 @@ def test_an_estimator_start_keeps_the_estimator_shape_scale_and_the_dims_it_does
     views = {c: estimator_view(body, world, rig, c, 0.01, rng) for c in CAMERAS}
     h = Harness(assets, rig, max_iterations_cold=20)
     fixed = ~h.node.context.free
-    assert fixed[g["shape"]].all() and fixed[g["scale"]].all()
+    assert fixed[g["shape"]].all() and fixed[g["scale"]].all() and fixed[g["hand_pose"]].all()  # fit_hands off
     poses = [h.feed(points3d(truth + rng.normal(0, 0.003, truth.shape), k, rig, views)) for k in range(5)]
     assert h.node.counters["start/estimator"] == 1
     for pose in poses:

@@ -41,6 +41,7 @@ __all__ = ["TrackContext", "TrackOutput", "TrackSettings", "TrackState", "make_c
            "track_step"]
 
 _NEVER_NS = np.iinfo(np.int64).min
+_FINGER_GROUPS = ("pose_hands", "hand_pose")  # the finger parameter groups of the body models (Anny, MHR)
 
 
 @dataclass(frozen=True)
@@ -148,7 +149,8 @@ def make_context(model: BodyModel, settings: TrackSettings = TrackSettings()) ->
     for name in settings.frozen_groups:
         free &= ~group_mask(name)
     if not settings.fit_hands:
-        free &= ~group_mask("pose_hands")
+        for name in _FINGER_GROUPS:
+            free &= ~group_mask(name)
     reference = model.default_params(1)[0].to(torch.float64).cpu().numpy()
     defined = model.keypoint_defined.cpu().numpy().astype(bool)
     # dims that move no defined keypoint only cost time: drop them (one batched difference pass)
