@@ -4,9 +4,10 @@ Two threads of its own, so the node loop and the disk never stall the sockets:
 - receiver: one SUB per input with a large RCVHWM (`rcvhwm`), stamps each message with its
   receive time (stage clock) and queues the raw wire frames (a plain deque, at most `queue_max`);
 - writer: takes everything queued, then sleeps `WRITER_IDLE_S` when the queue is empty (batches of
-  messages instead of one thread wake-up per message: the writer has no deadline); validates each message (`protocol.decode_envelope`; bad ones counted in
-  `rejects/<reason>` and dropped), counts gaps in the transport sequence per input and topic
-  (`gaps`, messages lost before they reached the recorder), and appends the byte-exact frames.
+  messages instead of one thread wake-up per message: the writer has no deadline); validates each
+  message (`protocol.decode_envelope`; bad ones counted in `rejects/<reason>` and dropped), counts
+  gaps in the transport sequence per input and topic (`gaps`, messages lost before they reached the
+  recorder), and appends the byte-exact frames.
 Chunks close after `chunk_span_s` of data and are flushed to the OS, so SIGKILL loses at most the
 open chunk (repair with `streamer recover TAKE.mcap`); SIGINT/SIGTERM finish the file properly.
 An existing take is never overwritten (a restarted recorder writes `<stem>-<UTC time>.mcap`).
