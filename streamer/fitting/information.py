@@ -30,16 +30,14 @@ def point_information(points: np.ndarray, inliers: np.ndarray, rig: Rig) -> np.n
         raise ValueError(f"point_information: expected points (K, 3) and inliers (K, {len(rig)}); "
                          f"got {points.shape}, {inliers.shape}")
     finite = np.isfinite(points).all(1)
-    cam = np.einsum("vij,kj->vki", rig.R, np.where(finite[:, None], points, 0.0)) + rig.t[:, None]  # (V, K, 3)
+    cam = np.matmul(np.where(finite[:, None], points, 0.0), rig.R.transpose(0, 2, 1)) + rig.t[:, None]  # (V, K, 3)
     z = cam[..., 2]
     seen = inliers.T & finite[None] & (z > 1e-3)  # (V, K)
-    inv_z = 1.0 / np.where(seen, z, 1.0)
-    fx, fy = rig.K[:, 0, 0, None], rig.K[:, 1, 1, None]
-    # d(u, v)/d(camera point) = [[fx/z, 0, -fx x/z^2], [0, fy/z, -fy y/z^2]]
-    jac_cam = np.zeros(z.shape + (2, 3))
-    jac_cam[..., 0, 0] = fx * inv_z
-    jac_cam[..., 0, 2] = -fx * cam[..., 0] * inv_z**2
-    jac_cam[..., 1, 1] = fy * inv_z
-    jac_cam[..., 1, 2] = -fy * cam[..., 1] * inv_z**2
-    jac = np.einsum("vkab,vbc->vkac", jac_cam, rig.R) * seen[..., None, None]  # world Jacobian (V, K, 2, 3)
-    return np.einsum("vkai,vkaj->kij", jac, jac)
+    inv_z = np.where(seen, 1.0 / np.where(seen, z, 1.0), 0.0)  # 0 where unseen: no rows
+    # rows of the world Jacobian of (u, v): f / z * (R_row - (x or y) / z * R_row_z), R world -> camera
+    jac = np.empty(z.shape + (2, 3))  # (V, K, 2, 3)
+    for axis, focal in ((0, rig.K[:, 0, 0]), (1, rig.K[:, 1, 1])):
+        ratio = cam[..., axis] * inv_z
+        jac[..., axis, :] = (focal[:, None] * inv_z)[..., None] * (rig.R[:, None, axis] - ratio[..., None] * rig.R[:, None, 2])
+    rows = jac.transpose(1, 0, 2, 3).reshape(len(points), -1, 3)  # (K, 2V, 3)
+    return np.matmul(rows.transpose(0, 2, 1), rows)

@@ -141,7 +141,7 @@ def _metric(information: np.ndarray, valid: np.ndarray, weights: np.ndarray, flo
     cum = np.cumsum(weights[use][order])
     scale = mean_eig[order][np.searchsorted(cum, 0.5 * cum[-1])]  # weighted median
     scaled = np.maximum(eigval / scale, floor)
-    metric = np.einsum("kij,kj,klj->kil", eigvec, scaled, eigvec)
+    metric = np.matmul(eigvec * scaled[:, None, :], eigvec.transpose(0, 2, 1))
     metric = 0.5 * (metric + np.swapaxes(metric, 1, 2))
     return np.where(use[:, None, None], metric, identity), ok
 
