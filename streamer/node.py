@@ -87,6 +87,7 @@ log = logging.getLogger(__name__)
 
 FLUSH_MS = 500  # how long queued output may take to leave at shutdown
 MAX_POLL_MS = 50  # the loop wakes at least this often (signals, housekeeping)
+HOUSEKEEPING_MS = 10  # heartbeats, state re-sends and input liveness are checked this often (and on subscriptions)
 MIN_RATE_WINDOW_S = 0.2  # a rate over a shorter window (e.g. the final stats at shutdown) is not measured
 _MAX_BATCH = 1000  # messages dispatched per loop iteration before ticks get a turn
 _LATENCY_WINDOW = 4096
@@ -331,7 +332,8 @@ class Node:
             poller.register(sock, zmq.POLLIN)
         start = time.monotonic_ns()
         end = start + int(cfg.seconds * 1e9) if cfg.seconds is not None else None
-        next_tick = next_dispatch = start
+        next_tick = next_dispatch = next_housekeeping = start
+        housekeeping_ns = HOUSEKEEPING_MS * 1_000_000
         stats_ns = int(cfg.stats_interval_s * 1e9)
         next_stats = start + stats_ns
         self._window_start_mono_ns = start
@@ -340,7 +342,7 @@ class Node:
             now = time.monotonic_ns()
             wake = next_tick if dispatch_ns <= 0 else min(next_tick, next_dispatch)
             wait_ms = min(MAX_POLL_MS, max(0, -(-(wake - now) // 1_000_000)))
-            poller.poll(wait_ms)
+            subscribed = any(sock is pub.socket for sock, _ in poller.poll(wait_ms))
             now = time.monotonic_ns()
             if now >= next_dispatch:
                 self._dispatch(sub)
@@ -355,16 +357,18 @@ class Node:
                     self._handler_error("on_tick")
                 tick_ns = int(self.tick_interval_s * 1e9)
                 next_tick = next_tick + tick_ns if now - next_tick < tick_ns else now + tick_ns
-            pub.service(now)
-            for peer, alive in sub.check_liveness(now):
-                self.count("peer_revived" if alive else "peer_dead")
-                if alive:
-                    self.log.info("input %s alive", peer)
-                elif sub.liveness.last_seen_ns[peer] is None:
-                    self.log.warning("input %s never heard (is it running? endpoint %s)", peer, sub.peers[peer])
-                else:
-                    self.log.warning("input %s DEAD (no heartbeat)", peer)
-                self.on_peer(peer, alive)
+            if subscribed or now >= next_housekeeping:  # not on every input: costs per wake-up add up
+                next_housekeeping = now + housekeeping_ns
+                pub.service(now)
+                for peer, alive in sub.check_liveness(now):
+                    self.count("peer_revived" if alive else "peer_dead")
+                    if alive:
+                        self.log.info("input %s alive", peer)
+                    elif sub.liveness.last_seen_ns[peer] is None:
+                        self.log.warning("input %s never heard (is it running? endpoint %s)", peer, sub.peers[peer])
+                    else:
+                        self.log.warning("input %s DEAD (no heartbeat)", peer)
+                    self.on_peer(peer, alive)
             if now >= next_stats:
                 self._publish_stats(now)
                 next_stats = now + stats_ns
@@ -377,11 +381,12 @@ class Node:
             items = list(sub.drain_latest().items())
         else:
             items = []
-            for _ in range(_MAX_BATCH):
-                got = sub.recv(0)
-                if got is None:
-                    break
+            got = sub.recv(0)
+            while got is not None:  # what the sockets held when polled; no second poll only to find them empty
                 items.append(got)
+                if len(items) >= _MAX_BATCH or not sub.queue_depth():
+                    break
+                got = sub.recv(0)
         for topic, msg in items:
             self._recv_mono_ns = time.monotonic_ns()
             try:
