@@ -230,12 +230,16 @@ _jit = numba.njit(cache=True, nogil=True, error_model="numpy")
 
 
 @_jit
+def _matvec(a, b):
+    """(3, 3) @ (3,), spelled out."""
+    return np.array([a[0, 0] * b[0] + a[0, 1] * b[1] + a[0, 2] * b[2],
+                     a[1, 0] * b[0] + a[1, 1] * b[1] + a[1, 2] * b[2],
+                     a[2, 0] * b[0] + a[2, 1] * b[1] + a[2, 2] * b[2]])
+
+
+@_jit
 def _matmul(a, b):
-    """(3, 3) @ (3, 3) or (3, 3) @ (3,), spelled out (numba's BLAS-backed `@` takes long to compile)."""
-    if b.ndim == 1:
-        return np.array([a[0, 0] * b[0] + a[0, 1] * b[1] + a[0, 2] * b[2],
-                         a[1, 0] * b[0] + a[1, 1] * b[1] + a[1, 2] * b[2],
-                         a[2, 0] * b[0] + a[2, 1] * b[1] + a[2, 2] * b[2]])
+    """(3, 3) @ (3, 3), spelled out (numba's BLAS-backed `@` takes long to compile)."""
     out = np.empty((3, 3))
     for i in range(3):
         for j in range(3):
@@ -312,7 +316,7 @@ def _set_swing(pos, world, valid, parents, d0, b, target):
     parent_rot = world[parents[b]].copy()
     d, ok = _unit(target - pos[b])
     if ok:
-        world[b] = _matmul(_swing(_matmul(parent_rot, d0[b]), d, parent_rot[:, 2].copy()), parent_rot)
+        world[b] = _matmul(_swing(_matvec(parent_rot, d0[b]), d, parent_rot[:, 2].copy()), parent_rot)
     else:
         world[b] = parent_rot
     valid[b] = ok
