@@ -192,7 +192,8 @@ class Capture(Node):
                 self.publish_state(self.calib)
             if isinstance(source, SyntheticSource) or not (s.pace or source.live):
                 # offline files: every frame in order; the synthetic stage paces itself on the stage clock and
-                # skips to the current frame when behind, so it is read in the loop (publish the moment it is due)
+                # skips to the current frame when behind, so it is read in the loop the moment it is due
+                # (`_due_cameras`: the earliest exposure among the cameras first)
                 self.grabbers[camera] = SequentialReader(source)
             else:
                 self.grabbers[camera] = LatestFrameGrabber(source, pace=not source.live).start()
@@ -247,10 +248,23 @@ class Capture(Node):
             self.count("hinted_frames")
         return View(camera, frame.image, K, boxes=boxes, box_scores=scores, track_ids=track_ids)
 
+    def _due_cameras(self) -> list[str]:
+        """Cameras whose frame can be read now. Synthetic cameras are read in the loop (no thread): wait for
+        the earliest exposure among them, then take every one that is due, so one camera's wait never
+        delays another's frame (reading them in turn locked a camera up to a period behind another)."""
+        due = {c: g.source.next_due_ns() for c, g in self.grabbers.items() if isinstance(g.source, SyntheticSource)}
+        timed = [t for t in due.values() if t is not None]
+        if timed:
+            wait_ns = min(timed) - self.clock.now_ns()
+            if wait_ns > 0:
+                time.sleep(wait_ns / 1e9)
+        now = self.clock.now_ns()
+        return [c for c in self.grabbers if c not in due or due[c] is None or due[c] <= now]
+
     def on_tick(self, now_ns: int) -> None:
         frames = {}
-        for camera, grabber in self.grabbers.items():
-            frame = grabber.latest(timeout_s=0)
+        for camera in self._due_cameras():
+            frame = self.grabbers[camera].latest(timeout_s=0)
             if frame is not None:
                 frames[camera] = frame
         image_frames = {c: f for c, f in frames.items() if f.image is not None}

@@ -8,6 +8,7 @@ import cv2
 import numpy as np
 import pytest
 
+import streamer.capture.sources as sources_module
 from streamer.capture.latest import LatestFrameGrabber
 from streamer.capture.sources import (
     ImageFolderSource,
@@ -228,7 +229,7 @@ def test_paced_source_behind_real_time_skips_to_stay_live(small_video):
     assert after and np.median(after) < 3 * FRAME_NS / 1e6  # back to real time, not 500 ms behind
 
 
-def test_live_synthetic_source_starts_at_the_current_frame_without_counting_earlier_ones_as_skipped():
+def test_live_synthetic_source_starts_at_the_current_frame_without_counting_earlier_ones_as_skipped(monkeypatch):
     """The stage started long before the capture node: the first read is the current frame, `skipped` stays 0;
     falling behind afterwards is counted."""
     from streamer.synthetic.observe import ObservationSettings
@@ -237,11 +238,23 @@ def test_live_synthetic_source_starts_at_the_current_frame_without_counting_earl
 
     stage = SyntheticStage(StageSettings(rig=RigSettings(cameras=2, fps=30.0), distractor=False,
                                          observation=ObservationSettings(drop_rate=0.0)))
-    now_ns = [stage.frame_time_ns(1000) + 1]  # the stage clock, set by the test: frame 1000 is due
+    now_ns = [stage.exposure_time_ns(1000, "cam0") + 1]  # the stage clock, set by the test: frame 1000 is due
     source = SyntheticSource(stage, "cam0", realtime=True, clock_ns=lambda: now_ns[0])
     first = source.read()
     assert first.index == 1000 and first.t_capture_ns >= stage.frame_time_ns(1000) - 10**8
     assert source.skipped == 0
-    now_ns[0] = stage.frame_time_ns(1005) + 1  # the reader fell behind by frames 1001..1004
+    now_ns[0] = stage.exposure_time_ns(1005, "cam0") + 1  # the reader fell behind by frames 1001..1004
     assert source.read().index == 1005
     assert source.skipped == 4
+    # a frame is never delivered before its exposure (frame time + the camera's trigger phase): the source
+    # waits for it (the test's sleep moves the test's clock)
+    now_ns[0] = stage.exposure_time_ns(1006, "cam0") - 2_000_000
+    slept = []
+
+    def sleep(seconds: float) -> None:
+        slept.append(seconds)
+        now_ns[0] += round(seconds * 1e9)
+
+    monkeypatch.setattr(sources_module.time, "sleep", sleep)
+    assert source.read().index == 1006 and slept == [pytest.approx(0.002)]
+    assert now_ns[0] >= stage.exposure_time_ns(1006, "cam0")

@@ -352,8 +352,9 @@ class ReplaySource(FrameSource):
 class SyntheticSource(FrameSource):
     """One camera of the synthetic stage (streamer/synthetic `SyntheticStage`): its observation model's persons.
 
-    realtime=True (a live camera): frame i is due at `stage.frame_time_ns(i)` on `clock_ns` (the stage clock),
-    so every process with the same stage settings produces the same frame at the same time; the first read
+    realtime=True (a live camera): frame i is delivered at its exposure time `stage.exposure_time_ns(i, camera)`
+    (frame time + the camera's trigger phase) on `clock_ns` (the stage clock), never before it was exposed, so
+    every process with the same stage settings produces the same frame at the same time; the first read
     starts at the current frame (the frames before it are not counted), and a reader that later falls behind
     skips to the current frame (counted in `skipped`), as a camera would. realtime=False: frames
     start, start+1, ... as fast as they are read, with their own times. Frames the stage drops are skipped
@@ -379,8 +380,15 @@ class SyntheticSource(FrameSource):
         return self.stage.fps
 
     def _current_index(self) -> int:
-        elapsed_ns = self._clock_ns() - self.stage.frame_time_ns(0)
+        elapsed_ns = self._clock_ns() - self.stage.exposure_time_ns(0, self.camera)
         return max(0, int(elapsed_ns * self.stage.fps // _NS_PER_S))
+
+    def next_due_ns(self) -> int | None:
+        """Stage time (on `clock_ns`) at which the next `read()` returns without waiting: the exposure of the
+        next frame, or of the current one when the reader is behind; None when not live or at the end."""
+        if not self.live or (self._stop is not None and self._next >= self._stop):
+            return None
+        return self.stage.exposure_time_ns(max(self._next, self._current_index()), self.camera)
 
     def read(self) -> Frame | None:
         while self._stop is None or self._next < self._stop:
@@ -391,7 +399,7 @@ class SyntheticSource(FrameSource):
                     if self._started:
                         self.skipped += current - index
                     index = current
-                wait_ns = self.stage.frame_time_ns(index) - self._clock_ns()
+                wait_ns = self.stage.exposure_time_ns(index, self.camera) - self._clock_ns()
                 if wait_ns > 0:
                     time.sleep(wait_ns / _NS_PER_S)
             self._next = index + 1

@@ -112,6 +112,11 @@ class SyntheticStage:
         """Nominal (true) stage time of frame `frame_index`."""
         return self.settings.t0_ns + round(frame_index * _NS / self.fps)
 
+    def exposure_time_ns(self, frame_index: int, camera: str) -> int:
+        """Stage time at which `camera` exposes frame `frame_index`: the frame time plus the camera's trigger
+        phase (its capture jitter, ~1 ms, left out). A live source delivers the frame no earlier."""
+        return self.frame_time_ns(frame_index) + round(self._phase_s[camera] * _NS)
+
     def truth_points(self, frame_index: int) -> np.ndarray:
         """(N, 70, 3) true points of every person at frame `frame_index`, metres, world."""
         k = frame_index % self.cycle_frames
