@@ -70,7 +70,8 @@ class Settings:
     sam3d_checkpoint_path: str = ""  # <hf download>/model.ckpt (model_config.yaml beside it)
     sam3d_mhr_path: str = ""  # <hf download>/assets/mhr_model.pt
     sam3d_device: str = "cuda"
-    sam3d_inference: Literal["full", "body"] = "full"
+    sam3d_inference: Literal["full", "body", "fast"] = "full"  # fast: body-only, every camera's crops in one
+    # forward, compiled backbone and CUDA-graph decoder (streamer/capture/sam3d_fast.py; README "SAM-3D Body on a GPU")
     detector: Literal["none", "onnx"] = "none"  # finds persons when no track hint is fresh (none: the estimator's own search)
     detector_onnx_path: str = ""  # user-supplied ONNX person detector (see streamer/capture/onnx_detector.py)
     detector_device: str = "cpu"  # "cuda" uses onnxruntime-gpu when installed
@@ -131,13 +132,28 @@ def build_estimator(settings: Settings) -> tuple[Estimator | None, object | None
         from streamer.capture.mediapipe_pose import MediaPipeEstimator
 
         return MediaPipeEstimator(min_visibility=settings.mediapipe_min_visibility), detector
-    from streamer.capture.sam3d import Sam3dEstimator, build_sam3d_body
+    from streamer.capture.sam3d import build_sam3d_body
 
     # upstream's own detector (ViTDet, built by its repo's tools/build_detector.py) can be given to
     # build_sam3d_body(human_detector=...) by code that builds the estimator itself
     upstream = build_sam3d_body(settings.sam3d_checkpoint_path, settings.sam3d_mhr_path, device=settings.sam3d_device)
-    return Sam3dEstimator(upstream, inference_type=settings.sam3d_inference,
-                          bbox_thr=settings.detector_score), detector
+    return sam3d_estimator(upstream, settings), detector
+
+
+def sam3d_estimator(upstream, settings: Settings):
+    """The SAM-3D Body estimator for a built upstream `SAM3DBodyEstimator`: the stock call per view, or the fast
+    path (`sam3d_inference = "fast"`) serving every camera of this process in one batched forward, with the graphs
+    recorded for one crop per camera during the node's warm-up; views without boxes go through the stock call."""
+    from streamer.capture.sam3d import Sam3dEstimator
+
+    if settings.sam3d_inference != "fast":
+        return Sam3dEstimator(upstream, inference_type=settings.sam3d_inference, bbox_thr=settings.detector_score)
+    from streamer.capture.sam3d_fast import FastBodyEstimator, FastSam3dEstimator
+
+    on_gpu = str(settings.sam3d_device).startswith("cuda")
+    fast = FastBodyEstimator(upstream.model, cuda_graphs=on_gpu, compile_backbone=on_gpu, graph_decoder=on_gpu,
+                             batch_sizes=(len(settings.cameras),))
+    return FastSam3dEstimator(fast, upstream, bbox_thr=settings.detector_score)
 
 
 class Capture(Node):

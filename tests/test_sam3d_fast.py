@@ -428,3 +428,28 @@ def test_batch_sizes_pad_calls_to_a_few_sizes_with_the_same_outputs_and_warm_up_
     assert model.batch_sizes_seen[:2] == [2, 8]  # the first call warms both sizes (then the stock call runs)
     with pytest.raises(ValueError, match="batch_sizes"):
         FastBodyEstimator(model, batch_sizes=(0, 4))
+
+
+def test_capture_node_setting_fast_builds_the_fast_path_for_its_cameras():
+    """`sam3d_inference = "fast"` in a capture node: the fast estimator over the upstream object's model, padded
+    to one crop per camera of the process; its persons equal the fast path's own (STAND-IN model, CPU)."""
+    from nodes.capture import Settings, sam3d_estimator
+    from streamer.capture.sam3d import Sam3dEstimator
+
+    model = StandInSam3dBody().eval()
+    upstream = SimpleNamespace(model=model)
+    settings = Settings(cameras=("a", "b"), estimator="sam3d", sam3d_inference="fast", sam3d_device="cpu")
+    estimator = sam3d_estimator(upstream, settings)
+    assert isinstance(estimator, FastSam3dEstimator) and estimator.stock is upstream
+    assert estimator.fast.model is model and estimator.fast.batch_sizes == (2,)
+    images, requests = _images(), _requests()
+    K = requests[0].camera_matrix
+    views = [View("a", images[0], K, boxes=requests[0].box_xyxy[None]),
+             View("b", images[1], K, boxes=requests[1].box_xyxy[None])]
+    persons = estimator.estimate(views)
+    direct = FastBodyEstimator(model, cuda_graphs=False).estimate(
+        images[:2], [CropRequest(0, requests[0].box_xyxy, K), CropRequest(1, requests[1].box_xyxy, K)])
+    for got, want in zip(persons, direct):
+        np.testing.assert_allclose(got[0].params["cam_t"], want["pred_cam_t"], rtol=1e-5)
+    stock = sam3d_estimator(upstream, Settings(cameras=("a",), estimator="sam3d", sam3d_inference="body"))
+    assert isinstance(stock, Sam3dEstimator) and stock.inference_type == "body"
