@@ -310,3 +310,26 @@ def test_the_data_term_is_information_weighted_with_the_rig_and_euclidean_withou
     assert not np.allclose(losses("metric"), losses("off"), rtol=1e-2)  # the metric changes the fit
     for name in poses:
         assert all(mean_error_m(p, truth) < 0.015 for p in poses[name]), name
+
+
+def test_a_track_stuck_in_a_wrong_pose_is_reinitialised(assets, body, rig):
+    """The subject's points turn half round and move 0.3 m between two frames (an identity swap upstream): one
+    LM step per frame from the warm start crawls out of the wrong pose for seconds; after `relock_after_s` without
+    a good fit the track starts afresh from the points and is good again."""
+    rng = np.random.default_rng(8)
+    truth = model_keypoints(body, world_truth(body, rng))
+    centre = truth.mean(0)
+    moved = (truth - centre) @ np.diag([-1.0, -1.0, 1.0]) + centre + [0.3, 0.0, 0.0]
+    errors = {}
+    for relock_after_s in (0.5, 0.0):
+        h = Harness(assets, rig, relock_after_s=relock_after_s)
+        poses = [h.feed(points3d((truth if k < 15 else moved) + rng.normal(0, 0.003, truth.shape), k, rig, {}))
+                 for k in range(45)]
+        errors[relock_after_s] = [mean_error_m(p, truth if k < 15 else moved) for k, p in enumerate(poses)]
+        starts = h.node.counters["start/canonical"]
+        assert starts == (2 if relock_after_s else 1)
+        assert all(p.verdict == "good" for p in poses[5:15]) and poses[16].verdict == "poor"
+        if relock_after_s:
+            assert all(p.verdict == "good" for p in poses[15 + 17:])  # 0.5 s of poor fits, then the restart
+    assert max(errors[0.5][32:]) < 0.005
+    assert min(errors[0.0][32:]) > 0.05  # without the restart still far off 1 s later

@@ -4,14 +4,17 @@
 node keeps one `TrackState` per person). Per frame:
 
 - usable targets: start from the constant-velocity prediction (a Kalman over the parameters),
-  or re-initialise (`choose_start`) when there is no track or it was lost (no usable frame for
-  `lost_after_s`); fit with the acceleration prior toward that prediction; ship the fit.
+  or re-initialise (`choose_start`) when there is no track, it was lost (no usable frame for
+  `lost_after_s`) or it is stuck (fitted frames without a "good" verdict for `relock_after_s`: a
+  warm start caught in a wrong pose that one LM step per frame does not leave); fit with the
+  acceleration prior toward that prediction; ship the fit.
 - unusable targets (or NaN input): never fitted and never fed to any filter; the root
   translation is coasted for up to `coast_root_s` and every rotation (global and joints) for
   `coast_pose_s` (flags PREDICTED), then held (flags MISSING).
 - after any frame that was not a fit (or a gap without frames), the next fits are slew-limited:
   no keypoint moves faster than `max_speed_mps` between shipped poses (no jump at re-acquisition);
-  a lost track starts afresh instead (its held pose was flagged MISSING).
+  a lost track starts afresh instead (its held pose was flagged MISSING), as does a stuck one (its
+  verdicts said its pose was wrong).
 - shape: free (if the model lets it move) over the first `shape_frames` good fits, then held at
   their mean for the rest of the track.
 - keypoint offsets (a subject-specific marker calibration, for models with `set_keypoint_offsets`):
@@ -55,7 +58,8 @@ class TrackSettings:
     weight over the window reaches this. jacobian_stagger: with a difference Jacobian, a warm frame
     recomputes every n-th column (Broyden updates carry the rest); an analytic one is recomputed whole.
     root_accel_noise / pose_accel_noise: Kalman process
-    noise of the parameter prediction (rad/s^2 or m/s^2); param_meas_std: its measurement std."""
+    noise of the parameter prediction (rad/s^2 or m/s^2); param_meas_std: its measurement std.
+    relock_after_s: fitted frames without a "good" verdict this long -> re-initialise (0: never)."""
 
     fit: FitSettings = field(default_factory=FitSettings)
     targets: TargetSettings = field(default_factory=TargetSettings)
@@ -76,6 +80,7 @@ class TrackSettings:
     root_accel_noise: float = 2.0
     pose_accel_noise: float = 20.0
     param_meas_std: float = 0.02
+    relock_after_s: float = 0.5
 
 
 @dataclass(frozen=True)
@@ -101,7 +106,8 @@ class TrackState:
     jacobian_phase: the carried keypoint Jacobian and its refresh phase; offsets: (K, 3) the keypoint
     offsets in use (None: zero); offset_sum (K, 3) / offset_info (K, 3, 3) / offset_weight (K,) /
     offset_count: the current calibration window (node-frame metric-weighted residual sum, metric sum,
-    weight sum, fits); offset_round: windows done."""
+    weight sum, fits); offset_round: windows done; t_good_ns: last fit judged "good", slew-limited (its
+    pose lags the data on purpose) or (re)initialised."""
 
     params: np.ndarray | None
     t_ns: int
@@ -120,6 +126,7 @@ class TrackState:
     offset_info: np.ndarray | None = None
     offset_count: int = 0
     offset_round: int = 0
+    t_good_ns: int = _NEVER_NS
 
 
 @dataclass(frozen=True)
@@ -173,8 +180,11 @@ def track_init(context: TrackContext) -> TrackState:
 
 
 def _lost(state: TrackState, t_ns: int, settings: TrackSettings) -> bool:
-    """No track yet, or no fitted frame for longer than `lost_after_s` before t_ns."""
-    return state.params is None or (int(t_ns) - state.t_fit_ns) * 1e-9 > settings.lost_after_s
+    """No track yet, no fitted frame for longer than `lost_after_s` before t_ns, or fitted frames judged not
+    "good" for `relock_after_s` (a track stuck in a wrong pose; gaps without fits and slew-limited
+    re-acquisition do not count as stuck)."""
+    return (state.params is None or (int(t_ns) - state.t_fit_ns) * 1e-9 > settings.lost_after_s
+            or (settings.relock_after_s > 0 and (state.t_fit_ns - state.t_good_ns) * 1e-9 >= settings.relock_after_s))
 
 
 def starts_afresh(state: TrackState, targets: FitTargets, t_ns: int, context: TrackContext) -> bool:
@@ -358,7 +368,7 @@ def _track_step(
         start_params, cold = (start.params if keep else np.where(free, start.params, reference)), True
         root_kf, pose_kf = kalman_init(int(context.root.sum()), 1), kalman_init(int((~context.root).sum()), 1)
         # a new track: no continuity with the held (MISSING-flagged) pose, so no slew limit
-        state = replace(state, root_kf=root_kf, pose_kf=pose_kf, slewing=False)
+        state = replace(state, root_kf=root_kf, pose_kf=pose_kf, slewing=False, t_good_ns=t_ns)
     else:  # after a gap (slewing), the data may be far from the prediction: allow a cold fit's iterations
         start_params, cold = prediction, state.slewing
     if state.shape_held is not None:
@@ -396,5 +406,6 @@ def _track_step(
         state = _calibrate_offsets(context, state, params, targets, evaluation)
     new = replace(state, params=params, t_ns=t_ns, t_fit_ns=t_ns, root_kf=root_kf, pose_kf=pose_kf,
                   slewing=slewing, shape_sum=shape_sum, shape_count=shape_count, shape_held=shape_held,
-                  jacobian=result.jacobian, jacobian_phase=(state.jacobian_phase + 1) % stagger)
+                  jacobian=result.jacobian, jacobian_phase=(state.jacobian_phase + 1) % stagger,
+                  t_good_ns=t_ns if evaluation.verdict == Verdict.GOOD or slewing else state.t_good_ns)
     return new, _output(context, params32, evaluation, targets, result.iterations, "fit")
