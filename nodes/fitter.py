@@ -22,13 +22,12 @@ less than error in the cameras' image planes. Without that rig (or with a camera
 fitted with the Euclidean term (counted). Every tracking default is the library's (`TrackSettings`).
 
 Initialisation (a person's first fit, and again after the track was lost, or stuck: no good fit for
-`relock_after_s`): with the MHR body the
-estimator's per-view parameters (`points3d.view_params`, SAM-3D Body's MHR parameters in each camera's
-frame) are turned into world-frame candidates with the rig calibration (`calib` state: the root rotation
-camera -> world, the translation re-solved) and the candidate whose rigidly aligned keypoints fit the
-3D points best is the start (`streamer.fitting.init.choose_start`); views of cameras missing from the
-rig named by `points3d.calib_version`, or with malformed parameters, are skipped (counted). Without
-candidates the start is the canonical pose aligned to the points. The Anny body cannot take MHR
+`relock_after_s`): with the MHR body the estimator's per-view parameters (`points3d.view_params`, SAM-3D
+Body's MHR parameters in each camera's frame) are turned into world-frame candidates with the rig calibration
+(`calib` state: the root rotation camera -> world, the translation re-solved) and the candidate whose rigidly
+aligned keypoints fit the 3D points best is the start (`streamer.fitting.init.choose_start`); views of cameras
+missing from the rig named by `points3d.calib_version`, or with malformed parameters, are skipped (counted).
+Without candidates the start is the canonical pose aligned to the points. The Anny body cannot take MHR
 parameters: the node says so once in the log and starts from the canonical pose.
 
 Counters: frames, published, stale_sent, verdict/<v>, source/<fit|coast|hold>, rejects/bad_points3d,
@@ -105,8 +104,8 @@ def track_settings(s: Settings) -> TrackSettings:
         fit=replace(_TRACK.fit, huber_m=s.huber_m, accel_prior=s.accel_prior, max_iterations=s.max_iterations,
                     max_iterations_cold=s.max_iterations_cold, good_rms_m=s.good_rms_m),
         targets=replace(_TRACK.targets, min_valid=s.min_valid_points),
-        lost_after_s=s.lost_after_s, relock_after_s=s.relock_after_s, coast_root_s=s.coast_root_s, coast_pose_s=s.coast_pose_s,
-        max_speed_mps=s.max_speed_mps, shape_frames=s.shape_frames, fit_hands=s.fit_hands,
+        lost_after_s=s.lost_after_s, relock_after_s=s.relock_after_s, coast_root_s=s.coast_root_s,
+        coast_pose_s=s.coast_pose_s, max_speed_mps=s.max_speed_mps, shape_frames=s.shape_frames, fit_hands=s.fit_hands,
         offset_frames=s.offset_frames, offset_rounds=s.offset_rounds, smooth_output=s.smooth_output,
         root_accel_noise=s.root_accel_noise, pose_accel_noise=s.pose_accel_noise)
 

@@ -38,6 +38,7 @@ def point_information(points: np.ndarray, inliers: np.ndarray, rig: Rig) -> np.n
     jac = np.empty(z.shape + (2, 3))  # (V, K, 2, 3)
     for axis, focal in ((0, rig.K[:, 0, 0]), (1, rig.K[:, 1, 1])):
         ratio = cam[..., axis] * inv_z
-        jac[..., axis, :] = (focal[:, None] * inv_z)[..., None] * (rig.R[:, None, axis] - ratio[..., None] * rig.R[:, None, 2])
+        scale = (focal[:, None] * inv_z)[..., None]
+        jac[..., axis, :] = scale * (rig.R[:, None, axis] - ratio[..., None] * rig.R[:, None, 2])
     rows = jac.transpose(1, 0, 2, 3).reshape(len(points), -1, 3)  # (K, 2V, 3)
     return np.matmul(rows.transpose(0, 2, 1), rows)
