@@ -28,6 +28,7 @@ the exact names of the upstream nodes it reads (`inputs`). Example:
     delivery = "all"                # "all" (default) | "latest": newest message per topic only
     hwm = 100                       # optional socket queue bound, messages
     clock_offset_ns = 0             # optional: inject a clock offset (tests, drills)
+    cpus = [1]                      # optional: pin the process (and its threads) to these CPUs of its host
 
 Settings keys ending in `_path`/`_file` are input files: resolved relative to the graph file
 and must exist. Keys ending in `_dir` are resolved the same way but not required to exist.
@@ -95,7 +96,8 @@ BACKOFF_MAX_S = 8.0
 BACKOFF_RESET_AFTER_S = 10.0
 STOP_GRACE_S = 5.0
 _REPO_ROOT = Path(__file__).resolve().parents[1]
-_NODE_KEYS = {"kind", "host", "port", "endpoint", "inputs", "settings", "restart", "delivery", "hwm", "clock_offset_ns"}
+_NODE_KEYS = {"kind", "host", "port", "endpoint", "inputs", "settings", "restart", "delivery", "hwm", "clock_offset_ns",
+              "cpus"}
 _GRAPH_KEYS = {"name", "base_port", "heartbeat_interval_s", "stats_interval_s", "clock_master", "clock_port", "keys_dir",
                "stop_grace_s"}
 
@@ -117,6 +119,7 @@ class NodeSpec:
     latest: bool = False
     hwm: int | None = None
     clock_offset_ns: int = 0
+    cpus: tuple[int, ...] = ()  # CPU affinity of the process on its host; () = the scheduler's choice
 
 
 @dataclass(frozen=True)
@@ -277,6 +280,10 @@ def _load_graph(path: Path) -> Graph:
         offset = n.get("clock_offset_ns", 0)
         if type(offset) is not int:
             fail(f"{where} field 'clock_offset_ns'", f"expected an integer, got {offset!r}")
+        cpus = n.get("cpus", [])
+        if (not isinstance(cpus, list) or any(type(c) is not int or not 0 <= c < 4096 for c in cpus)
+                or len(set(cpus)) != len(cpus)):
+            fail(f"{where} field 'cpus'", f"expected a list of distinct CPU numbers (0..4095), got {cpus!r}")
         if not isinstance(n.get("settings", {}), dict):
             fail(f"{where} field 'settings'", "expected a table")
         settings = _resolve_paths(dict(n.get("settings", {})), path.parent, lambda f, t: fail(f"{where} field {f!r}", t))
@@ -288,7 +295,7 @@ def _load_graph(path: Path) -> Graph:
             raise GraphError(f"{path}: {where} field {exc}") from None
         specs[name] = NodeSpec(
             name=name, kind=kind, host=host, bind=bind, connect=connect, inputs=tuple(inputs), settings=settings,
-            restart=restart, latest=delivery == "latest", hwm=hwm, clock_offset_ns=offset,
+            restart=restart, latest=delivery == "latest", hwm=hwm, clock_offset_ns=offset, cpus=tuple(cpus),
         )
 
     keys_dir = None
@@ -388,6 +395,12 @@ class Supervisor:
     def _spawn(self, proc: _Proc) -> None:
         proc.popen = subprocess.Popen(proc.cmd, env=self._env, start_new_session=True)
         proc.started_mono = time.monotonic()
+        if proc.spec.cpus:  # before the node starts its threads, which inherit it
+            try:
+                os.sched_setaffinity(proc.popen.pid, proc.spec.cpus)
+            except OSError as exc:  # e.g. a CPU this host does not have: run unpinned, say so
+                log.error("node %s: cannot pin to cpus %s (this host has %s): %s", proc.spec.name,
+                          list(proc.spec.cpus), sorted(os.sched_getaffinity(0)), exc)
         log.info("started %s (%s) pid=%d", proc.spec.name, proc.spec.kind, proc.popen.pid)
 
     def pids(self) -> dict[str, int | None]:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -119,6 +120,9 @@ def test_input_file_is_resolved_relative_to_the_graph(tmp_path):
         ('[nodes.a]\nkind = "pulse"\nport = 80\n', "node 'a' field 'port'"),
         ('[nodes.a]\nkind = "pulse"\ncolour = "red"\n', "node 'a': unknown field(s) ['colour']"),
         ('[nodes.a]\nkind = "pulse"\nhost = "x"\n', "node 'a' field 'host'"),
+        ('[nodes.a]\nkind = "pulse"\ncpus = [0, 0]\n', "node 'a' field 'cpus'"),
+        ('[nodes.a]\nkind = "pulse"\ncpus = "0"\n', "node 'a' field 'cpus'"),
+        ('[nodes.a]\nkind = "pulse"\ncpus = [-1]\n', "node 'a' field 'cpus'"),
         ('[graph]\nkeys_dir = "keys"\n[nodes.a]\nkind = "pulse"\n', "[graph] field 'keys_dir'"),
         ('[graph]\nclock_master = "zz"\nclock_port = 6000\n[nodes.a]\nkind = "pulse"\n', "[graph] field 'clock_master'"),
         ('[nodes.a]\nkind = "pulse"\n[nodes.a.settings]\n', "graph.toml"),
@@ -177,6 +181,21 @@ def test_node_cli_rejects_bad_settings_with_exit_2():
 
 
 @pytest.mark.slow
+def test_a_node_with_cpus_runs_pinned_to_them(tmp_path):
+    cpu = max(os.sched_getaffinity(0))
+    g = load_graph(write(tmp_path, f'[graph]\nbase_port = 6630\n[nodes.a]\nkind = "pulse"\ncpus = [{cpu}]\n'
+                                   '[nodes.b]\nkind = "pulse"\n'))
+    assert g.nodes["a"].cpus == (cpu,) and g.nodes["b"].cpus == ()
+    sup = Supervisor(g)
+    sup.start()
+    try:
+        pids = sup.pids()
+        assert os.sched_getaffinity(pids["a"]) == {cpu}
+        assert os.sched_getaffinity(pids["b"]) == os.sched_getaffinity(0)
+    finally:
+        sup.stop()
+
+
 def test_crashing_node_is_restarted_with_growing_backoff(tmp_path):
     # rate_hz = 0 passes the type check but the pulse node refuses it in setup -> exit code 1
     g = load_graph(write(tmp_path, '[graph]\nbase_port = 6620\n[nodes.bad]\nkind = "pulse"\nsettings = { rate_hz = 0.0 }\n'))

@@ -11,7 +11,7 @@ transport's own latency on a machine shared with other busy processes; without i
 loaded machine are mostly waiting for a core.
 
 Stable `--json` keys: `p50_us_1pub`, `p99_us_1pub`, `p99_us_16pub`, plus `p50_us_4pub`,
-`p99_us_4pub`, `p50_us_16pub`, `messages_<N>pub`, `lost_<N>pub`, `rate_hz`, `seconds`, `scheduler`.
+`p99_us_4pub`, `p50_us_16pub`, `messages_<N>pub`, `lost_<N>pub`, `rate_hz`, `seconds`, `scheduler`, `cpus`.
 """
 from __future__ import annotations
 
@@ -99,7 +99,16 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--publishers", type=int, nargs="+", default=[1, 4, 16])
     parser.add_argument("--base-port", type=int, default=6700)
     parser.add_argument("--realtime", action="store_true", help="run publisher and subscriber under SCHED_FIFO 50")
+    parser.add_argument("--cpus", type=int, nargs="+",
+                        help="pin publisher and subscriber (and their ZeroMQ threads) to these CPUs, as a graph's "
+                             "`cpus` does: wake-ups stay on one core instead of crossing cores")
     args = parser.parse_args(argv)
+    if args.cpus:
+        try:
+            os.sched_setaffinity(0, args.cpus)  # inherited by the publisher process
+        except OSError as exc:
+            print(f"streamer bench transport: cannot pin to cpus {args.cpus}: {exc}", file=sys.stderr)
+            return 2
     scheduler = "other"
     if args.realtime:
         try:
@@ -108,7 +117,8 @@ def main(argv: list[str]) -> int:
         except (PermissionError, AttributeError, OSError) as exc:
             print(f"streamer bench transport: --realtime not permitted here ({exc})", file=sys.stderr)
             return 2
-    out: dict = {"rate_hz": args.rate_hz, "seconds": args.seconds, "target_p99_us": TARGET_P99_US, "scheduler": scheduler}
+    out: dict = {"rate_hz": args.rate_hz, "seconds": args.seconds, "target_p99_us": TARGET_P99_US, "scheduler": scheduler,
+                 "cpus": sorted(os.sched_getaffinity(0)) if args.cpus else None}
     rows = []
     for n in args.publishers:
         r = measure(n, rate_hz=args.rate_hz, seconds=args.seconds, base_port=args.base_port)
@@ -121,7 +131,7 @@ def main(argv: list[str]) -> int:
         print(json.dumps(out))
         return 0
     print(f"loopback tcp PUB->SUB, kp2d 1 person, {args.rate_hz:g} Hz per publisher, {args.seconds:g} s, "
-          f"scheduler {scheduler}; target p99 < {TARGET_P99_US:.0f} us")
+          f"scheduler {scheduler}{', cpus ' + str(out['cpus']) if out['cpus'] else ''}; target p99 < {TARGET_P99_US:.0f} us")
     print(f"{'publishers':>10}{'messages':>10}{'lost':>6}{'p50 us':>9}{'p99 us':>9}{'max us':>9}")
     for n, r in rows:
         print(f"{n:>10}{r['messages']:>10}{r['lost']:>6}{r['p50_us']:>9.0f}{r['p99_us']:>9.0f}{r['max_us']:>9.0f}")
