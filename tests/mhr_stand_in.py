@@ -16,7 +16,7 @@ import torch
 
 from streamer.body.mhr_params import hand_model_params_to_cont
 
-__all__ = ["RigidRootMhrStandIn", "stand_in_assets"]
+__all__ = ["RigidRootMhrStandIn", "StandInCharacter", "stand_in_assets"]
 
 ROOT_CM = (0.0, 92.4, 0.0)
 
@@ -48,7 +48,9 @@ class _Skeleton(torch.nn.Module):
         self.joint_parents = parents
 
 
-class _Character(torch.nn.Module):
+class StandInCharacter(torch.nn.Module):
+    """`character_torch.skeleton.joint_parents`, the piece of MHR's module tree the loader reads."""
+
     def __init__(self, parents: list[int]) -> None:
         super().__init__()
         self.skeleton = _Skeleton(parents)
@@ -67,7 +69,7 @@ class RigidRootMhrStandIn(torch.nn.Module):
         self.register_buffer("root", torch.tensor(ROOT_CM))
         self.register_buffer("legs", torch.tensor([[0.0, 0.0, 0.0], [0.0, 0.0, 0.0], [10.0, -5.0, 0.0],
                                                    [-10.0, -5.0, 0.0]]))
-        self.character_torch = _Character([-1, 0, 1, 1])
+        self.character_torch = StandInCharacter([-1, 0, 1, 1])
         self.names = ["body_world", "root", "l_upleg", "r_upleg"]
 
     @torch.jit.export

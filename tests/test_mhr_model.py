@@ -28,6 +28,7 @@ from streamer.body.mhr_params import (
 )
 
 REPO = Path(__file__).resolve().parents[1]
+from tests.mhr_stand_in import StandInCharacter
 from tests.shared_data import SAM3D_OUTPUTS as OUTPUTS
 from tests.shared_data import SHARED
 
@@ -124,18 +125,6 @@ def test_keypoints_are_camera_frame_metres(outputs) -> None:
 # ---------------------------------------------------------------- TorchScript STAND-IN (not MHR)
 
 
-class _Skeleton(torch.nn.Module):
-    def __init__(self, parents: list[int]) -> None:
-        super().__init__()
-        self.joint_parents = parents
-
-
-class _Character(torch.nn.Module):
-    def __init__(self, parents: list[int]) -> None:
-        super().__init__()
-        self.skeleton = _Skeleton(parents)
-
-
 class MhrStandIn(torch.nn.Module):
     """STAND-IN for mhr_model.pt: MHR's call signature and outputs, linear toy maths, 6 vertices, 4 joints."""
 
@@ -146,7 +135,7 @@ class MhrStandIn(torch.nn.Module):
         self.register_buffer("verts_from_identity", torch.randn(45, 18, generator=gen))
         self.register_buffer("joints_from_params", torch.randn(204, 12, generator=gen) * 0.5)
         self.register_buffer("base", torch.randn(30, generator=gen) * 50)
-        self.character_torch = _Character([-1, 0, 1, 1])
+        self.character_torch = StandInCharacter([-1, 0, 1, 1])
         self.names = ["body_world", "root", "l_upleg", "r_upleg"]
 
     @torch.jit.export
