@@ -52,7 +52,7 @@ from streamer.capture.hints import track_hints
 from streamer.framesets import Assembler, AssemblySettings, FrameSet, PushOutcome
 from streamer.node import Node, run_node
 from streamer.stage_config import graph_from_environment, stage_config
-from streamer.triangulation import TriangulationSettings, keep_freed_memory, triangulate_robust
+from streamer.triangulation import TriangulationSettings, keep_freed_memory, load_kernels, triangulate_robust
 
 __all__ = ["Settings", "Sync", "main"]
 
@@ -96,6 +96,7 @@ class Sync(Node):
 
     def setup(self) -> None:
         s = self.settings
+        load_kernels()  # now, not on the first frame set (a ~0.3 s stall with every camera queueing behind it)
         self.tick_interval_s = s.poll_interval_ms / 1e3
         self.assembly_settings = AssemblySettings(
             frame_period_ns=_ns(1e3 / s.fps), max_spread_ns=_ns(s.max_spread_ms), deadline_ns=_ns(s.deadline_ms),

@@ -45,6 +45,7 @@ __all__ = [
     "Triangulation",
     "TriangulationSettings",
     "keep_freed_memory",
+    "load_kernels",
     "triangulate_dlt",
     "triangulate_robust",
 ]
@@ -141,6 +142,20 @@ def keep_freed_memory(keep_bytes: int = 128 << 20) -> bool:
     ok &= mallopt(m_trim_threshold, int(keep_bytes)) == 1
     ok &= mallopt(m_top_pad, int(min(keep_bytes, 64 << 20))) == 1
     return bool(ok)
+
+
+def load_kernels() -> None:
+    """Load the compiled kernels now (from numba's cache: ~0.3 s; compiled on the first run in a checkout:
+    ~10 s) by triangulating one point seen by two made-up cameras. A live node calls it in its setup: paid on
+    its first frame set instead, the load stalled the node with every camera's frames queueing behind it."""
+    from streamer.calibration import Camera
+
+    K = np.array([[1000.0, 0.0, 640.0], [0.0, 1000.0, 360.0], [0.0, 0.0, 1.0]])
+    cameras = tuple(Camera(name, (1280, 720), K, np.zeros(5), np.eye(3), np.array([x, 0.0, 3.0]))
+                    for name, x in (("a", 0.5), ("b", -0.5)))
+    point = np.array([0.0, 0.0, 0.0])
+    pixels = np.stack([K[:2, :2] @ ((point[:2] + cam.t[:2]) / (point[2] + cam.t[2])) + K[:2, 2] for cam in cameras])
+    triangulate_robust(pixels[:, None, :], None, Rig(cameras), prior=np.full((1, 3), np.nan))
 
 
 # ---------------------------------------------------------------- input checks and shared pieces

@@ -194,10 +194,6 @@ def _counters(msg: NodeStats) -> dict[str, int]:
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(strict=False, reason=(
-    "KNOWN REGRESSION (session 2, bisected to 16ff899, the sync's per-camera timing model): with one capture "
-    "process of 4 synthetic cameras, 81-93 % of tracked frames are hinted (was 100 %), ~3x the detector runs, and "
-    "in ~1 of 3 runs the track switches to the distractor for a while. Kept running and reported until fixed."))
 def test_hints_replace_the_detector_while_the_track_is_held(tmp_path):
     from nodes.capture import Settings, build_synthetic_stage
     from streamer.transport import Subscriber

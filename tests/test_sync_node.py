@@ -174,3 +174,22 @@ def test_timing_model_setting_reaches_the_assembler():
     for predict in (True, False):
         h = Harness(cameras=("c0", "c1"), predict_timing=predict)
         assert h.node.assembler.settings.predict_timing is predict
+
+
+def test_setup_loads_the_triangulation_kernels_before_the_first_frame_set():
+    """In a fresh process the compiled kernels are loaded by the node's setup (the first frame set used to pay
+    ~0.3 s for it, a stall with every camera queueing behind; with box hints it lost the track)."""
+    import subprocess
+    import sys
+
+    code = ("import streamer.triangulation as t, nodes.sync as s\n"
+            "from streamer.node import NodeConfig\n"
+            "before = len(t._robust_kernel.signatures)\n"
+            "node = s.Sync(NodeConfig(name='sync', bind='inproc://x'), s.Settings())\n"
+            "node.publish_state = lambda msg: True\n"
+            "node.setup()\n"
+            "print(before, len(t._robust_kernel.signatures), len(t._contract.signatures))\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          cwd=str(__import__("pathlib").Path(__file__).resolve().parents[1]))
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["0", "1", "1"]
