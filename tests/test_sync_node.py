@@ -166,7 +166,8 @@ def test_a_joining_camera_keeps_the_track_a_recalibrated_one_resets_it():
     h.node.on_message("calib", moved)  # c1 recalibrated: re-acquire
     feed(range(6, 9))  # c1 still sends frames made with its old calibration: rejected
     assert h.node.local["bootstraps"] == 2 and h.node.counters["calib_mismatch/c1"] == 3
-    assert [len(m.cameras) for m in points(h)][:3] == [3, 3, 3] and len(points(h)[3].cameras) == 4
+    views_used = [int((m.sources_seq >= 0).sum()) for m in points(h)]  # a set may name c3 before c3 has a frame in it
+    assert views_used[:3] == [3, 3, 3] and views_used[3] == 4 and len(points(h)[3].cameras) == 4
     assert len({m.person_id for m in points(h)}) == 2
 
 
