@@ -29,6 +29,7 @@ the exact names of the upstream nodes it reads (`inputs`). Example:
     hwm = 100                       # optional socket queue bound, messages
     clock_offset_ns = 0             # optional: inject a clock offset (tests, drills)
     cpus = [1]                      # optional: pin the process (and its threads) to these CPUs of its host
+    nice = 10                       # optional: niceness added to the launcher's (-20..19; < 0 needs privileges)
 
 Settings keys ending in `_path`/`_file` are input files: resolved relative to the graph file
 and must exist. Keys ending in `_dir` are resolved the same way but not required to exist.
@@ -97,7 +98,7 @@ BACKOFF_RESET_AFTER_S = 10.0
 STOP_GRACE_S = 5.0
 _REPO_ROOT = Path(__file__).resolve().parents[1]
 _NODE_KEYS = {"kind", "host", "port", "endpoint", "inputs", "settings", "restart", "delivery", "hwm", "clock_offset_ns",
-              "cpus"}
+              "cpus", "nice"}
 _GRAPH_KEYS = {"name", "base_port", "heartbeat_interval_s", "stats_interval_s", "clock_master", "clock_port", "keys_dir",
                "stop_grace_s"}
 
@@ -120,6 +121,7 @@ class NodeSpec:
     hwm: int | None = None
     clock_offset_ns: int = 0
     cpus: tuple[int, ...] = ()  # CPU affinity of the process on its host; () = the scheduler's choice
+    nice: int = 0  # niceness added to the launcher's (consumers off the latency path: > 0)
 
 
 @dataclass(frozen=True)
@@ -284,6 +286,9 @@ def _load_graph(path: Path) -> Graph:
         if (not isinstance(cpus, list) or any(type(c) is not int or not 0 <= c < 4096 for c in cpus)
                 or len(set(cpus)) != len(cpus)):
             fail(f"{where} field 'cpus'", f"expected a list of distinct CPU numbers (0..4095), got {cpus!r}")
+        nice = n.get("nice", 0)
+        if type(nice) is not int or not -20 <= nice <= 19:
+            fail(f"{where} field 'nice'", f"expected an integer in -20..19, got {nice!r}")
         if not isinstance(n.get("settings", {}), dict):
             fail(f"{where} field 'settings'", "expected a table")
         settings = _resolve_paths(dict(n.get("settings", {})), path.parent, lambda f, t: fail(f"{where} field {f!r}", t))
@@ -296,6 +301,7 @@ def _load_graph(path: Path) -> Graph:
         specs[name] = NodeSpec(
             name=name, kind=kind, host=host, bind=bind, connect=connect, inputs=tuple(inputs), settings=settings,
             restart=restart, latest=delivery == "latest", hwm=hwm, clock_offset_ns=offset, cpus=tuple(cpus),
+            nice=nice,
         )
 
     keys_dir = None
@@ -401,6 +407,11 @@ class Supervisor:
             except OSError as exc:  # e.g. a CPU this host does not have: run unpinned, say so
                 log.error("node %s: cannot pin to cpus %s (this host has %s): %s", proc.spec.name,
                           list(proc.spec.cpus), sorted(os.sched_getaffinity(0)), exc)
+        if proc.spec.nice:  # likewise before its threads start: they inherit it
+            try:
+                os.setpriority(os.PRIO_PROCESS, proc.popen.pid, os.getpriority(os.PRIO_PROCESS, 0) + proc.spec.nice)
+            except OSError as exc:  # e.g. a negative niceness without the privilege: run at the default, say so
+                log.error("node %s: cannot set niceness %+d: %s", proc.spec.name, proc.spec.nice, exc)
         log.info("started %s (%s) pid=%d", proc.spec.name, proc.spec.kind, proc.popen.pid)
 
     def pids(self) -> dict[str, int | None]:

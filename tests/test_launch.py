@@ -123,6 +123,8 @@ def test_input_file_is_resolved_relative_to_the_graph(tmp_path):
         ('[nodes.a]\nkind = "pulse"\ncpus = [0, 0]\n', "node 'a' field 'cpus'"),
         ('[nodes.a]\nkind = "pulse"\ncpus = "0"\n', "node 'a' field 'cpus'"),
         ('[nodes.a]\nkind = "pulse"\ncpus = [-1]\n', "node 'a' field 'cpus'"),
+        ('[nodes.a]\nkind = "pulse"\nnice = 20\n', "node 'a' field 'nice'"),
+        ('[nodes.a]\nkind = "pulse"\nnice = 1.5\n', "node 'a' field 'nice'"),
         ('[graph]\nkeys_dir = "keys"\n[nodes.a]\nkind = "pulse"\n', "[graph] field 'keys_dir'"),
         ('[graph]\nclock_master = "zz"\nclock_port = 6000\n[nodes.a]\nkind = "pulse"\n', "[graph] field 'clock_master'"),
         ('[nodes.a]\nkind = "pulse"\n[nodes.a.settings]\n', "graph.toml"),
@@ -192,6 +194,27 @@ def test_a_node_with_cpus_runs_pinned_to_them(tmp_path):
         pids = sup.pids()
         assert os.sched_getaffinity(pids["a"]) == {cpu}
         assert os.sched_getaffinity(pids["b"]) == os.sched_getaffinity(0)
+    finally:
+        sup.stop()
+
+
+@pytest.mark.slow
+def test_a_node_with_nice_runs_at_that_niceness_threads_included(tmp_path):
+    g = load_graph(write(tmp_path, '[graph]\nbase_port = 6635\n[nodes.a]\nkind = "pulse"\nnice = 7\n'
+                                   '[nodes.b]\nkind = "pulse"\n'))
+    assert g.nodes["a"].nice == 7 and g.nodes["b"].nice == 0
+    own = os.getpriority(os.PRIO_PROCESS, 0)
+    sup = Supervisor(g)
+    sup.start()
+    try:
+        pids = sup.pids()
+        end = time.monotonic() + 20.0
+        while time.monotonic() < end and len(os.listdir(f"/proc/{pids['a']}/task")) < 2:
+            time.sleep(0.1)  # wait for the node's threads (transport, clock)
+        tasks = [int(t) for t in os.listdir(f"/proc/{pids['a']}/task")]
+        assert len(tasks) >= 2
+        assert {os.getpriority(os.PRIO_PROCESS, t) for t in tasks} == {own + 7}
+        assert os.getpriority(os.PRIO_PROCESS, pids["b"]) == own
     finally:
         sup.stop()
 
