@@ -205,7 +205,8 @@ class Sync(Node):
                 return
         now = time.monotonic_ns()
         if reject is None:
-            if self.assembler.push(camera, msg.seq, msg.t_capture_ns, now, payload=msg) == PushOutcome.UNKNOWN_CAMERA:
+            if self.assembler.push(camera, msg.seq, msg.t_capture_ns, now, payload=msg,
+                                   caller_busy_ns=self.busy_ns()) == PushOutcome.UNKNOWN_CAMERA:
                 self.count("unknown_camera")
         else:  # it arrived: neither a seq gap nor a camera to wait for
             self.assembler.note_rejected(camera, msg.seq, msg.t_capture_ns, now)

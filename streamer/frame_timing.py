@@ -13,7 +13,7 @@ The period is kept within [1/2, 2] x nominal. The capture jitter is a running me
 residual (x 1.25: the std of a normal residual). A residual beyond `OUTLIER_SIGMAS` jitters (and
 1 ms) is not learnt from (the line moves on to that frame's predicted time); `RESTART_AFTER` in a
 row mean the camera's timing changed (restart, clock step): the filter starts over from that
-frame. `warm` once `WARM_FRAMES` frames followed the (re)start.
+frame. `warm` once `WARM_FRAMES` frames followed the (re)start and an arrival latency is known.
 
 Arrival latency (caller's receive clock minus the capture time, so a constant clock offset is part
 of it) is kept over the last `LATENCY_FRAMES` frames: `latency_low_ns` / `latency_high_ns` are its
@@ -66,7 +66,8 @@ class FrameClock:
 
     @property
     def warm(self) -> bool:
-        return self.frames >= WARM_FRAMES
+        """Enough frames on the current line, and an arrival latency learnt."""
+        return self.frames >= WARM_FRAMES and self.latency_high_ns is not None
 
     def observe(self, t_capture_ns: int, t_arrival_ns: int | None = None) -> None:
         """Learn from one frame (any order; a frame not newer than the line's newest only adds latency)."""

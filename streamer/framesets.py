@@ -24,7 +24,8 @@ Algorithm (a partial-set variant of ROS message_filters ApproximateTime, see
   seen is awaited only during the first `stale_after_ns` after the first frame arrived.
 - Which frame of a camera is next, and when it arrives, comes from the camera's timing model
   (`streamer.frame_timing.FrameClock`: period and phase tracked over its capture times, capture
-  jitter, recent arrival latency) once that has seen a few frames (`predict_timing`). The next
+  jitter, recent arrival latency; not learnt from frames the caller took after being busy for more
+  than `QUEUED_AFTER_BUSY_NS`, which may have queued behind it) once that has seen a few frames (`predict_timing`). The next
   frame is expected at its predicted capture time, give or take `margin` = 2 jitters +
   `timing_margin_ns`. It is awaited only when it can fall inside the window, would not be late
   on arrival, and would arrive before the deadline at its camera's median latency;
@@ -56,9 +57,11 @@ from typing import Any
 
 from streamer.frame_timing import FrameClock
 
-__all__ = ["AssemblySettings", "Assembler", "CameraCounters", "Frame", "FrameSet", "PushOutcome"]
+__all__ = ["QUEUED_AFTER_BUSY_NS", "AssemblySettings", "Assembler", "CameraCounters", "Frame", "FrameSet", "PushOutcome"]
 
 log = logging.getLogger(__name__)
+
+QUEUED_AFTER_BUSY_NS = 2_000_000  # a frame taken after the caller was busy this long may have queued: latency not learnt
 
 
 @dataclass(frozen=True, slots=True)
@@ -234,8 +237,14 @@ class Assembler:
 
     # ------------------------------------------------------------------ input
 
-    def push(self, camera: str, seq: int, t_capture_ns: int, now_ns: int, payload: Any = None) -> str:
-        """Offer one frame; returns a `PushOutcome` label. Call `poll` afterwards."""
+    def push(self, camera: str, seq: int, t_capture_ns: int, now_ns: int, payload: Any = None, *,
+             caller_busy_ns: int = 0) -> str:
+        """Offer one frame; returns a `PushOutcome` label. Call `poll` afterwards.
+
+        caller_busy_ns: how long the caller had been busy (not waiting for input) when it took this
+        frame. Beyond `QUEUED_AFTER_BUSY_NS` the frame may have queued behind the caller's own work,
+        so its arrival latency is not learnt (a stall of the caller would otherwise pass for slow
+        cameras and lengthen every wait for the next `LATENCY_FRAMES` frames)."""
         index = self._order.get(camera)
         if index is None:
             self.unknown_camera += 1
@@ -256,7 +265,7 @@ class Assembler:
                 log.info("camera %s: seq went back from %d to %d (restart?)", camera, cc.last_seq, seq)
             else:
                 cc.dropped += step - 1
-        self._observe_timing(index, t_capture_ns, now_ns)
+        self._observe_timing(index, t_capture_ns, now_ns if caller_busy_ns <= QUEUED_AFTER_BUSY_NS else None)
         cc.last_seq = seq
         cc.last_t_ns = t_capture_ns
         cc.last_arrival_ns = now_ns
@@ -292,7 +301,8 @@ class Assembler:
         cc.last_t_ns = t_capture_ns if cc.last_t_ns is None else max(cc.last_t_ns, t_capture_ns)
         cc.last_arrival_ns = now_ns
 
-    def _observe_timing(self, index: int, t_capture_ns: int, now_ns: int) -> None:
+    def _observe_timing(self, index: int, t_capture_ns: int, now_ns: int | None) -> None:
+        """Learn the camera's timing from one frame; its arrival latency too unless `now_ns` is None."""
         clock = self._clocks[index]
         clock.observe(t_capture_ns, now_ns)
         self.counters[self.cameras[index]].period_ns = clock.period_ns

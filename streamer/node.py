@@ -90,6 +90,7 @@ MAX_POLL_MS = 50  # the loop wakes at least this often (signals, housekeeping)
 HOUSEKEEPING_MS = 10  # heartbeats, state re-sends and input liveness are checked this often (and on subscriptions)
 MIN_RATE_WINDOW_S = 0.2  # a rate over a shorter window (e.g. the final stats at shutdown) is not measured
 _MAX_BATCH = 1000  # messages dispatched per loop iteration before ticks get a turn
+_WAITED_NS = 50_000  # a poll that took this long waited for input (one with input ready returns in ~10 us)
 _LATENCY_WINDOW = 4096
 _MAX_STAT_NAMES = 256
 _MAX_STAT_NAME_LEN = 96
@@ -168,6 +169,9 @@ class Node:
         self._window_start_mono_ns = time.monotonic_ns()
         self._last_fps = 0.0
         self._recv_mono_ns: int | None = None
+        # monotonic ns when the loop last came out of a wait for input: what it takes after that may have
+        # queued behind its own work (`busy_ns`); None outside the loop (a node driven in-process)
+        self._awake_since_ns: int | None = None
         self._publisher: Publisher | None = None
         self._subscriber: Subscriber | None = None
         self._authenticator = None
@@ -199,6 +203,12 @@ class Node:
         return self._subscriber.queue_depth() if self._subscriber else 0
 
     # ------------------------------------------------------------ for subclasses
+
+    def busy_ns(self) -> int:
+        """How long the loop has been busy since it last waited for input, ns: an input taken now may have
+        queued that long behind the node's own work (its arrival time is then not the network's); 0 when
+        the node is driven in-process, not by its loop."""
+        return 0 if self._awake_since_ns is None else time.monotonic_ns() - self._awake_since_ns
 
     @property
     def endpoint(self) -> str | None:
@@ -336,14 +346,17 @@ class Node:
         housekeeping_ns = HOUSEKEEPING_MS * 1_000_000
         stats_ns = int(cfg.stats_interval_s * 1e9)
         next_stats = start + stats_ns
-        self._window_start_mono_ns = start
+        self._window_start_mono_ns = self._awake_since_ns = start
         self._published_in_window = 0
         while not self._stop:
             now = time.monotonic_ns()
             wake = next_tick if dispatch_ns <= 0 else min(next_tick, next_dispatch)
             wait_ms = min(MAX_POLL_MS, max(0, -(-(wake - now) // 1_000_000)))
             subscribed = any(sock is pub.socket for sock, _ in poller.poll(wait_ms))
-            now = time.monotonic_ns()
+            polled = time.monotonic_ns()
+            if polled - now >= _WAITED_NS:  # it waited: input taken from here on did not queue behind its work
+                self._awake_since_ns = polled
+            now = polled
             if now >= next_dispatch:
                 self._dispatch(sub)
                 if dispatch_ns > 0:

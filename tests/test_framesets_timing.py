@@ -40,14 +40,14 @@ def test_frame_clock_ignores_one_outlier_and_restarts_on_a_phase_step():
     clock = FrameClock(SETTINGS.frame_period_ns)
     period = SETTINGS.frame_period_ns
     for k in range(20):
-        clock.observe(k * period)
-    clock.observe(20 * period + 9 * MS)  # one glitch: not learnt
+        clock.observe(k * period, k * period + 5 * MS)
+    clock.observe(20 * period + 9 * MS, 20 * period + 14 * MS)  # one glitch: not learnt
     assert abs(clock.next_capture_ns() - 21 * period) < 0.01 * MS and clock.warm
     for k in range(21, 24):  # the camera's phase jumped by 12 ms: three in a row restart the line
-        clock.observe(k * period + 12 * MS)
+        clock.observe(k * period + 12 * MS, k * period + 17 * MS)
     assert not clock.warm and abs(clock.next_capture_ns() - (24 * period + 12 * MS)) < 0.01 * MS
     for k in range(24, 24 + WARM_FRAMES):
-        clock.observe(k * period + 12 * MS)
+        clock.observe(k * period + 12 * MS, k * period + 17 * MS)
     assert clock.warm and abs(clock.next_capture_ns() - ((24 + WARM_FRAMES) * period + 12 * MS)) < 0.01 * MS
 
 
@@ -192,3 +192,34 @@ def test_a_set_is_decided_before_a_frame_predicted_after_its_cut_and_that_frame_
     assert early >= 10
     assert all(cc.late == 0 for cc in assembler.counters.values())
     assert sum(len(fs.frames) for fs in sets) >= 5 * 90 - 1  # at most one frame left alone (start-up)
+
+
+def test_frames_taken_after_the_caller_was_busy_do_not_teach_the_latency():
+    """A 0.3 s stall of the caller (the frames queue, then come in a burst) does not pass for slow
+    cameras when the caller says how long it had been busy; said or not, every set is complete."""
+    period = SETTINGS.frame_period_ns
+    highs = {}
+    for tell in (True, False):
+        a = Assembler(["a", "b", "c"], SETTINGS)
+        sets = []
+        for k in range(40):
+            t = 10**10 + k * period
+            stalled = 10 <= k < 19
+            now = 10**10 + 19 * period if stalled else t + 5 * MS
+            for i, camera in enumerate(a.cameras):
+                busy = (now - (10**10 + 10 * period)) if stalled and tell else 0
+                a.push(camera, k, t + i * MS, now + i * 1000, caller_busy_ns=busy)
+                sets += a.poll(now + i * 1000)
+        assert len(sets) == 40 and all(fs.reason == "complete" for fs in sets)
+        highs[tell] = max(clock.latency_high_ns - clock.latency_low_ns for clock in a._clocks)
+    assert highs[True] < 0.1 * MS  # only the steady 5 ms (+ i us) latencies were learnt
+    assert highs[False] > 250 * MS  # the stall taken for latency: waits ~0.3 s longer for 128 frames
+
+
+def test_a_clock_without_a_latency_is_not_warm():
+    clock = FrameClock(SETTINGS.frame_period_ns)
+    for k in range(2 * WARM_FRAMES):
+        clock.observe(10**10 + k * SETTINGS.frame_period_ns)  # capture times only: no arrival
+    assert clock.frames >= WARM_FRAMES and not clock.warm
+    clock.observe(10**10 + 2 * WARM_FRAMES * SETTINGS.frame_period_ns, 10**10 + 2 * WARM_FRAMES * SETTINGS.frame_period_ns + 5 * MS)
+    assert clock.warm

@@ -341,3 +341,44 @@ def test_dispatch_interval_takes_the_newest_per_topic_at_most_that_often():
     assert node._subscriber.superseded > 0.8 * seq * len(cameras) - len(node.seen)
     newest = {topic: s for _, _, topic, s in node.seen}
     assert all(seq - 1 - newest[f"kp2d/{cam}"] <= 0.06 / 0.004 for cam in cameras)  # ends with a recent value
+
+
+def test_busy_ns_says_how_long_an_input_may_have_queued_behind_the_nodes_own_work():
+    """Messages sent while the node is busy come in after it: their busy_ns covers that work; a message
+    that finds the node waiting has busy_ns ~0."""
+    import threading
+
+    from protocol import Keypoints2D
+    from streamer.node import Input, Node, NodeConfig
+    from streamer.transport import Publisher
+
+    class Slow(Node):
+        INPUT_TOPICS = ("kp2d/",)
+
+        def setup(self):
+            self.seen: list[tuple[int, int]] = []  # (seq, busy_ns)
+
+        def on_message(self, topic, msg):
+            self.seen.append((msg.seq, self.busy_ns()))
+            if msg.seq % 10 == 0:
+                time.sleep(0.05)  # its own work: what is sent meanwhile queues
+
+    pub = Publisher("tcp://127.0.0.1:0", name="cams")
+    node = Slow(NodeConfig(name="slow", bind="tcp://127.0.0.1:0", inputs=(Input("cams", pub.endpoint),), seconds=4.0))
+    assert node.busy_ns() == 0  # not running its loop
+    thread = threading.Thread(target=node.run)
+    thread.start()
+    time.sleep(1.0)  # subscribed
+    for seq in range(30):  # 0, 10, 20 take 50 ms each; 1-3, 11-13, 21-23 are sent meanwhile; then 0.1 s of quiet
+        pub.publish(Keypoints2D(camera="cam0", seq=seq, frame_index=seq, t_capture_ns=seq,
+                                image_size=np.array([640, 480], np.int32), calib_version="", persons=[]))
+        pub.service()
+        time.sleep(0.01 if seq % 10 < 3 else 0.1)
+    thread.join(10)
+    pub.close()
+    busy = dict(node.seen)
+    assert sorted(busy) == list(range(30))
+    for base in (0, 10, 20):
+        assert busy[base] < 10_000_000  # it found the node waiting (~0.1 ms; room for a loaded machine)
+        assert all(busy[base + i] > 20_000_000 for i in (1, 2))  # queued behind the 50 ms of work
+        assert all(busy[base + i] < 10_000_000 for i in range(4, 10))  # sent 0.1 s apart: the node waits for each
