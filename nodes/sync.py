@@ -52,7 +52,7 @@ from streamer.association import (
 from streamer.body import mhr70
 from streamer.calibration import Camera, Rig
 from streamer.capture.hints import track_hints
-from streamer.framesets import Assembler, AssemblySettings, FrameSet, PushOutcome
+from streamer.framesets import DEFAULT_MAX_SPREAD_PERIODS, Assembler, AssemblySettings, FrameSet, PushOutcome
 from streamer.node import Node, run_node
 from streamer.stage_config import graph_from_environment, stage_config
 from streamer.triangulation import TriangulationSettings, keep_freed_memory, load_kernels, triangulate_robust
@@ -100,7 +100,7 @@ class Sync(Node):
     def max_spread_ms(self) -> float:
         """The frame-set spread cap in ms: the setting, or 0.9 frame period when unset."""
         s = self.settings
-        return 0.9 * 1e3 / s.fps if s.max_spread_ms is None else s.max_spread_ms
+        return DEFAULT_MAX_SPREAD_PERIODS * 1e3 / s.fps if s.max_spread_ms is None else s.max_spread_ms
 
     def setup(self) -> None:
         s = self.settings

@@ -57,10 +57,12 @@ from typing import Any
 
 from streamer.frame_timing import FrameClock
 
-__all__ = ["QUEUED_AFTER_BUSY_NS", "AssemblySettings", "Assembler", "CameraCounters", "Frame", "FrameSet", "PushOutcome"]
+__all__ = ["DEFAULT_MAX_SPREAD_PERIODS", "QUEUED_AFTER_BUSY_NS", "AssemblySettings", "Assembler", "CameraCounters", "Frame", "FrameSet", "PushOutcome"]
 
 log = logging.getLogger(__name__)
 
+# free-running cameras have trigger phases anywhere in a period: a cap below ~1 period splits a period's frames
+DEFAULT_MAX_SPREAD_PERIODS = 0.9
 QUEUED_AFTER_BUSY_NS = 2_000_000  # a frame taken after the caller was busy this long may have queued: latency not learnt
 
 
@@ -91,7 +93,7 @@ class AssemblySettings:
             raise ValueError(f"AssemblySettings.min_cameras: expected >= 1, got {self.min_cameras}")
 
     @classmethod
-    def for_fps(cls, fps: float, *, max_spread_periods: float = 0.6, deadline_periods: float = 1.0,
+    def for_fps(cls, fps: float, *, max_spread_periods: float = DEFAULT_MAX_SPREAD_PERIODS, deadline_periods: float = 1.0,
                 buffer_periods: float = 4.0, stale_after_periods: float = 3.0, min_cameras: int = 2,
                 predict_timing: bool = True) -> "AssemblySettings":
         """Settings scaled to a camera rate; durations given in frame periods."""
@@ -397,7 +399,8 @@ class Assembler:
         stale_at = min(deadline_ns, cc.last_arrival_ns + s.stale_after_ns + 1) if behind else deadline_ns
         clock = self._clocks[index]
         if not (s.predict_timing and clock.warm):
-            if cc.last_t_ns + _NEXT_FRAME_MIN_PERIODS * cc.period_ns <= window_end_ns:
+            # a camera whose last frame is inside the window had its frame for this set (rejected or used)
+            if cc.last_t_ns < window_start_ns and cc.last_t_ns + _NEXT_FRAME_MIN_PERIODS * cc.period_ns <= window_end_ns:
                 return _Awaited(index, stale_at), False, math.inf
             return None, False, math.inf
         margin = _MARGIN_JITTERS * clock.jitter_ns + s.timing_margin_ns

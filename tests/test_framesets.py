@@ -8,7 +8,7 @@ from streamer.framesets import Assembler, AssemblySettings, PushOutcome
 from tests.sync_sim import CameraSim, frames_of, simulate
 
 MS = 1_000_000
-SETTINGS = AssemblySettings.for_fps(30.0)  # spread 20 ms, deadline 33.3 ms, buffer 4 periods, stale 3 periods
+SETTINGS = AssemblySettings.for_fps(30.0)  # spread 30 ms, deadline 33.3 ms, buffer 4 periods, stale 3 periods
 
 
 def check_invariants(sets, assembler, settings=SETTINGS):
