@@ -11,7 +11,8 @@ Definitions (all times are the nodes' stage clocks; `window_ns` selects by captu
   the person it tracked most of the time, so the switch counts as error).
 - jitter_mm: mean |second difference| of (fitted - truth) body points over consecutive frames of one
   track, mm: acceleration that the true motion does not explain.
-- e2e latency: `pose.t_send_ns` minus the newest `t_send_ns` of the kp2d messages its points3d was
+- e2e latency, per non-stale pose (a `stale` pose re-sends the last one because no input came, e.g. while
+  the graph stops: it is no capture's pose): `pose.t_send_ns` minus the newest `t_send_ns` of the kp2d messages its points3d was
   built from (`Points3D.cameras` / `sources_seq` = each camera's kp2d `seq`), i.e. capture publish ->
   pose publish. Hops: sync = points3d publish - newest source kp2d publish; fitter = pose publish -
   points3d publish.
@@ -193,6 +194,8 @@ def _latencies(data: TakeData, poses: list[Pose]) -> dict:
     e2e, sync_hop, fit_hop = [], [], []
     incomplete = 0
     for pose in poses:
+        if pose.verdict == Verdict.STALE:
+            continue
         points = data.points3d.get((pose.t_ns, pose.person_id))
         if points is None:
             incomplete += 1

@@ -52,7 +52,8 @@ def _person(rng) -> Person2D:
 
 def _write_take(path: Path, *, offset_m: float, frames: int = 30, lost_kp2d: int = 0) -> None:
     """Two cameras, one truth person, poses offset from the truth by `offset_m` along x; each kp2d is
-    published 1 ms after capture, points3d 4 ms later, pose 6 ms after that (e2e = 10 ms)."""
+    published 1 ms after capture, points3d 4 ms later, pose 6 ms after that (e2e = 10 ms); at the end the
+    last pose is re-sent twice as `stale` (no input: the graph stopping), 0.5 and 0.8 s later."""
     rng = np.random.default_rng(0)
     truth = rng.random((70, 3)).astype(np.float32)
     cameras = ["cam0", "cam1"]
@@ -78,7 +79,14 @@ def _write_take(path: Path, *, offset_m: float, frames: int = 30, lost_kp2d: int
                             world_from_root=np.eye(4, dtype=np.float32), flags=np.full(70, PoseFlag.MEASURED, np.uint8),
                             loss=0.0, data_loss=0.0, n_valid=70, verdict="good", iterations=1,
                             t_input_ns=t + 5 * MS, t_send_ns=t + 11 * MS), t + 11 * MS)
-        end = 1_000_000_000 + frames * 16 * MS
+        last = Pose(t_ns=t, frame_index=k, person_id=0, body_model="anny", params=np.zeros(3, np.float32),
+                    keypoints=keypoints, joint_rotations=np.zeros((2, 4), np.float32),
+                    world_from_root=np.eye(4, dtype=np.float32), flags=np.full(70, PoseFlag.PREDICTED, np.uint8),
+                    loss=0.0, data_loss=0.0, n_valid=70, verdict="stale", iterations=0, t_input_ns=t + 5 * MS)
+        for held_ms in (500, 800):
+            last.t_send_ns = t + held_ms * MS
+            take.write(last, last.t_send_ns)
+        end = 1_000_000_000 + frames * 16 * MS + 800 * MS
         for cam in cameras:
             take.write(_stats(cam, end, {f"frames/{cam}": frames, f"stage_drops/{cam}": 2}), end)
         sync = {"first_seq/cam0": 0, "first_seq/cam1": 0}
@@ -94,7 +102,8 @@ def test_summary_figures_from_a_known_take(tmp_path):
     summary = summarize(load_take(path))
     assert summary["mpjpe_mm"] == pytest.approx(4.0, abs=1e-3)  # every body point off by 4 mm
     assert summary["jitter_mm"] == pytest.approx(16.0, abs=1e-3)  # +4, -4, +4 mm: second difference 16 mm
-    assert summary["e2e_p50_ms"] == pytest.approx(10.0) and summary["e2e_p99_ms"] == pytest.approx(10.0)
+    assert summary["e2e_p50_ms"] == pytest.approx(10.0) and summary["e2e_p99_ms"] == pytest.approx(10.0)  # not stale
+    assert summary["e2e_samples"] == 30
     assert summary["hop_latency_ms"]["sync"]["p50_ms"] == pytest.approx(4.0)
     assert summary["hop_latency_ms"]["fitter"]["p50_ms"] == pytest.approx(6.0)
     assert summary["tracked_truth_person"] == {"0": 0}
