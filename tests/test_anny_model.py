@@ -141,6 +141,38 @@ def test_frozen_shape_uses_cached_tables_and_same_values(body: AnnyBody) -> None
         body.movable.copy_(saved)
 
 
+def test_single_row_numpy_path_equals_the_batched_torch_path(body: AnnyBody) -> None:
+    """One row without autograd runs the float64 NumPy kinematics and tables; a batch runs torch."""
+    import numpy as np
+
+    params = _random_params(body, 3, seed=8, pose_scale=0.5)
+    body.set_keypoint_offsets(np.random.default_rng(0).normal(0.0, 0.02, (70, 3)))
+    try:
+        batched = (body.keypoints(params), body.bone_poses(params), body.keypoint_frames(params))
+        for i in range(3):
+            row = params[i:i + 1]
+            single = (body.keypoints(row), body.bone_poses(row), body.keypoint_frames(row))
+            for b, s in zip(batched, single):
+                assert torch.allclose(b[i], s[0], atol=1e-10), float((b[i] - s[0]).abs().max())
+            kp, _ = body.keypoints_and_jacobian(row)
+            assert torch.allclose(kp[0], batched[0][i], atol=1e-10)
+    finally:
+        body.set_keypoint_offsets(None)
+
+
+def test_phenotype_coefficients_equal_annys(body: AnnyBody) -> None:
+    import numpy as np
+    from anny.models.phenotype import make_phenotype_anchors, phenotype_blendshape_weights
+
+    mask = body._t["phenotype_mask"].to(torch.float64)
+    projection = torch.as_tensor(body._np["phenotype_projection"])
+    anchors = make_phenotype_anchors(torch.float64)
+    for shape in np.random.default_rng(2).uniform(-0.3, 1.3, (8, 6)):  # out of range too (clamped)
+        expected = phenotype_blendshape_weights(torch.as_tensor(shape)[None], list(anny_model.ANNY_SHAPE_NAMES),
+                                                anchors, mask, extrapolate=False) @ projection
+        assert np.allclose(body._phenotype_coefficients(shape), expected[0].numpy(), atol=1e-13, rtol=0)
+
+
 def test_joint_rotations_are_local_rotations(body: AnnyBody) -> None:
     params = _random_params(body, 2, seed=5)
     local = body.joint_rotations(params)

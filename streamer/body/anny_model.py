@@ -24,8 +24,9 @@ muscle, weight. Shape dims get gradients only while they are marked movable; wit
 frozen (`movable[groups["shape"]] = False`), `keypoints` uses tables cached per shape (the fast path).
 The autograd gradient of the shape dims leaves out the (small) change of the rest bone orientations
 with the phenotypes (up to ~20 % of it for some points); `keypoints_and_jacobian` is exact: analytic
-for rotations and translation, forward differences for shape, no autograd, ~2.5 ms for all 156
-rigid columns (vs ~6 ms for a batch of 157 forward passes).
+for rotations and translation, forward differences for shape, no autograd, ~0.9 ms for all 156
+rigid columns, ~0.65 ms for the 60 body columns a fitter asks for (only the bones of the asked
+columns are differentiated), vs ~6 ms for a batch of 157 forward passes.
 
 ## Speed: keypoints without skinning
 
@@ -37,6 +38,13 @@ content-keyed cache. An evaluation is then: phenotypes -> coefficients -> rest b
 the shape changes or needs gradients), forward kinematics of the 104 bones, one small contraction.
 The full 13,718-vertex mesh is never skinned. Once the cache exists, construction does not even
 build `anny.Anny()` (0.1 s, ~10 MB instead of ~1.4 GB).
+
+One row without autograd (a fitter's every evaluation) runs in float64 NumPy: the 51-node kinematics
+(`_row_node_poses`, ~0.1 ms, the last row remembered), the keypoints (~0.23 ms vs ~0.67 ms in
+torch float32, equal to ~2e-7 m), the Jacobian, and a new shape's tables (`_compute_row_tables`,
+~1.4 ms vs ~3.5 ms); torch on tensors this small is bound by its per-operation overhead. Batches and
+autograd run the torch path. Products large enough for NumPy's BLAS to thread go through torch
+(`_matmul`), so the work stays on the caller's thread, as the node's one torch thread intends.
 
 ## MHR-70 from Anny (see `MAPPING`)
 
@@ -371,26 +379,6 @@ def load_or_build_tables(
 # The model
 
 
-def _skew(v: torch.Tensor) -> torch.Tensor:
-    """(..., 3) -> (..., 3, 3) cross-product matrices [v]x."""
-    x, y, z = v.unbind(-1)
-    zero = torch.zeros_like(x)
-    return torch.stack([zero, -z, y, z, zero, -x, -y, x, zero], dim=-1).unflatten(-1, (3, 3))
-
-
-def _so3_left_jacobian(rotvec: torch.Tensor) -> torch.Tensor:
-    """(..., 3) axis-angle -> (..., 3, 3) J_l with exp([w + dw]x) = exp([J_l dw]x) exp([w]x) to first order."""
-    theta2 = (rotvec * rotvec).sum(-1)[..., None, None]
-    small = theta2 < 1e-8
-    safe2 = torch.where(small, torch.ones_like(theta2), theta2)
-    safe = torch.sqrt(safe2)
-    a = torch.where(small, 0.5 - theta2 / 24, (1 - torch.cos(safe)) / safe2)
-    b = torch.where(small, 1 / 6 - theta2 / 120, (safe - torch.sin(safe)) / (safe2 * safe))
-    k = _skew(rotvec)
-    eye = torch.eye(3, dtype=rotvec.dtype, device=rotvec.device)
-    return eye + a * k + b * (k @ k)
-
-
 def _homogeneous(rotation: torch.Tensor, translation: torch.Tensor) -> torch.Tensor:
     """(..., 3, 3), (..., 3) -> (..., 4, 4)."""
     top = torch.cat([rotation, translation[..., None]], dim=-1)
@@ -420,6 +408,72 @@ class _ShapeTables:
     kp_from_nodes: torch.Tensor
 
 
+@dataclasses.dataclass(frozen=True)
+class _RowTables:
+    """One shape's `_ShapeTables` as float64 NumPy arrays without the batch dimension, for single-row
+    evaluations without autograd (`AnnyBody._row_tables`): node_left (N, 3, 3), node_trans (N, 3),
+    anchor_from_bone (J, 4, 4), kp_from_nodes ((N + 1) * 4, 70) without the keypoint offsets."""
+
+    node_left: np.ndarray
+    node_trans: np.ndarray
+    anchor_from_bone: np.ndarray
+    kp_from_nodes: np.ndarray
+
+
+def _matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """a @ b (float64) run by torch: its intra-op threads are the process's setting (the fitter node uses
+    one), where NumPy's BLAS would spread a product this size over a pool of its own on every core."""
+    return (torch.from_numpy(a) @ torch.from_numpy(b)).numpy()
+
+
+def _special_procrustes(matrices: np.ndarray) -> np.ndarray:
+    """(M, 3, 3) -> (M, 3, 3) the nearest rotations (SVD, determinant +1; float64)."""
+    u, _, vt = np.linalg.svd(matrices)
+    u[:, :, -1] *= np.linalg.det(u @ vt)[:, None]
+    return u @ vt
+
+
+def _rotvec_to_rotmat(rotvec: np.ndarray) -> np.ndarray:
+    """(M, 3) axis-angle -> (M, 3, 3) rotation matrices (Rodrigues; float64)."""
+    theta2 = (rotvec * rotvec).sum(-1)
+    small = theta2 < 1e-12
+    theta = np.sqrt(theta2)
+    safe = np.where(small, 1.0, theta)
+    a = np.where(small, 1.0 - theta2 / 6.0, np.sin(theta) / safe)  # sin(t) / t
+    b = np.where(small, 0.5 - theta2 / 24.0, (1.0 - np.cos(theta)) / (safe * safe))  # (1 - cos(t)) / t^2
+    x, y, z = rotvec[:, 0], rotvec[:, 1], rotvec[:, 2]
+    bxy, bxz, byz = b * x * y, b * x * z, b * y * z
+    out = np.empty((len(rotvec), 3, 3))
+    out[:, 0, 0] = 1.0 - b * (y * y + z * z)
+    out[:, 1, 1] = 1.0 - b * (x * x + z * z)
+    out[:, 2, 2] = 1.0 - b * (x * x + y * y)
+    out[:, 0, 1], out[:, 1, 0] = bxy - a * z, bxy + a * z
+    out[:, 0, 2], out[:, 2, 0] = bxz + a * y, bxz - a * y
+    out[:, 1, 2], out[:, 2, 1] = byz - a * x, byz + a * x
+    return out
+
+
+def _so3_left_jacobian(rotvec: np.ndarray) -> np.ndarray:
+    """(M, 3) axis-angle -> (M, 3, 3) J_l with exp([w + dw]x) = exp([J_l dw]x) exp([w]x) to first order (float64)."""
+    theta2 = (rotvec * rotvec).sum(-1)
+    small = theta2 < 1e-8
+    safe2 = np.where(small, 1.0, theta2)
+    safe = np.sqrt(safe2)
+    a = np.where(small, 0.5 - theta2 / 24, (1 - np.cos(safe)) / safe2)[:, None, None]
+    b = np.where(small, 1 / 6 - theta2 / 120, (safe - np.sin(safe)) / (safe2 * safe))[:, None, None]
+    k = _skew(rotvec)
+    return np.eye(3) + a * k + b * (k @ k)
+
+
+def _skew(v: np.ndarray) -> np.ndarray:
+    """(..., 3) -> (..., 3, 3) cross-product matrices [v]x (float64)."""
+    out = np.zeros((*v.shape, 3))
+    x, y, z = v[..., 0], v[..., 1], v[..., 2]
+    out[..., 0, 1], out[..., 0, 2], out[..., 1, 2] = -z, y, -x
+    out[..., 1, 0], out[..., 2, 0], out[..., 2, 1] = z, -y, x
+    return out
+
+
 class AnnyBody(BodyModel):
     """Anny behind the `BodyModel` interface (see the module docstring for layout and frame).
 
@@ -443,6 +497,7 @@ class AnnyBody(BodyModel):
         self.device = torch.device(device)
         self.dtype = dtype
         tables, labels = load_or_build_tables(tuple(posed_bones), Path(cache_dir) if cache_dir else None)
+        self._np = {k: v.to(torch.float64).numpy() for k, v in tables.items() if v.is_floating_point()}
         t = {k: v.to(device=self.device, dtype=dtype if v.is_floating_point() else v.dtype)
              for k, v in tables.items()}
         self._t = t
@@ -453,6 +508,7 @@ class AnnyBody(BodyModel):
         self._posed = t["posed_bone_index"]
         self._init_reduced_tree(get_kinematic_chain)
         self._anchors = make_phenotype_anchors(dtype, self.device)
+        self._np_anchors = {k: v.numpy() for k, v in make_phenotype_anchors(torch.float64, "cpu").items()}
         self._floor_offset = float(t["floor_offset"])
 
         n_pose = 3 * len(self.posed_bones)
@@ -478,10 +534,12 @@ class AnnyBody(BodyModel):
             if s not in MOVABLE_SHAPE_NAMES:
                 self.movable[self.groups[f"shape:{s}"]] = False
         self.keypoint_defined = torch.ones(mhr70.NUM_KEYPOINTS, dtype=torch.bool, device=self.device)
-        self._cache: dict[bytes, _ShapeTables] = {}
+        self._cache: dict[bytes, _ShapeTables] = {}  # shape bytes -> tables (LRU), `_cached_tables`
+        self._row_cache: dict[bytes, _RowTables] = {}  # shape bytes -> tables (LRU), `_row_tables`
         self._kp_offsets = torch.zeros(mhr70.NUM_KEYPOINTS, 3, device=self.device, dtype=self.dtype)
         self._kp_offset_table: torch.Tensor | None = None
-        self._last_nodes: tuple[bytes, torch.Tensor] | None = None  # (params bytes, node poses): `_node_poses`
+        self._kp_offset_rows: np.ndarray | None = None  # `_kp_offset_table[0]` as float64 NumPy
+        self._last_nodes: tuple[bytes, np.ndarray] | None = None  # (params bytes, node poses): `_row_node_poses`
 
     def _init_reduced_tree(self, get_kinematic_chain) -> None:
         """Constants of the reduced FK tree (root + posed bones) and of the per-bone anchoring."""
@@ -519,12 +577,32 @@ class AnnyBody(BodyModel):
         self._is_node_ordered[torch.tensor([int(full_inverse[b]) for b in node_bones])] = True
         self._posed_parent = self._parents[self._posed]
         self._posed_right = self._t["reference_orientations"][self._posed]
+        # float64 NumPy copies for single-row evaluations (`_row_node_poses`, `keypoints_and_jacobian`)
+        as_np = lambda t: t.detach().to(device="cpu", dtype=torch.float64).numpy()  # noqa: E731
+        self._np_root_ref = as_np(self._t["reference_orientations"][0])
+        self._np_posed_right = as_np(self._posed_right)
+        self._np_order = self._order.cpu().numpy()
+        self._np_inverse_order = self._inverse_order.cpu().numpy()
+        self._np_level_parents = [p.cpu().numpy() for p in self._level_parents]
+        self._np_subtree = as_np(subtree)
+        self._np_node_parent = self._node_parent.cpu().numpy()
+        self._np_parents = self._parents.cpu().numpy()
+        self._np_posed = self._posed.cpu().numpy()
+        self._np_posed_parent = self._posed_parent.cpu().numpy()
+        self._np_bone_anchor = self._bone_anchor.cpu().numpy()
+        self._np_kp_bones = self._t["kp_bones"].cpu().numpy()
+        self._np_full_order = self._full_order.cpu().numpy()
+        self._np_full_inverse_order = self._full_inverse_order.cpu().numpy()
+        self._np_full_level_parents = [p.cpu().numpy() for p in self._full_level_parents]
+        self._np_is_node_ordered = self._is_node_ordered.cpu().numpy()
         # Keypoint entry (k, s) on bone b moves with node anchor[b]: one-hot (70, S, N + 1).
         kp_anchor = self._bone_anchor[self._t["kp_bones"]]
         self._kp_onehot = torch.nn.functional.one_hot(kp_anchor, len(node_bones)).to(self.dtype)
         # The node each keypoint mostly moves with (largest skinning weight): the frame of its offset.
         node_weight = torch.einsum("ksn,ks->kn", self._kp_onehot, self._t["kp_p0"][..., 3].abs())
         self.keypoint_node = node_weight.argmax(1)
+        kp_entry_node = self._bone_anchor[self._t["kp_bones"]].cpu().numpy()  # (70, S)
+        self._np_kp_slot = (kp_entry_node * mhr70.NUM_KEYPOINTS + np.arange(mhr70.NUM_KEYPOINTS)[:, None]).ravel()
 
     # -- parameters ------------------------------------------------------------------------
 
@@ -602,14 +680,15 @@ class AnnyBody(BodyModel):
             return self._with_offsets(self._compute_shape_tables(shape))
         shape = shape.detach()
         if shape.shape[0] == 1 or bool((shape == shape[:1]).all()):
-            return self._cached_tables(shape[:1])
+            return self._with_offsets(self._cached_tables(shape[:1]))
         unique, inverse = torch.unique(shape, dim=0, return_inverse=True)
-        parts = [self._cached_tables(u[None]) for u in unique]
+        parts = [self._with_offsets(self._cached_tables(u[None])) for u in unique]
         return _ShapeTables(*(torch.cat([getattr(p, f.name) for p in parts])[inverse]
                               for f in dataclasses.fields(_ShapeTables)))
 
     def _cached_tables(self, shape: torch.Tensor) -> _ShapeTables:
-        """Tables of one shape (1, 6), from the cache or computed (no gradient) and cached."""
+        """Tables of one shape (1, 6) without the keypoint offsets, from the cache or computed (no
+        gradient) and cached."""
         shape_key = shape.cpu().numpy().tobytes()
         base = self._cache.pop(shape_key, None)
         if base is None:
@@ -618,7 +697,84 @@ class AnnyBody(BodyModel):
             while len(self._cache) >= _SHAPE_CACHE_SIZE:
                 self._cache.pop(next(iter(self._cache)))
         self._cache[shape_key] = base  # most recently used last
-        return self._with_offsets(base)
+        return base
+
+    def _row_tables(self, params: torch.Tensor) -> _RowTables:
+        """The float64 tables of the shape of `params` (1, P), from a small cache or computed
+        (`_compute_row_tables`) and cached."""
+        shape = params[0, self.groups["shape"]].detach().cpu().numpy()
+        shape_key = shape.tobytes()
+        row = self._row_cache.pop(shape_key, None)
+        if row is None:
+            row = self._compute_row_tables(shape.astype(np.float64))
+            while len(self._row_cache) >= _SHAPE_CACHE_SIZE:
+                self._row_cache.pop(next(iter(self._row_cache)))
+        self._row_cache[shape_key] = row  # most recently used last
+        return row
+
+    def _phenotype_coefficients(self, shape: np.ndarray) -> np.ndarray:
+        """(6,) phenotypes -> (A,) float64 blendshape coefficients: anny's `phenotype_blendshape_weights`
+        (no extrapolation; the phenotypes Anny exposes but this body does not, 0.5; equal races) times its
+        projection, in NumPy (~30x faster than the torch call on one row)."""
+        from anny.models.model_data import PHENOTYPE_VARIATIONS
+
+        values = dict(zip(ANNY_SHAPE_NAMES, shape.tolist()))
+        parts = []
+        for feature, variations in PHENOTYPE_VARIATIONS.items():
+            if feature == "race":  # no race phenotype is exposed: 0.5 each, normalised
+                parts.append(np.full(len(variations), 1.0 / len(variations)))
+                continue
+            anchors = self._np_anchors[feature]
+            value = min(max(values.get(feature, 0.5), anchors[0]), anchors[-1])
+            i = min(max(int(np.searchsorted(anchors, value, side="left")), 1), len(anchors) - 1)
+            alpha = (value - anchors[i - 1]) / (anchors[i] - anchors[i - 1])
+            weights = np.zeros(len(anchors))
+            weights[i - 1], weights[i] = 1.0 - alpha, alpha
+            parts.append(weights)
+        mask = self._np["phenotype_mask"]
+        blend = np.prod(np.concatenate(parts) * mask + (1.0 - mask), axis=-1)
+        return _matmul(blend, self._np["phenotype_projection"])
+
+    def _compute_row_tables(self, shape: np.ndarray) -> _RowTables:
+        """`_compute_shape_tables` of one shape (6,) in float64 NumPy, without autograd (~8x faster)."""
+        t = self._np
+        coeffs = self._phenotype_coefficients(shape)
+        heads = t["template_heads"] + _matmul(coeffs, t["heads_blendshapes"].reshape(len(coeffs), -1)).reshape(-1, 3)
+        rest_rot = _special_procrustes(
+            t["orient_template"] + _matmul(coeffs, t["orient_blendshapes"].reshape(len(coeffs), -1)).reshape(-1, 3, 3))
+        ref, parents = t["reference_orientations"], self._np_parents
+        a = ref @ rest_rot.transpose(0, 2, 1)
+        a[0] = np.eye(3)
+        offsets = (a[parents] @ (heads - heads[parents])[..., None])[..., 0]
+        up_t = ref[parents].transpose(0, 2, 1)
+        links = np.zeros((len(ref), 4, 4))
+        links[:, :3, :3] = up_t @ ref
+        links[:, :3, 3] = (up_t @ offsets[..., None])[..., 0]
+        links[:, 3, 3] = 1.0
+        links_ordered = links[self._np_full_order]
+        chain = [np.eye(4)[None]]
+        for (first, last), local in zip(self._full_levels[1:], self._np_full_level_parents):
+            step = chain[-1][local] @ links_ordered[first:last]
+            step[self._np_is_node_ordered[first:last]] = np.eye(4)
+            chain.append(step)
+        anchor_from_bone = np.concatenate(chain)[self._np_full_inverse_order]
+        parent_c = anchor_from_bone[self._np_posed_parent]
+        node_left = parent_c[:, :3, :3] @ up_t[self._np_posed]
+        node_trans = (parent_c @ links[self._np_posed])[:, :3, 3]
+        kp_dp = t["kp_dp"]
+        dp = _matmul(coeffs, kp_dp.reshape(len(coeffs), -1)).reshape(kp_dp.shape[1:])  # (70, S, 3)
+        p0, bones = t["kp_p0"], self._np_kp_bones
+        w = p0[..., 3:]
+        xyz = p0[..., :3] + dp - w * heads[bones]
+        local = (rest_rot[bones] * xyz[..., :, None]).sum(-2)  # R^T xyz (broadcast: faster than stacked matmul)
+        kp_bone = np.concatenate([local, w], axis=-1)  # (70, S, 4)
+        kp_anchor = (anchor_from_bone[bones] * kp_bone[..., None, :]).sum(-1)  # (70, S, 4)
+        # merged per anchor node: entry (k, s) adds to column k of node anchor(k, s)'s block
+        num_nodes, num_kp = len(self._node_bones), mhr70.NUM_KEYPOINTS
+        kp_from_nodes = np.stack([np.bincount(self._np_kp_slot, kp_anchor[..., j].ravel(), num_nodes * num_kp)
+                                  for j in range(4)], axis=1)  # (N + 1) * 70 -> (N + 1, 4, 70) below
+        return _RowTables(node_left, node_trans, anchor_from_bone,
+                          kp_from_nodes.reshape(num_nodes, num_kp, 4).transpose(0, 2, 1).reshape(-1, num_kp))
 
     def _with_offsets(self, tables: _ShapeTables) -> _ShapeTables:
         """`tables` with the keypoint offsets added (rigid, w = 0, in each keypoint's node frame)."""
@@ -645,16 +801,20 @@ class AnnyBody(BodyModel):
             raise ValueError(f"keypoint offsets: expected finite {tuple(self._kp_offsets.shape)}, "
                              f"got {tuple(value.shape)}")
         self._kp_offsets = value.clone()
-        self._kp_offset_table = None
+        self._kp_offset_table, self._kp_offset_rows = None, None
         if bool(value.any()):  # the offsets as an addition to `_ShapeTables.kp_from_nodes` ((N + 1) * 4, 70)
             table = value.new_zeros(len(self._node_bones), 4, mhr70.NUM_KEYPOINTS)
             table[self.keypoint_node, :3, torch.arange(mhr70.NUM_KEYPOINTS, device=self.device)] = value
             self._kp_offset_table = table.flatten(0, 1)[None]
+            rows = np.zeros((len(self._node_bones), 4, mhr70.NUM_KEYPOINTS))
+            rows[self.keypoint_node.cpu().numpy(), :3, np.arange(mhr70.NUM_KEYPOINTS)] = \
+                value.to(device="cpu", dtype=torch.float64).numpy()
+            self._kp_offset_rows = rows.reshape(-1, mhr70.NUM_KEYPOINTS)
 
     def keypoint_frames(self, params: torch.Tensor) -> torch.Tensor:
         """(B, P) -> (B, 70, 3, 3) world_from_node rotation of each keypoint's node (its offset frame)."""
         params = self._check(params)
-        nodes = self._node_poses(params, self._shape_tables(params))
+        nodes = self._node_poses(params, None)
         return nodes[:, self.keypoint_node, :3, :3]
 
     # -- kinematics ------------------------------------------------------------------------
@@ -662,24 +822,64 @@ class AnnyBody(BodyModel):
     def bone_poses(self, params: torch.Tensor) -> torch.Tensor:
         """(B, P) -> (B, J, 4, 4) world_from_bone poses (Anny bone frames, heads at the joints)."""
         params = self._check(params)
-        return self._bone_poses(params, self._shape_tables(params))
+        if self._single_row(params):
+            poses = self._row_node_poses(params)[self._np_bone_anchor] @ self._row_tables(params).anchor_from_bone
+            return torch.from_numpy(poses).to(self.device, self.dtype)[None]
+        tables = self._shape_tables(params)
+        nodes = self._node_poses(params, tables)
+        return nodes[:, self._bone_anchor] @ tables.anchor_from_bone
 
-    def _node_poses(self, params: torch.Tensor, tables: _ShapeTables) -> torch.Tensor:
-        """(B, N + 1, 4, 4) world poses of the reduced tree's nodes (root, then posed bones).
+    def _single_row(self, params: torch.Tensor) -> bool:
+        """Whether `params` is evaluated by the float64 NumPy kinematics (`_row_node_poses`): one row, no
+        autograd. Torch on tensors this small costs its per-operation overhead (~4x the NumPy time)."""
+        return params.shape[0] == 1 and not (params.requires_grad and torch.is_grad_enabled())
 
-        The last single-row evaluation without gradients on the CPU is remembered: a fitter judging its
-        shipped parameters and then asking for their joint rotations runs the kinematics once. The
-        node poses depend on the parameters only (shape included), not on the keypoint offsets."""
-        remember = params.shape[0] == 1 and params.device.type == "cpu" and not (
-            params.requires_grad and torch.is_grad_enabled())
-        if remember:
-            key = params.detach().numpy().tobytes()
-            if self._last_nodes is not None and self._last_nodes[0] == key:
-                return self._last_nodes[1]
-        nodes = self._compute_node_poses(params, tables)
-        if remember:
-            self._last_nodes = (key, nodes)
+    def _node_poses(self, params: torch.Tensor, tables: _ShapeTables | None) -> torch.Tensor:
+        """(B, N + 1, 4, 4) world poses of the reduced tree's nodes (root, then posed bones), model dtype.
+        tables: `_shape_tables(params)`, or None to get them here when needed."""
+        if self._single_row(params):
+            return torch.from_numpy(self._row_node_poses(params)).to(self.device, self.dtype)[None]
+        return self._compute_node_poses(params, self._shape_tables(params) if tables is None else tables)
+
+    def _row_node_poses(self, params: torch.Tensor) -> np.ndarray:
+        """(1, P) -> (N + 1, 4, 4) float64 world node poses, computed in NumPy (no autograd).
+
+        The last row is remembered: a fitter judging its shipped parameters and then asking for their
+        joint rotations (or the keypoint frames) runs the kinematics once. The node poses depend on the
+        parameters only (shape included), not on the keypoint offsets."""
+        key = params.detach().cpu().numpy().tobytes()
+        if self._last_nodes is not None and self._last_nodes[0] == key:
+            return self._last_nodes[1]
+        row = self._row_tables(params)
+        p = params[0].detach().to(device="cpu", dtype=torch.float64).numpy()
+        rotations = _rotvec_to_rotmat(np.concatenate([p[0:3], p[self.groups["pose"]]]).reshape(-1, 3))
+        num_nodes = len(rotations)
+        nodes = np.zeros((num_nodes, 4, 4))
+        nodes[:, 3, 3] = 1.0
+        root_ref = self._np_root_ref
+        nodes[0, :3, :3] = root_ref.T @ rotations[0] @ root_ref
+        nodes[0, :3, 3] = p[3:6] @ root_ref
+        links = np.zeros((num_nodes - 1, 4, 4))
+        links[:, 3, 3] = 1.0
+        links[:, :3, :3] = row.node_left @ rotations[1:] @ self._np_posed_right
+        links[:, :3, 3] = row.node_trans
+        links = links[self._np_order]
+        chain = [nodes[:1]]
+        for (first, last), local in zip(self._levels[1:], self._np_level_parents):
+            chain.append(chain[-1][local] @ links[first - 1:last - 1])
+        nodes = np.concatenate(chain)[self._np_inverse_order]
+        self._last_nodes = (key, nodes)
         return nodes
+
+    def _row_keypoint_table(self, params: torch.Tensor) -> np.ndarray:
+        """((N + 1) * 4, 70) float64 keypoint table of the shape of `params` (1, P), offsets included."""
+        table = self._row_tables(params).kp_from_nodes
+        return table if self._kp_offset_rows is None else table + self._kp_offset_rows
+
+    def _row_keypoints(self, params: torch.Tensor) -> np.ndarray:
+        """(1, P) -> (70, 3) float64 keypoints (NumPy kinematics)."""
+        nodes = self._row_node_poses(params)
+        return (nodes[:, :3, :].transpose(1, 0, 2).reshape(3, -1) @ self._row_keypoint_table(params)).T
 
     def _compute_node_poses(self, params: torch.Tensor, tables: _ShapeTables) -> torch.Tensor:
         batch = params.shape[0]
@@ -696,66 +896,75 @@ class AnnyBody(BodyModel):
 
     def keypoints_and_jacobian(self, params: torch.Tensor, columns: torch.Tensor | None = None
                                ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Keypoints and their Jacobian, without autograd: (B, P) -> ((B, 70, 3), (B, 70, 3, C)).
+        """Keypoints and their Jacobian, without autograd: (B, P) -> ((B, 70, 3), (B, 70, 3, C)), model dtype.
 
         columns: (C,) parameter indices (default: the movable dims). Rotation and translation columns
         are analytic (each posed bone turns its subtree's share of every keypoint about its head; the
-        axis-angle enters through SO(3)'s left Jacobian); shape columns are forward differences
-        (step 1e-3 in float32, 1e-6 in float64). ~1 forward pass of cost instead of C + 1.
+        axis-angle enters through SO(3)'s left Jacobian), computed in float64 NumPy for the bones whose
+        columns are asked for only; shape columns are forward differences (step 1e-3 in float32, 1e-6 in
+        float64). ~1 forward pass of cost instead of C + 1.
         """
         params = self._check(params).detach()
         if columns is None:
             columns = torch.nonzero(self.movable, as_tuple=True)[0]
-        columns = torch.as_tensor(columns, device=self.device, dtype=torch.long)
-        batch = params.shape[0]
-        saved = self.movable.clone()
-        self.movable[self.groups["shape"]] = False  # cached tables, no autograd
-        try:
-            with torch.no_grad():
-                tables = self._shape_tables(params)
-                nodes = self._node_poses(params, tables)  # (B, N + 1, 4, 4)
-                n_nodes = nodes.shape[1]
-                blocks = tables.kp_from_nodes.unflatten(1, (n_nodes, 4)).expand(batch, -1, -1, -1)  # (B, N+1, 4, 70)
-                contributions = torch.einsum("bnij,bnjk->bnki", nodes[..., :3, :], blocks)  # (B, N+1, 70, 3)
-                weights = blocks[:, :, 3]  # (B, N+1, 70)
-                sub_points = torch.einsum("cn,bnki->bcki", self._subtree, contributions)
-                sub_weights = torch.einsum("cn,bnk->bck", self._subtree, weights)
-                keypoints = sub_points[:, 0]
-                heads = nodes[..., :3, 3]  # (B, N+1, 3)
-                lever = sub_points - sub_weights[..., None] * heads[:, :, None, :]  # (B, N+1, 70, 3)
-                rotvecs = torch.cat([params[:, None, 0:3], params[:, self.groups["pose"]].reshape(batch, -1, 3)], 1)
-                left_jac = _so3_left_jacobian(rotvecs)  # (B, N+1, 3, 3)
-                root_ref = self._t["reference_orientations"][0]
-                parent_rot = nodes[:, self._node_parent[1:], :3, :3]
-                axes = torch.cat([(root_ref.T @ left_jac[:, :1]),
-                                  parent_rot @ tables.node_left.expand(batch, -1, -1, -1) @ left_jac[:, 1:]], dim=1)
-                # d y = (axes @ dw) x lever: column j of the 3x3 block is axes[:, j] x lever.
-                rot_jac = torch.linalg.cross(axes.transpose(-1, -2)[:, :, None], lever[..., None, :])
-                rot_jac = rot_jac.transpose(-1, -2)  # (B, N+1, 70, 3, 3)
-                rot = rot_jac.permute(0, 2, 3, 1, 4).flatten(3)  # (B, 70, 3, 3 (N + 1)): root, then posed bones
-                transl = sub_weights[:, 0, :, None, None] * root_ref.T  # (B, 70, 3, 3)
-                shape = self.groups["shape"]
-                shape_cols = columns[(columns >= shape.start) & (columns < shape.stop)]
-                shape_jac = params.new_zeros(batch, mhr70.NUM_KEYPOINTS, 3, shape.stop - shape.start)
-                if len(shape_cols):
-                    step = 1e-6 if self.dtype == torch.float64 else 1e-3
-                    moved = params[:, None].repeat(1, len(shape_cols), 1)
-                    moved[:, torch.arange(len(shape_cols)), shape_cols] += step
-                    shifted = self.keypoints(moved.flatten(0, 1)).unflatten(0, (batch, len(shape_cols)))
-                    shape_jac[..., shape_cols - shape.start] = ((shifted - keypoints[:, None]) / step).permute(0, 2, 3, 1)
-                assert self.groups["pose"].start == 6 and shape.start == self.groups["pose"].stop
-                jac = torch.cat([rot[..., :3], transl, rot[..., 3:], shape_jac], dim=-1)
-        finally:
-            self.movable.copy_(saved)
-        return keypoints, jac[..., columns]
+        columns = torch.as_tensor(columns, dtype=torch.long).cpu().numpy()
+        rows = [self._row_keypoints_and_jacobian(params[b:b + 1], columns) for b in range(params.shape[0])]
+        as_t = lambda a: torch.from_numpy(np.stack(a)).to(self.device, self.dtype)  # noqa: E731
+        return as_t([kp for kp, _ in rows]), as_t([jac for _, jac in rows])
 
-    def _bone_poses(self, params: torch.Tensor, tables: _ShapeTables) -> torch.Tensor:
-        nodes = self._node_poses(params, tables)
-        return nodes[:, self._bone_anchor] @ tables.anchor_from_bone
+    def _row_keypoints_and_jacobian(self, params: torch.Tensor, columns: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(1, P), (C,) -> ((70, 3), (70, 3, C)) float64: `keypoints_and_jacobian` of one row."""
+        nodes = self._row_node_poses(params)  # (N + 1, 4, 4)
+        row = self._row_tables(params)
+        num_nodes, num_kp = len(nodes), mhr70.NUM_KEYPOINTS
+        blocks = self._row_keypoint_table(params).reshape(num_nodes, 4, num_kp)
+        contributions = nodes[:, :3, :] @ blocks  # (N + 1, 3, 70): each node's share of every keypoint
+        keypoints = contributions.sum(0).T  # (70, 3)
+        jac = np.zeros((num_kp, 3, len(columns)))
+        pose, shape = self.groups["pose"], self.groups["shape"]
+        # rotation columns: node of each column (root: 0, posed bone i: i + 1) and axis
+        rot_cols = np.flatnonzero((columns < 3) | ((columns >= pose.start) & (columns < pose.stop)))
+        rot_dims = columns[rot_cols]
+        rot_node = np.where(rot_dims < 3, 0, (rot_dims - pose.start) // 3 + 1)
+        rot_axis = np.where(rot_dims < 3, rot_dims, (rot_dims - pose.start) % 3)
+        used, node_slot = np.unique(rot_node, return_inverse=True)
+        p = params[0].to(device="cpu", dtype=torch.float64).numpy()
+        if len(used):
+            subtree = self._np_subtree[used]  # (U, N + 1)
+            sub_points = _matmul(subtree, contributions.reshape(num_nodes, -1)).reshape(len(used), 3, num_kp)
+            sub_weights = _matmul(subtree, np.ascontiguousarray(blocks[:, 3]))  # (U, 70)
+            lever = sub_points - sub_weights[:, None] * nodes[used, :3, 3][..., None]  # (U, 3, 70)
+            rotvecs = np.concatenate([p[0:3], p[pose]]).reshape(-1, 3)[used]
+            left_jac = _so3_left_jacobian(rotvecs)  # (U, 3, 3)
+            posed = used > 0
+            axes = np.empty((len(used), 3, 3))
+            axes[~posed] = self._np_root_ref.T @ left_jac[~posed]
+            parent_rot = nodes[self._np_node_parent[used[posed]], :3, :3]
+            axes[posed] = parent_rot @ row.node_left[used[posed] - 1] @ left_jac[posed]
+            # d y = (axes @ dw) x lever = -[lever]x axes dw: column j is axes[:, j] x lever
+            a = axes[node_slot, :, rot_axis]  # (R, 3) the axis of each rotation column
+            lv = lever[node_slot]  # (R, 3, 70)
+            jac[..., rot_cols] = np.stack([a[:, 1, None] * lv[:, 2] - a[:, 2, None] * lv[:, 1],
+                                           a[:, 2, None] * lv[:, 0] - a[:, 0, None] * lv[:, 2],
+                                           a[:, 0, None] * lv[:, 1] - a[:, 1, None] * lv[:, 0]]).transpose(2, 0, 1)
+        transl_cols = np.flatnonzero((columns >= 3) & (columns < 6))
+        if len(transl_cols):
+            weight = blocks[:, 3].sum(0)  # (70,) each keypoint's total skinning weight
+            jac[..., transl_cols] = weight[:, None, None] * self._np_root_ref.T[:, columns[transl_cols] - 3]
+        shape_cols = np.flatnonzero((columns >= shape.start) & (columns < shape.stop))
+        if len(shape_cols):
+            step = 1e-6 if self.dtype == torch.float64 else 1e-3
+            for c in shape_cols:
+                moved = params.clone()
+                moved[0, columns[c]] += step
+                jac[..., c] = (self._row_keypoints(moved) - keypoints) / step
+        return keypoints, jac
 
     def keypoints(self, params: torch.Tensor) -> torch.Tensor:
         """(B, P) -> (B, 70, 3) MHR-70 keypoints, metres, world frame (Z up); differentiable."""
         params = self._check(params)
+        if self._single_row(params):
+            return torch.from_numpy(self._row_keypoints(params)).to(self.device, self.dtype)[None]
         tables = self._shape_tables(params)
         nodes = self._node_poses(params, tables)[..., :3, :]  # (B, N + 1, 3, 4)
         rows = nodes.permute(0, 2, 1, 3).flatten(2)  # (B, 3, (N + 1) * 4)
