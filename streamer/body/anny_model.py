@@ -536,7 +536,8 @@ class AnnyBody(BodyModel):
         self.keypoint_defined = torch.ones(mhr70.NUM_KEYPOINTS, dtype=torch.bool, device=self.device)
         self._cache: dict[bytes, _ShapeTables] = {}  # shape bytes -> tables (LRU), `_cached_tables`
         self._row_cache: dict[bytes, _RowTables] = {}  # shape bytes -> tables (LRU), `_row_tables`
-        self._kp_offsets = torch.zeros(mhr70.NUM_KEYPOINTS, 3, device=self.device, dtype=self.dtype)
+        self._zero_offsets = torch.zeros(mhr70.NUM_KEYPOINTS, 3, device=self.device, dtype=self.dtype)
+        self._kp_offsets = self._zero_offsets
         self._kp_offset_table: torch.Tensor | None = None
         self._kp_offset_rows: np.ndarray | None = None  # `_kp_offset_table[0]` as float64 NumPy
         self._last_nodes: tuple[bytes, np.ndarray] | None = None  # (params bytes, node poses): `_row_node_poses`
@@ -601,6 +602,7 @@ class AnnyBody(BodyModel):
         # The node each keypoint mostly moves with (largest skinning weight): the frame of its offset.
         node_weight = torch.einsum("ksn,ks->kn", self._kp_onehot, self._t["kp_p0"][..., 3].abs())
         self.keypoint_node = node_weight.argmax(1)
+        self._np_keypoint_node = self.keypoint_node.cpu().numpy()
         kp_entry_node = self._bone_anchor[self._t["kp_bones"]].cpu().numpy()  # (70, S)
         self._np_kp_slot = (kp_entry_node * mhr70.NUM_KEYPOINTS + np.arange(mhr70.NUM_KEYPOINTS)[:, None]).ravel()
 
@@ -778,8 +780,10 @@ class AnnyBody(BodyModel):
 
     def _with_offsets(self, tables: _ShapeTables) -> _ShapeTables:
         """`tables` with the keypoint offsets added (rigid, w = 0, in each keypoint's node frame)."""
-        if self._kp_offset_table is None:
+        if self._kp_offset_rows is None:
             return tables
+        if self._kp_offset_table is None:  # the offsets as an addition to `_ShapeTables.kp_from_nodes`
+            self._kp_offset_table = torch.as_tensor(self._kp_offset_rows, device=self.device, dtype=self.dtype)[None]
         return dataclasses.replace(tables, kp_from_nodes=tables.kp_from_nodes + self._kp_offset_table)
 
     # -- keypoint offsets ------------------------------------------------------------------
@@ -794,22 +798,24 @@ class AnnyBody(BodyModel):
         return self._kp_offsets
 
     def set_keypoint_offsets(self, offsets: np.ndarray | torch.Tensor | None) -> None:
-        """Use `offsets` (70, 3) metres in the keypoint node frames (None: zero) from now on."""
-        value = (torch.zeros_like(self._kp_offsets) if offsets is None
-                 else torch.as_tensor(offsets, device=self.device, dtype=self.dtype))
-        if value.shape != self._kp_offsets.shape or not bool(torch.isfinite(value).all()):
+        """Use `offsets` (70, 3) metres in the keypoint node frames (None: zero) from now on.
+
+        Cheap (a fitter sets a subject's offsets around every step): checked and laid out in NumPy;
+        the torch table for batched evaluations is built when one first needs it."""
+        if isinstance(offsets, torch.Tensor):
+            offsets = offsets.detach().cpu()
+        value = np.zeros(self._kp_offsets.shape) if offsets is None else np.asarray(offsets, dtype=np.float64)
+        if value.shape != tuple(self._kp_offsets.shape) or not np.isfinite(value).all():
             raise ValueError(f"keypoint offsets: expected finite {tuple(self._kp_offsets.shape)}, "
-                             f"got {tuple(value.shape)}")
-        self._kp_offsets = value.clone()
+                             f"got {value.shape}")
         self._kp_offset_table, self._kp_offset_rows = None, None
-        if bool(value.any()):  # the offsets as an addition to `_ShapeTables.kp_from_nodes` ((N + 1) * 4, 70)
-            table = value.new_zeros(len(self._node_bones), 4, mhr70.NUM_KEYPOINTS)
-            table[self.keypoint_node, :3, torch.arange(mhr70.NUM_KEYPOINTS, device=self.device)] = value
-            self._kp_offset_table = table.flatten(0, 1)[None]
-            rows = np.zeros((len(self._node_bones), 4, mhr70.NUM_KEYPOINTS))
-            rows[self.keypoint_node.cpu().numpy(), :3, np.arange(mhr70.NUM_KEYPOINTS)] = \
-                value.to(device="cpu", dtype=torch.float64).numpy()
-            self._kp_offset_rows = rows.reshape(-1, mhr70.NUM_KEYPOINTS)
+        if not value.any():
+            self._kp_offsets = self._zero_offsets
+            return
+        self._kp_offsets = torch.as_tensor(value, dtype=self.dtype).to(self.device)
+        rows = np.zeros((len(self._node_bones), 4, mhr70.NUM_KEYPOINTS))
+        rows[self._np_keypoint_node, :3, np.arange(mhr70.NUM_KEYPOINTS)] = self._kp_offsets.cpu().to(torch.float64).numpy()
+        self._kp_offset_rows = rows.reshape(-1, mhr70.NUM_KEYPOINTS)  # an addition to `_RowTables.kp_from_nodes`
 
     def keypoint_frames(self, params: torch.Tensor) -> torch.Tensor:
         """(B, P) -> (B, 70, 3, 3) world_from_node rotation of each keypoint's node (its offset frame)."""

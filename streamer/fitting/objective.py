@@ -124,7 +124,7 @@ def metric_distance(residual: torch.Tensor, metric: torch.Tensor | None) -> torc
     """(R,) distances of residuals (R, 3) under per-row metrics (R, 3, 3) (Euclidean when None)."""
     if metric is None:
         return torch.linalg.vector_norm(residual, dim=1)
-    return torch.einsum("ri,rij,rj->r", residual, metric, residual).clamp_min(0.0).sqrt()
+    return ((metric @ residual[:, :, None])[:, :, 0] * residual).sum(1).clamp_min(0.0).sqrt()
 
 
 def prior_terms(model: BodyModel, free: np.ndarray, prior: Prior, settings: FitSettings) -> PriorTerms:

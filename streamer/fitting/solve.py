@@ -207,10 +207,10 @@ def fit_frame(
         dist = metric_distance(resid, metric)
         irls = torch.where(dist <= settings.huber_m, 1.0, settings.huber_m / dist.clamp_min(1e-12))
         w = weights * irls  # (R,)
-        metric_jac = jac if metric is None else torch.einsum("rab,rbn->ran", metric, jac)  # M J
-        jw = metric_jac * w[:, None, None]
-        hessian = torch.einsum("rcn,rcm->nm", jw, jac)
-        gradient = torch.einsum("rcn,rc->n", jw, resid)
+        metric_jac = jac if metric is None else metric @ jac  # M J
+        jw = (metric_jac * w[:, None, None]).reshape(-1, n_free).T  # (n, 3R)
+        hessian = jw @ jac.reshape(-1, n_free)
+        gradient = jw @ resid.reshape(-1)
         prior_grad, prior_diag = terms.gradient_and_diagonal(x)
         hessian = hessian + torch.diag(prior_diag)
         gradient = gradient + prior_grad
@@ -230,7 +230,7 @@ def fit_frame(
         if settings.broyden and not cold:  # rank-1 secant update of the Jacobian along the step
             step_sq = float(step @ step)
             if step_sq > 0:
-                jac = jac + torch.einsum("rc,n->rcn", (new_kp - kp) - jac @ step, step / step_sq)
+                jac = jac + ((new_kp - kp) - jac @ step)[:, :, None] * (step / step_sq)
         decrease = loss - new_loss
         x, loss, kp = candidate, new_loss, new_kp
         if decrease < settings.rel_tolerance * loss:
