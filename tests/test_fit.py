@@ -223,3 +223,43 @@ def test_track_lost_is_reinitialised_cold(model, context):
     assert outs[70].source == "fit" and outs[70].iterations > context.settings.fit.max_iterations
     defined = model.keypoint_defined.numpy()
     assert np.linalg.norm(outs[79].keypoints - truths[79], axis=1)[defined].mean() < 0.05
+
+
+def test_analytic_jacobian_refreshes_one_shape_column_per_frame(model, context):
+    """A warm frame recomputes every rigid column but one free shape column, in turn (each shape column
+    costs a forward pass with new shape tables); a difference Jacobian staggers all columns."""
+    from dataclasses import replace
+
+    from streamer.fitting.track import _refresh_columns
+
+    analytic = replace(context, method="analytic")
+    free = context.free | context.shape
+    is_shape = context.shape[free]
+    assert is_shape.sum() == 2  # the chain body's two shape dims
+    seen = []
+    for phase in range(4):
+        cols, phases = _refresh_columns(analytic, free, phase)
+        assert phases == 2
+        assert set(np.flatnonzero(~is_shape)) <= set(cols.tolist())
+        shape_cols = [c for c in cols if is_shape[c]]
+        assert len(shape_cols) == 1
+        seen.append(shape_cols[0])
+    assert seen[0] != seen[1] and seen[:2] == seen[2:]
+    held = _refresh_columns(analytic, context.free, 0)[0]  # shape held: every column
+    assert held.tolist() == list(range(int(context.free.sum())))
+    stagger = context.settings.jacobian_stagger
+    cols, phases = _refresh_columns(context, free, 1)
+    assert phases == stagger and cols.tolist() == list(range(1, int(free.sum()), stagger))
+
+
+def test_shape_is_predicted_unchanged_while_it_is_estimated(model, context):
+    """During the shape window the shipped shape is the fitted one and the next frame's prediction keeps it."""
+    from streamer.fitting.track import _predicted
+
+    _, frames = walk_targets(model, 4, seed=11)
+    state = track_init(context)
+    for k, targets in enumerate(frames):
+        state, _ = track_step(state, targets, int(k * 1e9 / FPS), context)
+    assert state.shape_held is None
+    pred = _predicted(context, state, int(len(frames) * 1e9 / FPS))
+    assert np.array_equal(pred[context.shape], state.params[context.shape])

@@ -768,9 +768,9 @@ class AnnyBody(BodyModel):
         p0, bones = t["kp_p0"], self._np_kp_bones
         w = p0[..., 3:]
         xyz = p0[..., :3] + dp - w * heads[bones]
-        local = (rest_rot[bones] * xyz[..., :, None]).sum(-2)  # R^T xyz (broadcast: faster than stacked matmul)
+        local = np.einsum("ksji,ksj->ksi", rest_rot[bones], xyz)  # R^T xyz (einsum: faster than stacked matmul)
         kp_bone = np.concatenate([local, w], axis=-1)  # (70, S, 4)
-        kp_anchor = (anchor_from_bone[bones] * kp_bone[..., None, :]).sum(-1)  # (70, S, 4)
+        kp_anchor = np.einsum("ksij,ksj->ksi", anchor_from_bone[bones], kp_bone)  # (70, S, 4)
         # merged per anchor node: entry (k, s) adds to column k of node anchor(k, s)'s block
         num_nodes, num_kp = len(self._node_bones), mhr70.NUM_KEYPOINTS
         kp_from_nodes = np.stack([np.bincount(self._np_kp_slot, kp_anchor[..., j].ravel(), num_nodes * num_kp)

@@ -16,7 +16,9 @@ node keeps one `TrackState` per person). Per frame:
   a lost track starts afresh instead (its held pose was flagged MISSING), as does a stuck one (its
   verdicts said its pose was wrong).
 - shape: free (if the model lets it move) over the first `shape_frames` good fits, then held at
-  their mean for the rest of the track.
+  their mean for the rest of the track. A constant: predicted unchanged and shipped as fitted (the
+  Kalman smooths the motion only), so each such frame evaluates two new shapes (step, one shape
+  Jacobian column), not five.
 - keypoint offsets (a subject-specific marker calibration, for models with `set_keypoint_offsets`):
   a detector's keypoints are not the body model's (OpenPose's shoulders and hips sit centimetres
   from Anny's). Over `offset_rounds` windows of `offset_frames` good fits each, the mean inlier
@@ -56,7 +58,8 @@ class TrackSettings:
     parameter groups never moved (e.g. "jaw"). offset_frames / offset_rounds / max_offset_m: the keypoint
     offset calibration (module docstring); offset_min_weight: a point's offset moves only when its mean
     weight over the window reaches this. jacobian_stagger: with a difference Jacobian, a warm frame
-    recomputes every n-th column (Broyden updates carry the rest); an analytic one is recomputed whole.
+    recomputes every n-th column (Broyden updates carry the rest); an analytic one is recomputed whole
+    but for the shape columns, one per frame in turn (`_refresh_columns`).
     root_accel_noise / pose_accel_noise: Kalman process
     noise of the parameter prediction (rad/s^2 or m/s^2); param_meas_std: its measurement std.
     relock_after_s: fitted frames without a "good" verdict this long -> re-initialise (0: never)."""
@@ -216,7 +219,7 @@ def _output(context: TrackContext, params32: np.ndarray, evaluation: FitEvaluati
 
 def _predicted(context: TrackContext, state: TrackState, t_ns: int) -> np.ndarray | None:
     """(P,) the parameters predicted at t_ns: constant velocity for rows measured within their coasting
-    window, the last shipped value for the others (None without a track)."""
+    window, the last shipped value for the others and for the shape (a constant; None without a track)."""
     if state.params is None:
         return None
     s = context.settings
@@ -228,6 +231,7 @@ def _predicted(context: TrackContext, state: TrackState, t_ns: int) -> np.ndarra
         sub = pred[rows]
         sub[live] = ahead[live]
         pred[rows] = sub
+    pred[context.shape] = state.params[context.shape]  # the shape is a constant: predicted unchanged
     return pred
 
 
@@ -268,6 +272,25 @@ def _slew_limit(context: TrackContext, model: BodyModel, previous: np.ndarray, f
             return cand, alpha < 1.0
         alpha *= 0.95 * limit / move  # keypoints are close to linear in small parameter steps
     return previous.copy(), True
+
+
+def _refresh_columns(context: TrackContext, free: np.ndarray, phase: int) -> tuple[np.ndarray, int]:
+    """(indices into the free dims whose Jacobian columns a warm frame recomputes, number of phases).
+
+    A difference Jacobian recomputes every `jacobian_stagger`-th column. An analytic one recomputes
+    every rotation and translation column (they cost about nothing beyond the forward pass), but
+    only one free shape column per frame, in turn: each costs a forward pass with new shape tables.
+    Broyden updates carry the other columns."""
+    n_free = int(free.sum())
+    if context.method != "analytic":
+        stagger = max(1, context.settings.jacobian_stagger)
+        return np.flatnonzero(np.arange(n_free) % stagger == phase % stagger), stagger
+    is_shape = context.shape[free]
+    shape_cols = np.flatnonzero(is_shape)
+    if len(shape_cols) <= 1:
+        return np.arange(n_free), 1
+    due = shape_cols[phase % len(shape_cols)]
+    return np.flatnonzero(~is_shape | (np.arange(n_free) == due)), len(shape_cols)
 
 
 def _calibrate_offsets(context: TrackContext, state: TrackState, params: np.ndarray, targets: FitTargets,
@@ -374,10 +397,7 @@ def _track_step(
     if state.shape_held is not None:
         start_params[context.shape] = state.shape_held
     prior = Prior(prediction=prediction, previous=state.params, reference=reference)
-    # an analytic Jacobian costs about one forward pass whatever the columns: refresh all of them
-    stagger = 1 if context.method == "analytic" else max(1, s.jacobian_stagger)
-    n_free = int(free.sum())
-    refresh = np.flatnonzero(np.arange(n_free) % stagger == state.jacobian_phase % stagger)
+    refresh, phases = _refresh_columns(context, free, state.jacobian_phase)
     result = fit_frame(model, targets, start_params, free, prior, s.fit, cold=cold, method=context.method,
                        jacobian_guess=state.jacobian, refresh_columns=refresh,
                        judge=not (s.smooth_output and not cold))
@@ -386,7 +406,7 @@ def _track_step(
     root_kf, pose_kf, filtered, _ = _update_filters(context, state, params, t_ns)
     changed = False
     if s.smooth_output and not cold:  # ship the Kalman posterior (constant velocity: no lag at steady speed)
-        params, changed = np.where(free, filtered, params), True
+        params, changed = np.where(free & ~context.shape, filtered, params), True
     slewing = False
     if state.slewing and state.params is not None:
         params, slewing = _slew_limit(context, model, state.params, params, (t_ns - state.t_ns) * 1e-9)
@@ -406,6 +426,6 @@ def _track_step(
         state = _calibrate_offsets(context, state, params, targets, evaluation)
     new = replace(state, params=params, t_ns=t_ns, t_fit_ns=t_ns, root_kf=root_kf, pose_kf=pose_kf,
                   slewing=slewing, shape_sum=shape_sum, shape_count=shape_count, shape_held=shape_held,
-                  jacobian=result.jacobian, jacobian_phase=(state.jacobian_phase + 1) % stagger,
+                  jacobian=result.jacobian, jacobian_phase=(state.jacobian_phase + 1) % phases,
                   t_good_ns=t_ns if evaluation.verdict == Verdict.GOOD or slewing else state.t_good_ns)
     return new, _output(context, params32, evaluation, targets, result.iterations, "fit")
