@@ -228,15 +228,52 @@ def test_bf16_decoder_layers_run_in_bf16_and_stay_close():
 
 
 @pytest.mark.parametrize("graph_decoder", [False, True])
-def test_pipelined_run_gives_the_same_outputs_as_separate_calls(graph_decoder):
+def test_pipelined_calls_give_the_same_outputs_as_separate_calls_in_order(graph_decoder):
     model = StandInSam3dBody().eval()
-    fast = FastBodyEstimator(model, cuda_graphs=False, graph_decoder=graph_decoder)
+    fast = FastBodyEstimator(model, cuda_graphs=False, graph_decoder=graph_decoder, batch_sizes=(2,))
     images, requests = _images(), _requests()
-    batches = [fast.make_batch(images, requests[:2]), fast.make_batch(images, requests[2:])]
-    piped = list(fast.run_pipelined(iter(batches)))
-    assert len(piped) == 2
-    for batch, out in zip(batches, piped):
-        torch.testing.assert_close(out["pred_cam_t"], fast.decode(batch, fast.encode(batch))["pred_cam_t"])
+    calls = [(images, requests[:2]), (images[::-1], requests[2:]), (images, requests[3:])]
+    piped = list(fast.pipelined(iter(calls)))
+    assert len(piped) == 3
+    for (imgs, reqs), out in zip(calls, piped):
+        want = fast(imgs, reqs)
+        assert out["pred_cam_t"].shape[0] == len(reqs)
+        torch.testing.assert_close(out["pred_cam_t"], want["pred_cam_t"])
+        torch.testing.assert_close(out["pred_keypoints_2d"], want["pred_keypoints_2d"])
+    pending = fast.submit(images, requests[:1])  # off CUDA a submitted call has run already
+    torch.testing.assert_close(pending.result()["pred_cam_t"], fast(images, requests[:1])["pred_cam_t"])
+
+
+def test_backbone_precisions_copy_the_backbone_and_leave_the_model_alone():
+    model = StandInSam3dBody().eval()
+    model.backbone = nn.Sequential(nn.Conv2d(3, 32, kernel_size=8, stride=8), _ChannelLinear(32, 16))
+    backbone = model.backbone
+    images, requests = _images(), _requests()
+    exact = FastBodyEstimator(model, cuda_graphs=False)(images, requests)
+    for precision, dtype in (("bf16", torch.bfloat16), ("fp8", torch.float32), ("fp8-fast-accum", torch.float32)):
+        fast = FastBodyEstimator(model, cuda_graphs=False, precision=precision)
+        assert fast.backbone_dtype == dtype and model.backbone is backbone
+        assert isinstance(backbone[1].linear, nn.Linear)  # the model's own layer is untouched
+        out = fast(images, requests)
+        rel = float((out["pred_keypoints_2d"] - exact["pred_keypoints_2d"]).norm()
+                    / exact["pred_keypoints_2d"].norm())
+        assert 0 < rel < 5e-2, precision  # changed (the copy ran) but close
+    with pytest.raises(ValueError, match="precision"):
+        FastBodyEstimator(model, precision="int4")
+    model.backbone = nn.Conv2d(3, 16, kernel_size=8, stride=8)  # no linear layer at all
+    with pytest.raises(ValueError, match="no linear layer"):
+        FastBodyEstimator(model, precision="fp8")
+
+
+class _ChannelLinear(nn.Module):
+    """A linear layer over the channels of a (B, C, h, w) map (as a ViT's MLP over patch tokens)."""
+
+    def __init__(self, c_in: int, c_out: int) -> None:
+        super().__init__()
+        self.linear = nn.Linear(c_in, c_out)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
 
 
 def test_make_batch_rejects_bad_input():

@@ -17,12 +17,17 @@ per-frame-set latency p50/p99 and peak GPU memory: stock "full" and "body" calls
 image, batched across cameras, + bf16 decoder layers, + CUDA-graph backbone, + CUDA-graph decoder, +
 torch.compile backbone (alone and with the graph decoder; the decoder compiled with --compile-decoder), + TF32
 decoder matmuls, then the best path at larger batches (several frame sets per call: latency grows with them),
-a 2-stream pipeline (eager decoder only) and P processes sharing the GPU (`--processes 4x32,2x16g`, 'g': graph
+the best path as a 2-stream pipeline (`FastBodyEstimator.pipelined`: the crop and backbone of call t+1 overlap
+the decoder of call t; latency from a call's input to its outputs on the host), the FP8 backbone
+(`precision="fp8"`, opt-in; `--no-fp8` skips it) serial and pipelined, and P processes sharing the GPU (`--processes 4x32,2x16g`, 'g': graph
 decoder; `--only-processes` for that alone). Also: time split (crop / backbone / decoder / one MHR call), a
 detector stand-in (what boxes from the 3D track save), the cost of those boxes, and whether onnxruntime has a
 GPU provider. The agreement check runs the stock body-only call and the fast path on the same inputs and reports
 relative errors; each fast path is also run on other inputs (cameras reversed, boxes moved) against the eager
-fast path, so nothing of a recorded CUDA graph's inputs can stay frozen unnoticed. `--check-graph-only` checks
+fast path, so nothing of a recorded CUDA graph's inputs can stay frozen unnoticed. A backbone precision other
+than the model's also runs a stress check: random weights keep DINOv3's LayerScale at its init value 1e-5, so
+the blocks barely reach the output and any precision would agree; with every gamma set to 1 its outputs are
+compared with the model's precision (relative L2, max 2D keypoint px, embeddings) and must agree too. `--check-graph-only` checks
 just the graph decoder (seconds with `--backbone dinov3_vits16`). `--json` prints one object with the stable keys
 best_images_per_s, stock_images_per_s, speedup_vs_stock, gpu.
 """
@@ -303,6 +308,38 @@ def _relative_errors(stock: list[dict], fast: list[dict]) -> dict[str, float]:
     return errors
 
 
+def _layer_scale_stress(model: Any, images: list[np.ndarray], requests: list[Any], precision: str
+                        ) -> dict[str, Any]:
+    """Agreement of a backbone precision with the model's own, with every LayerScale gamma of the backbone set to 1
+    (restored after): random weights keep DINOv3's init value 1e-5, under which the blocks barely reach the
+    output. Eager paths (no graphs, no compile) on the same crops; relative L2 errors, max 2D keypoint px error,
+    and the backbone embeddings' relative L2 error."""
+    import torch
+
+    from streamer.capture.sam3d_fast import FastBodyEstimator
+
+    gammas = [p for name, p in model.backbone.named_parameters() if name.endswith("gamma")]
+    if not gammas:
+        return {"skipped": "the backbone has no LayerScale gamma parameters"}
+    saved = [g.detach().clone() for g in gammas]
+    try:
+        with torch.no_grad():
+            for g in gammas:
+                g.fill_(1.0)
+        reference = FastBodyEstimator(model, cuda_graphs=False)
+        other = FastBodyEstimator(model, cuda_graphs=False, precision=precision)
+        batch = reference.make_batch(images, requests)
+        e0, e1 = reference.encode(batch).float(), other.encode(batch).float()
+        errors = _relative_errors(reference.estimate(images, requests), other.estimate(images, requests))
+    finally:
+        with torch.no_grad():
+            for g, value in zip(gammas, saved):
+                g.copy_(value)
+    errors["max_rel_err"] = max(v for k, v in errors.items() if not k.endswith("_px"))
+    errors["embedding_rel_err"] = float((e1 - e0).norm() / e0.norm())
+    return errors
+
+
 def _onnxruntime_status() -> dict[str, Any]:
     if importlib.util.find_spec("onnxruntime") is None:
         return {"available": False, "providers": [], "reason": "onnxruntime not installed"}
@@ -525,6 +562,10 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--scale-batches", default="16,32,64",
                         help="batch sizes (several frame sets per call) for the best path")
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile variants")
+    parser.add_argument("--fp8", action=argparse.BooleanOptionalAction, default=True,
+                        help="time the FP8 backbone (opt-in precision, Hopper/Ada GPUs) with its stress agreement")
+    parser.add_argument("--pipeline-calls", type=int, default=16,
+                        help="calls per timed run of the 2-stream pipeline rows")
     parser.add_argument("--compile-decoder", action="store_true",
                         help="also time torch.compile of the decoder (slow to build; no gain measured)")
     parser.add_argument("--quick", action="store_true",
@@ -704,43 +745,79 @@ def main(argv: list[str]) -> int:
         finally:
             torch.backends.cuda.matmul.allow_tf32 = previous
 
-    def pipelined_run(fast: FastBodyEstimator, reqs: list, frames: int) -> Callable[[], Any]:
-        def run() -> list:
-            batches = (fast.make_batch(images, reqs) for _ in range(frames))
-            return [person_dicts(out, np.stack([r.box_xyxy for r in reqs])) for out in fast.run_pipelined(batches)]
-        return run
+    def measure_pipelined(name: str, fast: FastBodyEstimator, reqs: list, note: str) -> dict[str, Any]:
+        """`fast.pipelined` over --pipeline-calls calls of reqs; latency: a call's input taken -> its outputs on
+        the host (the pipeline returns each call one call late)."""
+        def run_calls(count: int, reqs_: list) -> tuple[list[list[dict]], list[float]]:
+            starts: list[float] = []
 
-    scaling = []
+            def calls() -> Any:
+                for _ in range(count):
+                    starts.append(time.perf_counter())
+                    yield images, reqs_
+            outs, latencies = [], []
+            for i, out in enumerate(fast.pipelined(calls())):
+                outs.append(person_dicts(out, np.stack([r.box_xyxy for r in reqs_])))
+                latencies.append(time.perf_counter() - starts[i])
+            return outs, latencies
+
+        try:
+            run_calls(3, reqs)
+            sync()
+            peak()
+            t0 = time.perf_counter()
+            outs, latencies = run_calls(args.pipeline_calls, reqs)
+            wall = time.perf_counter() - t0
+        except Exception as exc:
+            return {"variant": name, "error": f"{type(exc).__name__}: {exc}"[:800]}
+        p50, p99 = _percentiles(latencies)
+        row = {"variant": name, "images_per_s": len(reqs) * args.pipeline_calls / wall, "latency_ms_p50": p50,
+               "latency_ms_p99": p99, "images_per_call": len(reqs), "frame_sets_per_call": len(reqs) / n,
+               "gpu_mem_peak_gib": peak(), "note": note}
+        with_agreement(row, outs[-1])
+        fresh_outs, _ = run_calls(2, fresh)
+        fresh_errors = _relative_errors(fresh_reference, fresh_outs[-1])
+        row["fresh_inputs_max_rel_err_vs_eager"] = max(v for k, v in fresh_errors.items() if not k.endswith("_px"))
+        row["agrees"] = row["agrees"] and row["fresh_inputs_max_rel_err_vs_eager"] <= AGREEMENT_TOLERANCE
+        return row
+
+    def add_scaling(row: dict[str, Any]) -> dict[str, Any]:
+        scaling.append(row)
+        _progress(f"{row['variant']}: {row.get('images_per_s', float('nan')):.1f} img/s, "
+                  f"p50 {row.get('latency_ms_p50', float('nan')):.0f} ms, "
+                  f"agreement {row.get('agreement_max_rel_err', float('nan')):.1e} {row.get('error', '')}")
+        return row
+
+    scaling: list[dict[str, Any]] = []
     sizes = [int(s) for s in args.scale_batches.split(",") if s]
     for size in sizes:
         reqs = [requests[i % n] for i in range(size)]
-        row = measure_fast(f"best path, batch {size} ({size / n:g} frame sets per call)", best_fast, reqs,
-                           "more crops per forward (one frame set's images uploaded per call)",
-                           iters=max(5, args.iters // 3))
-        scaling.append(row)
-        _progress(f"{row['variant']}: {row.get('images_per_s', float('nan')):.1f} img/s {row.get('error', '')}")
-    plain = {r.get("images_per_call"): r for r in [best_row, *scaling] if "error" not in r}
-    frames = 8
-    # with the CUDA-graph decoder, run_pipelined runs serially (see its docstring): no 2-stream rows then
-    for size in ([] if best_fast.graph_decoder else [n, *sizes]):
+        add_scaling(measure_fast(f"best path, batch {size} ({size / n:g} frame sets per call)", best_fast, reqs,
+                                 "more crops per forward (one frame set's images uploaded per call)",
+                                 iters=max(5, args.iters // 3)))
+    two_streams = ("crop + backbone of call t+1 on one stream overlap the decoder of call t on a higher-priority "
+                   "one; latency: input taken -> outputs on the host")
+    for size in [n, *sizes]:
         reqs = [requests[i % n] for i in range(size)]
-        name = f"best path, 2 streams, batch {size}"
-        try:
-            row = _time_variant(name, pipelined_run(best_fast, reqs, frames), images_per_call=size * frames,
-                                iters=max(3, args.iters // frames), warmup=1, **common)
-        except Exception as exc:
-            scaling.append({"variant": name, "error": f"{type(exc).__name__}: {exc}"[:500]})
-            continue
-        # one batch still takes its backbone + decoder time: the latency is the same batch size's without streams
-        row["latency_ms_p50"] = plain.get(size, {}).get("latency_ms_p50", float("nan"))
-        row["latency_ms_p99"] = plain.get(size, {}).get("latency_ms_p99", float("nan"))
-        row["images_per_call"] = size
-        row["frame_sets_per_call"] = size / n
-        row["note"] = (f"backbone of batch t+1 (second stream) overlaps decoder of batch t, {frames} batches per "
-                       "timed run; latency: the same batch size without streams")
-        row = with_agreement(row, pipelined_run(best_fast, reqs, 2)()[0])
-        scaling.append(row)
-        _progress(f"{name}: {row['images_per_s']:.1f} img/s, agreement {row['agreement_max_rel_err']:.1e}")
+        add_scaling(measure_pipelined(f"best path, 2 streams, batch {size}", best_fast, reqs, two_streams))
+
+    if args.fp8 and torch.cuda.get_device_capability() >= (8, 9):
+        # FP8 linear layers in the backbone (opt-in). With random weights DINOv3's layer scales are 1e-5, so the
+        # blocks barely reach the output and any backbone precision agrees; the stress check sets them to 1.
+        stress = _layer_scale_stress(model, images, requests, "fp8")
+        _progress(f"fp8 layer-scale stress: {stress}")
+        fp8 = FastBodyEstimator(model, compile_backbone=not args.no_compile, graph_decoder=True, precision="fp8")
+        fp8_note = ("backbone linear layers in FP8 (precision='fp8', opt-in); agreement also under the layer-scale "
+                    "stress check")
+        for size in [n, *sizes[-1:]]:
+            reqs = [requests[i % n] for i in range(size)]
+            for row in (measure_fast(f"FP8 backbone, batch {size}", fp8, reqs, fp8_note, iters=max(5, args.iters // 3)),
+                        measure_pipelined(f"FP8 backbone, 2 streams, batch {size}", fp8, reqs, fp8_note)):
+                if "error" not in row:
+                    row["layer_scale_stress"] = stress
+                    row["agrees"] = row["agrees"] and stress.get("max_rel_err", math.inf) <= AGREEMENT_TOLERANCE
+                add_scaling(row)
+        del fp8
 
     # Where the time goes at the camera batch: backbone vs decoder (+ MHR) for the best path.
     batch = best_fast.make_batch(images, requests)

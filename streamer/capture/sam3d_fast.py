@@ -51,6 +51,7 @@ decoder_type="body") -> {"mhr": dict of (B, ...) tensors}`, `model._initialize_b
 from __future__ import annotations
 
 import contextlib
+import copy
 import hashlib
 import logging
 import sys
@@ -68,11 +69,13 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from streamer.capture.estimator import Estimator, View
 
 __all__ = [
+    "BACKBONE_PRECISIONS",
     "BODY_BOX_PADDING",
     "ELEMENTWISE_MASK_FUNCTIONS",
     "CropRequest",
     "FastBodyEstimator",
     "FastSam3dEstimator",
+    "PendingCall",
     "crop_affine",
     "expand_host_indices",
     "masked_write",
@@ -223,8 +226,22 @@ class _Autocast(nn.Module):
         return out.float() if isinstance(out, torch.Tensor) and out.is_floating_point() else out
 
 
+def _capture_stream(owner: Any, device: torch.device | None = None) -> torch.cuda.Stream:
+    """The stream `owner` records all its CUDA graphs on, made once per owner.
+
+    Not torch.cuda.graph's shared default: cuBLAS takes its workspace per (handle, stream), and a graph bakes in
+    the workspace of the stream it was recorded on. Two graphs recorded on one stream share a workspace, and
+    replayed at once on two streams their split-K GEMMs wrote into each other's workspace: on the H200 the
+    two-stream replay of the backbone and decoder graphs never finished. One stream per stage keeps them apart.
+    """
+    if getattr(owner, "_stream", None) is None:
+        owner._stream = torch.cuda.Stream(device)
+    return owner._stream
+
+
 class _GraphedBackbone:
-    """The backbone replayed from one CUDA graph per batch size (input copied into a static buffer)."""
+    """The backbone replayed from one CUDA graph per batch size (input copied into a static buffer); all its graphs
+    are recorded on its own stream (`_capture_stream`) into its own memory pool."""
 
     def __init__(self, fn: Callable[[torch.Tensor], torch.Tensor], warmup: int = 2) -> None:
         self.fn = fn
@@ -236,14 +253,14 @@ class _GraphedBackbone:
         key = tuple(x.shape)
         if key not in self.graphs:
             static_in = x.clone()
-            side = torch.cuda.Stream()
+            side = _capture_stream(self, x.device)
             side.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(side):
                 for _ in range(self.warmup):
                     self.fn(static_in)
             torch.cuda.current_stream().wait_stream(side)
             graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, pool=self.pool):
+            with torch.cuda.graph(graph, pool=self.pool, stream=side):
                 static_out = self.fn(static_in)
             self.pool = graph.pool()
             self.graphs[key] = (graph, static_in, static_out)
@@ -251,6 +268,26 @@ class _GraphedBackbone:
         static_in.copy_(x)
         graph.replay()
         return static_out.clone()
+
+
+BACKBONE_PRECISIONS = ("model", "bf16", "fp8", "fp8-fast-accum")
+
+
+def _backbone_at_precision(backbone: nn.Module, dtype: torch.dtype, precision: str) -> tuple[nn.Module, torch.dtype]:
+    """The backbone to run and its input dtype. "model": the model's own (its dtype, float16 for the released
+    configuration); "bf16": a bfloat16 copy; "fp8"/"fp8-fast-accum": a copy whose linear layers run in FP8
+    (`streamer.capture.fp8`; Hopper's fast accumulation for the latter), other layers in the model's dtype.
+    Copies leave the model itself as it is (the stock path keeps using it)."""
+    if precision == "model":
+        return backbone, dtype
+    if precision == "bf16":
+        return copy.deepcopy(backbone).to(torch.bfloat16), torch.bfloat16
+    from streamer.capture.fp8 import convert_linears_to_fp8
+
+    converted = copy.deepcopy(backbone)
+    if not convert_linears_to_fp8(converted, fast_accum=precision == "fp8-fast-accum"):
+        raise ValueError("precision fp8: the backbone has no linear layer that can run in FP8")
+    return converted, dtype
 
 
 # Functions whose boolean-mask indexing is purely elementwise (x[m] read, changed elementwise, written back with
@@ -448,7 +485,7 @@ class _DeviceIndexLists(TorchFunctionMode):
 
 
 class _GraphedDecode:
-    """The decoder stage replayed from one CUDA graph per input shape.
+    """The decoder stage replayed from one CUDA graph per input shape (recorded on its own stream, own pool).
 
     run(batch, embeddings, mode) -> output dict: the decoder call to record; it must enter `mode` (a `_SyncFree`)
     itself. Off CUDA nothing is recorded: each call runs `run` under the mode (the same code, for tests). The
@@ -483,14 +520,14 @@ class _GraphedDecode:
         mode = _SyncFree(self.device)
         static_batch = {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
         static_embeddings = embeddings.clone()
-        side = torch.cuda.Stream(self.device)
+        side = _capture_stream(self, self.device)
         side.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(side):
             for _ in range(self.warmup):
                 self.run(dict(static_batch), static_embeddings, mode)
         torch.cuda.current_stream(self.device).wait_stream(side)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self.pool):
+        with torch.cuda.graph(graph, pool=self.pool, stream=side):
             static_out = self.run(dict(static_batch), static_embeddings, mode)
         self.pool = graph.pool()
         logger.info("decoder recorded as a CUDA graph for %d crops (%d device constants)", embeddings.shape[0],
@@ -549,15 +586,20 @@ class FastBodyEstimator:
     graph per batch size (module docstring, point 5; recorded on the first call of each size, a few seconds);
     batch_sizes: pad each call with n crops up to the smallest of these >= n (repeating the last crop, whose
     extra outputs are dropped), so a live stage whose person count varies replays a few recorded/compiled sizes
-    instead of recording a new one mid-stream; `warm_up` records them all beforehand.
+    instead of recording a new one mid-stream; `warm_up` records them all beforehand; precision: the backbone's
+    ("model": as loaded, float16 for the released configuration; "bf16"; "fp8" / "fp8-fast-accum": its linear
+    layers in FP8 on a copy, `streamer.capture.fp8`; see BACKBONE_PRECISIONS and the README for agreement).
+    `submit` / `pipelined` overlap one call's decoder with the next call's crop and backbone on two streams.
     The model object is shared: the fast path swaps submodules only for the duration of a call, under a lock.
     """
 
     def __init__(self, model: nn.Module, *, decoder_autocast: torch.dtype | None = None,
                  cuda_graphs: bool = True, compile_backbone: bool = False, compile_decoder: bool = False,
-                 graph_decoder: bool = False, batch_sizes: Sequence[int] = ()) -> None:
+                 graph_decoder: bool = False, batch_sizes: Sequence[int] = (), precision: str = "model") -> None:
         if graph_decoder and compile_decoder:
             raise ValueError("graph_decoder and compile_decoder exclude each other: pick one")
+        if precision not in BACKBONE_PRECISIONS:
+            raise ValueError(f"precision: expected one of {BACKBONE_PRECISIONS}, got {precision!r}")
         if any(int(b) < 1 for b in batch_sizes):
             raise ValueError(f"batch_sizes: expected sizes >= 1, got {list(batch_sizes)}")
         self.batch_sizes = tuple(sorted({int(b) for b in batch_sizes}))
@@ -567,7 +609,8 @@ class FastBodyEstimator:
         self.input_size = (int(size[0]), int(size[1]))
         self.decoder_autocast = decoder_autocast
         self._lock = threading.Lock()
-        backbone = model.backbone
+        self.precision = precision
+        backbone, self.backbone_dtype = _backbone_at_precision(model.backbone, model.backbone_dtype, precision)
         fn: Callable[[torch.Tensor], torch.Tensor] = backbone
         if compile_backbone:
             fn = torch.compile(backbone, dynamic=False)
@@ -577,6 +620,8 @@ class FastBodyEstimator:
         self.graph_decoder = graph_decoder
         self._graphed_decode = _GraphedDecode(self._decode_sync_free, self.device) if graph_decoder else None
         self._dummy_prompts: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._ran_sizes: set[int] = set()  # batch sizes called once (graphs recorded, backbone compiled)
+        self._streams: tuple[torch.cuda.Stream, torch.cuda.Stream] | None = None  # submit's front and back
         faces = getattr(model.head_pose, "faces", None)
         self._host_faces = (nn.Parameter(faces.detach().cpu(), requires_grad=False)
                             if isinstance(faces, torch.Tensor) and faces.device.type != "cpu" else None)
@@ -642,7 +687,7 @@ class FastBodyEstimator:
     def encode(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Backbone stage: (n, C, h, w) embeddings in the backbone dtype."""
         img = batch["img"].flatten(0, 1)
-        x = ((img - self.model.image_mean) / self.model.image_std).to(self.model.backbone_dtype)
+        x = ((img - self.model.image_mean) / self.model.image_std).to(self.backbone_dtype)
         return self._encode_fn(x)
 
     @torch.no_grad()
@@ -706,15 +751,17 @@ class FastBodyEstimator:
     def __call__(self, images: Sequence[np.ndarray | torch.Tensor], requests: Sequence[CropRequest]
                  ) -> dict[str, Any]:
         """All crops in one forward: the upstream "mhr" output dict with a leading batch of len(requests)."""
-        n = len(requests)
-        size = next((b for b in self.batch_sizes if b >= n), n)
-        padded = list(requests) + [requests[-1]] * (size - n) if requests else list(requests)
+        padded = self._padded(requests)
         batch = self.make_batch(images, padded)
         out = self.decode(batch, self.encode(batch))
-        if size == n:
-            return out
-        return {k: v[:n] if isinstance(v, torch.Tensor) and v.dim() > 0 and v.shape[0] == size else v
-                for k, v in out.items()}
+        self._ran_sizes.add(len(padded))
+        return _unpadded(out, len(requests), len(padded))
+
+    def _padded(self, requests: Sequence[CropRequest]) -> list[CropRequest]:
+        """requests padded (repeating the last) to the smallest of `batch_sizes` that holds them."""
+        n = len(requests)
+        size = next((b for b in self.batch_sizes if b >= n), n)
+        return list(requests) + [requests[-1]] * (size - n) if requests else list(requests)
 
     def warm_up(self, image_size: tuple[int, int], camera_matrix: np.ndarray) -> None:
         """One call at each of `batch_sizes` on a blank image (w, h) px with a centred box: the first call of a
@@ -730,38 +777,73 @@ class FastBodyEstimator:
         """Like `__call__`, as one numpy dict per request in request order (upstream key names)."""
         return person_dicts(self(images, requests), np.stack([np.asarray(r.box_xyxy) for r in requests]))
 
-    def run_pipelined(self, batches: Iterable[dict[str, torch.Tensor]]) -> Iterator[dict[str, Any]]:
-        """Yield the decoder output of each batch, encoding batch t+1 on a second stream while batch t decodes.
+    def submit(self, images: Sequence[np.ndarray | torch.Tensor], requests: Sequence[CropRequest]) -> "PendingCall":
+        """Enqueue one call (as `__call__`) and return without waiting for the device.
 
-        With an eager decoder (bound by kernel launches and host syncs) overlapping it with the backbone hides
-        part of it. With `graph_decoder` the batches run one after the other on one stream: replaying the decoder
-        graph while the backbone graph replays on a second stream did not finish on the H200 (twice, no result
-        within 150 s; cause not found), and both graphs keep the GPU busy anyway. Batches come from `make_batch`.
+        On CUDA, once a batch size has run (the first call of a size records its graphs, serially), the crop and
+        backbone go on a front stream and the decoder on a higher-priority back stream that waits for them: the
+        next call's crop and backbone overlap this call's decoder. Each graph replays on its stream from its own memory pool.
+        Off CUDA, and on a batch size's first call, the call runs at once. `PendingCall.result()` gives the output.
         """
-        if self.device.type != "cuda" or self._graphed_decode is not None:
-            for batch in batches:
-                yield self.decode(batch, self.encode(batch))
-            return
-        encode_stream = torch.cuda.Stream(self.device)
-        main = torch.cuda.current_stream(self.device)
-        pending: tuple[dict[str, torch.Tensor], torch.Tensor, torch.cuda.Event] | None = None
-        for batch in batches:
-            encode_stream.wait_stream(main)  # the batch was built on the main stream
-            with torch.cuda.stream(encode_stream):
-                emb = self.encode(batch)
-                done = torch.cuda.Event()
-                done.record(encode_stream)
-            if pending is not None:
-                yield self._decode_when_ready(*pending)
-            pending = (batch, emb, done)
-        if pending is not None:
-            yield self._decode_when_ready(*pending)
+        n = len(requests)
+        padded = self._padded(requests)
+        if self.device.type != "cuda" or len(padded) not in self._ran_sizes:
+            return PendingCall(self(images, requests), None)
+        if self._streams is None:  # the decoder's many small kernels first whenever an SM frees up
+            self._streams = (torch.cuda.Stream(self.device), torch.cuda.Stream(self.device, priority=-1))
+        front, back = self._streams
+        front.wait_stream(torch.cuda.current_stream(self.device))  # device images the caller made
+        with torch.cuda.stream(front):
+            batch = self.make_batch(images, padded)
+            embeddings = self.encode(batch)
+        back.wait_stream(front)
+        with torch.cuda.stream(back):
+            for tensor in (*batch.values(), embeddings):
+                tensor.record_stream(back)
+            out = self.decode(batch, embeddings)
+            done = torch.cuda.Event()
+            done.record(back)
+        return PendingCall(_unpadded(out, n, len(padded)), done)
 
-    def _decode_when_ready(self, batch: dict[str, torch.Tensor], emb: torch.Tensor, done: torch.cuda.Event
-                           ) -> dict[str, Any]:
-        torch.cuda.current_stream(self.device).wait_event(done)
-        emb.record_stream(torch.cuda.current_stream(self.device))
-        return self.decode(batch, emb)
+    def pipelined(self, calls: Iterable[tuple[Sequence[np.ndarray | torch.Tensor], Sequence[CropRequest]]]
+                  ) -> Iterator[dict[str, Any]]:
+        """`self(images, requests)` for each item of `calls`, in order, each call's crop and backbone overlapping the
+        previous call's decoder (`submit`): an output is yielded once the next call is enqueued (one call late)."""
+        pending: PendingCall | None = None
+        for images, requests in calls:
+            following = self.submit(images, requests)
+            if pending is not None:
+                yield pending.result()
+            pending = following
+        if pending is not None:
+            yield pending.result()
+
+
+class PendingCall:
+    """A submitted call (`FastBodyEstimator.submit`): `result()` makes the caller's stream wait for its decoder
+    and returns the upstream "mhr" output dict (leading batch of the call's request count)."""
+
+    def __init__(self, output: dict[str, Any], done: torch.cuda.Event | None) -> None:
+        self._output = output
+        self._done = done
+
+    def result(self) -> dict[str, Any]:
+        if self._done is not None:
+            tensors = [v for v in self._output.values() if isinstance(v, torch.Tensor)]
+            stream = torch.cuda.current_stream(tensors[0].device) if tensors else torch.cuda.current_stream()
+            stream.wait_event(self._done)
+            for tensor in tensors:
+                tensor.record_stream(stream)
+            self._done = None
+        return self._output
+
+
+def _unpadded(out: dict[str, Any], n: int, size: int) -> dict[str, Any]:
+    """The output dict of a call padded from n to size crops, cut back to n."""
+    if size == n:
+        return out
+    return {k: v[:n] if isinstance(v, torch.Tensor) and v.dim() > 0 and v.shape[0] == size else v
+            for k, v in out.items()}
 
 
 class FastSam3dEstimator(Estimator):
