@@ -84,15 +84,15 @@ class Prior:
 class PriorTerms:
     """The prior as a diagonal quadratic over the free dims: 1/2 sum_i sum_t weight_t,i (x_i - anchor_t,i)^2.
 
-    weights, anchors: (T, n_free) torch tensors (float64)."""
+    weights, anchors: (T, n_free) float64."""
 
-    weights: torch.Tensor
-    anchors: torch.Tensor
+    weights: np.ndarray
+    anchors: np.ndarray
 
-    def value(self, x_free: torch.Tensor) -> torch.Tensor:
-        return 0.5 * (self.weights * (x_free[None] - self.anchors) ** 2).sum()
+    def value(self, x_free: np.ndarray) -> float:
+        return float(0.5 * (self.weights * (x_free[None] - self.anchors) ** 2).sum())
 
-    def gradient_and_diagonal(self, x_free: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def gradient_and_diagonal(self, x_free: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         return (self.weights * (x_free[None] - self.anchors)).sum(0), self.weights.sum(0)
 
 
@@ -115,16 +115,17 @@ class FitEvaluation:
     keypoints: np.ndarray
 
 
-def huber(distance: torch.Tensor, threshold: float) -> torch.Tensor:
-    """Huber penalty of non-negative distances: d^2/2 inside the threshold, linear outside."""
-    return torch.where(distance <= threshold, 0.5 * distance**2, threshold * (distance - 0.5 * threshold))
+def huber(distance: torch.Tensor | np.ndarray, threshold: float) -> torch.Tensor | np.ndarray:
+    """Huber penalty of non-negative distances: d^2/2 inside the threshold, linear outside (torch or NumPy)."""
+    where = torch.where if isinstance(distance, torch.Tensor) else np.where
+    return where(distance <= threshold, 0.5 * distance**2, threshold * (distance - 0.5 * threshold))
 
 
-def metric_distance(residual: torch.Tensor, metric: torch.Tensor | None) -> torch.Tensor:
+def metric_distance(residual: np.ndarray, metric: np.ndarray | None) -> np.ndarray:
     """(R,) distances of residuals (R, 3) under per-row metrics (R, 3, 3) (Euclidean when None)."""
     if metric is None:
-        return torch.linalg.vector_norm(residual, dim=1)
-    return ((metric @ residual[:, :, None])[:, :, 0] * residual).sum(1).clamp_min(0.0).sqrt()
+        return np.linalg.norm(residual, axis=1)
+    return np.sqrt(np.maximum(((metric @ residual[:, :, None])[:, :, 0] * residual).sum(1), 0.0))
 
 
 def prior_terms(model: BodyModel, free: np.ndarray, prior: Prior, settings: FitSettings) -> PriorTerms:
@@ -148,8 +149,7 @@ def prior_terms(model: BodyModel, free: np.ndarray, prior: Prior, settings: FitS
         anchors.append(ref[idx])
     if not weights:
         weights, anchors = [np.zeros(len(idx))], [np.zeros(len(idx))]
-    as_t = lambda a: torch.as_tensor(np.stack(a), dtype=torch.float64)  # noqa: E731
-    return PriorTerms(as_t(weights), as_t(anchors))
+    return PriorTerms(np.stack(weights), np.stack(anchors))
 
 
 def evaluate(
@@ -169,13 +169,13 @@ def evaluate(
     if not targets.usable or w_sum <= 0 or not finite_params:
         return FitEvaluation(np.nan, np.nan, np.nan, np.nan, n_valid, Verdict.UNUSABLE, errors, keypoints)
     e = np.nan_to_num(errors)
-    dist = torch.as_tensor(e)
+    dist = e
     if targets.metric is not None:
-        resid = torch.as_tensor(np.where(valid[:, None], np.nan_to_num(keypoints) - targets.points, 0.0))
-        dist = metric_distance(resid, torch.as_tensor(targets.metric))
-    data_loss = float(w @ huber(dist, settings.huber_m).numpy() / w_sum)
-    x_free = torch.as_tensor(np.asarray(params, np.float64)[free])
-    loss = data_loss + float(prior_terms(model, free, prior, settings).value(x_free))
+        resid = np.where(valid[:, None], np.nan_to_num(keypoints) - targets.points, 0.0)
+        dist = metric_distance(resid, np.asarray(targets.metric, np.float64))
+    data_loss = float(w @ huber(dist, settings.huber_m) / w_sum)
+    x_free = np.asarray(params, np.float64)[free]
+    loss = data_loss + prior_terms(model, free, prior, settings).value(x_free)
     inlier = e <= settings.outlier_m
     inliers = float(w @ inlier / w_sum)
     w_in = float(w @ inlier)

@@ -44,7 +44,7 @@ class FitResult:
     evaluation: FitEvaluation | None
     iterations: int
     start_loss: float
-    jacobian: torch.Tensor | None = None
+    jacobian: np.ndarray | None = None
 
 
 def jacobian_method(model: BodyModel, requested: str = "auto", num_free: int | None = None) -> str:
@@ -120,6 +120,13 @@ def _keypoint_jacobian(
     return jac_diff
 
 
+def _torch_op(op: Callable[..., torch.Tensor], *arrays: np.ndarray) -> np.ndarray:
+    """`op` on float64 arrays, run by torch: its intra-op threads are the process's setting (the fitter
+    node uses one), where NumPy's BLAS / LAPACK would spread a product or solve this size over a pool of
+    its own on every core."""
+    return op(*(torch.from_numpy(a) for a in arrays)).numpy()
+
+
 def fit_frame(
     model: BodyModel,
     targets: FitTargets,
@@ -130,7 +137,7 @@ def fit_frame(
     *,
     cold: bool = False,
     method: str | None = None,
-    jacobian_guess: torch.Tensor | None = None,
+    jacobian_guess: np.ndarray | None = None,
     refresh_columns: np.ndarray | None = None,
     judge: bool = True,
 ) -> FitResult:
@@ -157,26 +164,33 @@ def fit_frame(
     defined = model.keypoint_defined.cpu().numpy()
     rows_np = np.flatnonzero(targets.valid & defined)
     rows = torch.as_tensor(rows_np, device=dev)
-    target = torch.as_tensor(targets.points[rows_np], dtype=torch.float64)
-    weights = torch.as_tensor(targets.weights[rows_np], dtype=torch.float64)
+    # The solver's arithmetic is float64 NumPy (torch on arrays this small costs its per-operation
+    # overhead); the model is evaluated in its own dtype and device.
+    target = targets.points[rows_np].astype(np.float64)
+    weights = targets.weights[rows_np].astype(np.float64)
     weights = weights / weights.sum()
-    metric = None if targets.metric is None else torch.as_tensor(targets.metric[rows_np], dtype=torch.float64)
+    metric = None if targets.metric is None else targets.metric[rows_np].astype(np.float64)
     free_idx = torch.as_tensor(np.flatnonzero(free), device=dev)
     base = torch.as_tensor(start, device=dev).to(dtype)
     terms = prior_terms(model, free, prior, settings)
-    jacobian = _keypoint_jacobian(model, base, free_idx, rows, method)
+    keypoint_jacobian = _keypoint_jacobian(model, base, free_idx, rows, method)
 
-    def objective(x_free: torch.Tensor) -> tuple[float, torch.Tensor]:
+    def jacobian(x_free: np.ndarray, columns: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        cols = None if columns is None else torch.as_tensor(columns)
+        jac, kp = keypoint_jacobian(torch.from_numpy(x_free).to(dev, dtype), cols)
+        return jac.to(torch.float64).cpu().numpy(), kp.to(torch.float64).cpu().numpy()
+
+    def objective(x_free: np.ndarray) -> tuple[float, np.ndarray]:
         with torch.no_grad():
-            x = base.index_put((free_idx,), x_free.to(dev, dtype))
-            kp = model.keypoints(x[None])[0, rows].to(torch.float64).cpu()
+            x = base.index_put((free_idx,), torch.from_numpy(x_free).to(dev, dtype))
+            kp = model.keypoints(x[None])[0, rows].to(torch.float64).cpu().numpy()
         return loss_of(x_free, kp), kp
 
-    def loss_of(x_free: torch.Tensor, kp: torch.Tensor) -> float:
+    def loss_of(x_free: np.ndarray, kp: np.ndarray) -> float:
         dist = metric_distance(kp - target, metric)
         return float(weights @ huber(dist, settings.huber_m) + terms.value(x_free))
 
-    x = torch.as_tensor(start[free], dtype=torch.float64)
+    x = start[free]
     damping = settings.lm_damping
     iterations = 0
     max_iterations = settings.max_iterations_cold if cold else settings.max_iterations
@@ -185,39 +199,38 @@ def fit_frame(
                 and settings.broyden and not cold)
     jac, loss = None, None
     if guess_ok:
-        jac = jacobian_guess[rows_np].clone()
+        jac = jacobian_guess[rows_np]  # a copy (fancy indexing)
         if refresh_columns is None or len(refresh_columns):
-            cols = None if refresh_columns is None else torch.as_tensor(refresh_columns)
-            fresh, kp = jacobian(x.to(dev, dtype), cols)
-            fresh, kp = fresh.to(torch.float64).cpu(), kp.to(torch.float64).cpu()
-            if cols is None:
+            fresh, kp = jacobian(x, refresh_columns)
+            if refresh_columns is None:
                 jac = fresh
             else:
-                jac[..., cols] = fresh
+                jac[..., refresh_columns] = fresh
             loss = loss_of(x, kp)  # the difference batch's base row is the start point
     if not guess_ok or loss is None:
         loss, kp = objective(x)
     start_loss = loss
     while iterations < max_iterations and np.isfinite(loss):
         if jac is None or cold or not settings.broyden:
-            jac, kp = jacobian(x.to(dev, dtype))
-            jac, kp = jac.to(torch.float64).cpu(), kp.to(torch.float64).cpu()
+            jac, kp = jacobian(x)
         iterations += 1
         resid = kp - target  # (R, 3)
         dist = metric_distance(resid, metric)
-        irls = torch.where(dist <= settings.huber_m, 1.0, settings.huber_m / dist.clamp_min(1e-12))
+        irls = np.where(dist <= settings.huber_m, 1.0, settings.huber_m / np.maximum(dist, 1e-12))
         w = weights * irls  # (R,)
         metric_jac = jac if metric is None else metric @ jac  # M J
-        jw = (metric_jac * w[:, None, None]).reshape(-1, n_free).T  # (n, 3R)
-        hessian = jw @ jac.reshape(-1, n_free)
+        jw = np.ascontiguousarray((metric_jac * w[:, None, None]).reshape(-1, n_free).T)  # (n, 3R)
+        hessian = _torch_op(torch.matmul, jw, np.ascontiguousarray(jac.reshape(-1, n_free)))
         gradient = jw @ resid.reshape(-1)
         prior_grad, prior_diag = terms.gradient_and_diagonal(x)
-        hessian = hessian + torch.diag(prior_diag)
+        hessian[np.diag_indices(n_free)] += prior_diag
         gradient = gradient + prior_grad
-        diag = hessian.diagonal().clamp_min(1e-12)
+        diag = np.maximum(hessian.diagonal(), 1e-12)
         accepted = False
         for _ in range(_MAX_DAMPING_RETRIES if cold else _MAX_DAMPING_RETRIES_WARM):
-            step = torch.linalg.solve(hessian + torch.diag(damping * diag), -gradient)
+            damped = hessian.copy()
+            damped[np.diag_indices(n_free)] += damping * diag
+            step = _torch_op(torch.linalg.solve, damped, -gradient)
             candidate = x + step
             new_loss, new_kp = objective(candidate)
             if np.isfinite(new_loss) and new_loss < loss:
@@ -237,14 +250,13 @@ def fit_frame(
             break
 
     best = start.copy()
-    best[free] = x.numpy()
+    best[free] = x
     shipped = best.astype(np.float32)
     if not np.isfinite(shipped).all():  # cannot happen with accepted finite losses; never ship NaN
         shipped = start.astype(np.float32)
     full_jac = None
     if jac is not None:
-        full_jac = (jacobian_guess.clone() if guess_ok
-                    else torch.zeros(len(defined), 3, n_free, dtype=torch.float64))
+        full_jac = jacobian_guess.copy() if guess_ok else np.zeros((len(defined), 3, n_free))
         full_jac[rows_np] = jac
     evaluation = evaluate(model, shipped, targets, free, prior, settings) if judge else None
     return FitResult(shipped, evaluation, iterations, start_loss, full_jac)

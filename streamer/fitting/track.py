@@ -121,7 +121,7 @@ class TrackState:
     shape_sum: np.ndarray
     shape_count: int
     shape_held: np.ndarray | None
-    jacobian: torch.Tensor | None = None
+    jacobian: np.ndarray | None = None
     jacobian_phase: int = 0
     offsets: np.ndarray | None = None
     offset_sum: np.ndarray | None = None
