@@ -58,7 +58,7 @@ from streamer.fitting.track import (TrackOutput, TrackSettings, TrackState, make
                                     track_step)
 from streamer.node import Node, run_node
 
-__all__ = ["Fitter", "Settings", "main", "pose_message", "track_settings"]
+__all__ = ["Fitter", "Settings", "main", "pose_message", "track_settings", "unit_quaternions"]
 
 logger = logging.getLogger(__name__)
 
@@ -127,18 +127,30 @@ def world_from_camera(rig: Rig, camera: str) -> Alignment:
     return Alignment(rotation=cam.R.T, translation=-cam.R.T @ cam.t, scale=1.0, rms_m=0.0)
 
 
+def unit_quaternions(rotations: np.ndarray) -> np.ndarray:
+    """(J, 3, 3) rotation matrices -> (J, 4) XYZW unit quaternions, float64: Markley's variant of Shepperd's
+    method, as `roma.rotmat_to_unitquat` (in NumPy: on one pose, ~10x faster than the torch call)."""
+    a = np.asarray(rotations, np.float64).transpose(0, 2, 1)  # Markley's attitude matrix A = R^T
+    a11, a12, a13, a21, a22, a23, a31, a32, a33 = a.reshape(-1, 9).T
+    x = np.stack([1 + a11 - a22 - a33, a12 + a21, a13 + a31, a23 - a32,
+                  a21 + a12, 1 + a22 - a33 - a11, a23 + a32, a31 - a13,
+                  a31 + a13, a32 + a23, 1 + a33 - a11 - a22, a12 - a21,
+                  a23 - a32, a31 - a13, a12 - a21, 1 + a11 + a22 + a33], axis=-1).reshape(-1, 4, 4)  # 4 q q^T
+    best = x[np.arange(len(x)), x.diagonal(axis1=1, axis2=2).argmax(-1)]  # the row of the largest q_i^2
+    return best / np.linalg.norm(best, axis=-1, keepdims=True)
+
+
 def pose_message(model, output: TrackOutput, points: Points3D, t_input_ns: int) -> Pose:
     """The `pose` message of one track output (joint rotations as XYZW quaternions)."""
-    import roma
-
     with torch.no_grad():
         x = torch.as_tensor(output.params, device=model.device).to(model.dtype)[None]
         rotations, positions = model.joint_rotations_and_positions(x)
-        rotations, root_position = rotations[0], positions[0, 0]
-        quats = roma.rotmat_to_unitquat(rotations).to(torch.float32).cpu().numpy()  # XYZW
+        rotations = rotations[0].cpu().numpy()
+        root_position = positions[0, 0].cpu().numpy()
+    quats = unit_quaternions(rotations).astype(np.float32)  # XYZW
     world_from_root = np.eye(4, dtype=np.float32)
-    world_from_root[:3, :3] = rotations[0].to(torch.float32).cpu().numpy()
-    world_from_root[:3, 3] = root_position.to(torch.float32).cpu().numpy()
+    world_from_root[:3, :3] = rotations[0]
+    world_from_root[:3, 3] = root_position
     ev = output.evaluation
     return Pose(
         t_ns=points.t_ns, frame_index=points.frame_index, person_id=points.person_id, body_model=model.name,

@@ -53,3 +53,18 @@ def test_remembered_kinematics_follow_the_parameters(body):
     x3 = x1.clone().requires_grad_(True)  # with gradients: computed afresh, differentiable
     body.keypoints(x3).sum().backward()
     assert x3.grad is not None and float(x3.grad.abs().sum()) > 0
+
+
+def test_unit_quaternions_equal_romas():
+    """The pose message's NumPy quaternions are roma's `rotmat_to_unitquat` (XYZW), half-turns included."""
+    import roma
+
+    from nodes.fitter import unit_quaternions
+
+    rotations = roma.random_rotmat(200, dtype=torch.float64, device="cpu")
+    rotations[0] = torch.eye(3, dtype=torch.float64)
+    for i, diagonal in enumerate(([1.0, -1.0, -1.0], [-1.0, 1.0, -1.0], [-1.0, -1.0, 1.0])):
+        rotations[1 + i] = torch.diag(torch.tensor(diagonal, dtype=torch.float64))
+    quats = unit_quaternions(rotations.numpy())
+    np.testing.assert_allclose(quats, roma.rotmat_to_unitquat(rotations).numpy(), rtol=0, atol=1e-15)
+    np.testing.assert_allclose(np.linalg.norm(quats, axis=1), 1.0, atol=1e-15)

@@ -127,6 +127,14 @@ def _torch_op(op: Callable[..., torch.Tensor], *arrays: np.ndarray) -> np.ndarra
     return op(*(torch.from_numpy(a) for a in arrays)).numpy()
 
 
+def _solve_spd(matrix: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
+    """matrix^-1 rhs for a symmetric positive definite `matrix` (Cholesky; LU where it is not)."""
+    factor, info = torch.linalg.cholesky_ex(matrix)
+    if int(info) != 0:
+        return torch.linalg.solve(matrix, rhs)
+    return torch.cholesky_solve(rhs[:, None], factor)[:, 0]
+
+
 def fit_frame(
     model: BodyModel,
     targets: FitTargets,
@@ -230,7 +238,7 @@ def fit_frame(
         for _ in range(_MAX_DAMPING_RETRIES if cold else _MAX_DAMPING_RETRIES_WARM):
             damped = hessian.copy()
             damped[np.diag_indices(n_free)] += damping * diag
-            step = _torch_op(torch.linalg.solve, damped, -gradient)
+            step = _torch_op(_solve_spd, damped, -gradient)
             candidate = x + step
             new_loss, new_kp = objective(candidate)
             if np.isfinite(new_loss) and new_loss < loss:
