@@ -173,6 +173,20 @@ def test_phenotype_coefficients_equal_annys(body: AnnyBody) -> None:
         assert np.allclose(body._phenotype_coefficients(shape), expected[0].numpy(), atol=1e-13, rtol=0)
 
 
+def test_blendshape_sums_interpolate_exactly_within_a_cell(body: AnnyBody) -> None:
+    """The row tables' blendshape sums (multilinear in height and proportions within an anchor cell, from
+    the cell's corners) equal the coefficients' product with the blendshapes, out of range too (clamped)."""
+    import numpy as np
+
+    rng = np.random.default_rng(4)
+    for other in rng.uniform(0.0, 1.0, (2, 6)):
+        for height, proportions in rng.uniform(-0.2, 1.2, (4, 2)):
+            shape = other.copy()
+            shape[4:] = height, proportions
+            direct = body._phenotype_coefficients(shape) @ body._np_blendshapes
+            assert np.allclose(body._blendshape_sums(shape), direct, atol=1e-13, rtol=0)
+
+
 def test_joint_rotations_are_local_rotations(body: AnnyBody) -> None:
     params = _random_params(body, 2, seed=5)
     local = body.joint_rotations(params)

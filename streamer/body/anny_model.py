@@ -79,8 +79,10 @@ import dataclasses
 import fcntl
 import hashlib
 import importlib.metadata
+import itertools
 import json
 import logging
+import math
 import os
 import threading
 import time
@@ -89,6 +91,7 @@ from pathlib import Path
 import numpy as np
 import roma
 import torch
+from scipy.spatial.transform import Rotation
 
 from streamer.body import mhr70
 from streamer.body.model import BodyModel
@@ -433,45 +436,47 @@ def _special_procrustes(matrices: np.ndarray) -> np.ndarray:
     return u @ vt
 
 
-def _rotvec_to_rotmat(rotvec: np.ndarray) -> np.ndarray:
-    """(M, 3) axis-angle -> (M, 3, 3) rotation matrices (Rodrigues; float64)."""
-    theta2 = (rotvec * rotvec).sum(-1)
-    small = theta2 < 1e-12
-    theta = np.sqrt(theta2)
-    safe = np.where(small, 1.0, theta)
-    a = np.where(small, 1.0 - theta2 / 6.0, np.sin(theta) / safe)  # sin(t) / t
-    b = np.where(small, 0.5 - theta2 / 24.0, (1.0 - np.cos(theta)) / (safe * safe))  # (1 - cos(t)) / t^2
-    x, y, z = rotvec[:, 0], rotvec[:, 1], rotvec[:, 2]
-    bxy, bxz, byz = b * x * y, b * x * z, b * y * z
-    out = np.empty((len(rotvec), 3, 3))
-    out[:, 0, 0] = 1.0 - b * (y * y + z * z)
-    out[:, 1, 1] = 1.0 - b * (x * x + z * z)
-    out[:, 2, 2] = 1.0 - b * (x * x + y * y)
-    out[:, 0, 1], out[:, 1, 0] = bxy - a * z, bxy + a * z
-    out[:, 0, 2], out[:, 2, 0] = bxz + a * y, bxz - a * y
-    out[:, 1, 2], out[:, 2, 1] = byz - a * x, byz + a * x
-    return out
-
-
 def _so3_left_jacobian(rotvec: np.ndarray) -> np.ndarray:
-    """(M, 3) axis-angle -> (M, 3, 3) J_l with exp([w + dw]x) = exp([J_l dw]x) exp([w]x) to first order (float64)."""
+    """(M, 3) axis-angle -> (M, 3, 3) J_l with exp([w + dw]x) = exp([J_l dw]x) exp([w]x) to first order (float64):
+    I + a [w]x + b [w]x^2, [w]x^2 = w w^T - |w|^2 I."""
     theta2 = (rotvec * rotvec).sum(-1)
     small = theta2 < 1e-8
     safe2 = np.where(small, 1.0, theta2)
     safe = np.sqrt(safe2)
-    a = np.where(small, 0.5 - theta2 / 24, (1 - np.cos(safe)) / safe2)[:, None, None]
-    b = np.where(small, 1 / 6 - theta2 / 120, (safe - np.sin(safe)) / (safe2 * safe))[:, None, None]
-    k = _skew(rotvec)
-    return np.eye(3) + a * k + b * (k @ k)
+    a = np.where(small, 0.5 - theta2 / 24, (1 - np.cos(safe)) / safe2)
+    b = np.where(small, 1 / 6 - theta2 / 120, (safe - np.sin(safe)) / (safe2 * safe))
+    x, y, z = rotvec.T
+    bxy, bxz, byz, ax, ay, az = b * x * y, b * x * z, b * y * z, a * x, a * y, a * z
+    return np.stack([1.0 + b * (x * x - theta2), bxy - az, bxz + ay,
+                     bxy + az, 1.0 + b * (y * y - theta2), byz - ax,
+                     bxz - ay, byz + ax, 1.0 + b * (z * z - theta2)], axis=-1).reshape(-1, 3, 3)
 
 
-def _skew(v: np.ndarray) -> np.ndarray:
-    """(..., 3) -> (..., 3, 3) cross-product matrices [v]x (float64)."""
-    out = np.zeros((*v.shape, 3))
-    x, y, z = v[..., 0], v[..., 1], v[..., 2]
-    out[..., 0, 1], out[..., 0, 2], out[..., 1, 2] = -z, y, -x
-    out[..., 1, 0], out[..., 2, 0], out[..., 2, 1] = z, -y, x
-    return out
+@dataclasses.dataclass(frozen=True)
+class _ColumnPlan:
+    """Where each asked Jacobian column comes from (`AnnyBody._row_keypoints_and_jacobian`).
+
+    rot_cols: positions (in the asked columns) of rotation columns; nodes: (U,) the nodes they turn (root
+    0, posed bone i: i + 1); rot_slot: for each rotation column, node slot * 3 + axis; transl_cols and
+    transl_axes: translation columns and their axes; shape_cols: positions of shape columns."""
+
+    rot_cols: np.ndarray
+    nodes: np.ndarray
+    rot_slot: np.ndarray
+    transl_cols: np.ndarray
+    transl_axes: np.ndarray
+    shape_cols: np.ndarray
+
+    @classmethod
+    def of(cls, columns: np.ndarray, pose: slice, shape: slice) -> "_ColumnPlan":
+        rot_cols = np.flatnonzero((columns < 3) | ((columns >= pose.start) & (columns < pose.stop)))
+        dims = columns[rot_cols]
+        node = np.where(dims < 3, 0, (dims - pose.start) // 3 + 1)
+        axis = np.where(dims < 3, dims, (dims - pose.start) % 3)
+        nodes, slot = np.unique(node, return_inverse=True)
+        transl_cols = np.flatnonzero((columns >= 3) & (columns < 6))
+        return cls(rot_cols, nodes, slot * 3 + axis, transl_cols, columns[transl_cols] - 3,
+                   np.flatnonzero((columns >= shape.start) & (columns < shape.stop)))
 
 
 class AnnyBody(BodyModel):
@@ -536,6 +541,11 @@ class AnnyBody(BodyModel):
         self.keypoint_defined = torch.ones(mhr70.NUM_KEYPOINTS, dtype=torch.bool, device=self.device)
         self._cache: dict[bytes, _ShapeTables] = {}  # shape bytes -> tables (LRU), `_cached_tables`
         self._row_cache: dict[bytes, _RowTables] = {}  # shape bytes -> tables (LRU), `_row_tables`
+        self._column_plans: dict[bytes, _ColumnPlan] = {}  # asked Jacobian columns -> their plan
+        self._blend_cache: dict[tuple, np.ndarray] = {}  # `_blendshape_sums` corners per cell
+        num_coeffs = self._np["heads_blendshapes"].shape[0]
+        self._np_blendshapes = np.concatenate([self._np[k].reshape(num_coeffs, -1) for k in (
+            "heads_blendshapes", "orient_blendshapes", "kp_dp")], axis=1)  # (A, J * 3 + J * 9 + 70 * S * 3)
         self._zero_offsets = torch.zeros(mhr70.NUM_KEYPOINTS, 3, device=self.device, dtype=self.dtype)
         self._kp_offsets = self._zero_offsets
         self._kp_offset_table: torch.Tensor | None = None
@@ -701,10 +711,12 @@ class AnnyBody(BodyModel):
         self._cache[shape_key] = base  # most recently used last
         return base
 
-    def _row_tables(self, params: torch.Tensor) -> _RowTables:
-        """The float64 tables of the shape of `params` (1, P), from a small cache or computed
-        (`_compute_row_tables`) and cached."""
-        shape = params[0, self.groups["shape"]].detach().cpu().numpy()
+    def _row_tables(self, params: torch.Tensor | np.ndarray) -> _RowTables:
+        """The float64 tables of the shape of `params` ((1, P) tensor or (P,) array, model dtype), from a
+        small cache or computed (`_compute_row_tables`) and cached."""
+        if isinstance(params, torch.Tensor):
+            params = params.detach().cpu().numpy()[0]
+        shape = params[self.groups["shape"]]
         shape_key = shape.tobytes()
         row = self._row_cache.pop(shape_key, None)
         if row is None:
@@ -737,13 +749,47 @@ class AnnyBody(BodyModel):
         blend = np.prod(np.concatenate(parts) * mask + (1.0 - mask), axis=-1)
         return _matmul(blend, self._np["phenotype_projection"])
 
+    def _blendshape_sums(self, shape: np.ndarray) -> np.ndarray:
+        """(6,) phenotypes -> (J * 3 + J * 9 + 70 * S * 3,) float64: the blendshape coefficients times the
+        bone-head, bone-orientation and keypoint blendshapes, concatenated.
+
+        The coefficients are products of per-phenotype interpolation weights, each linear in its phenotype
+        between two anchors: within an anchor cell of the movable phenotypes (height, proportions) they
+        are multilinear in them, so the sums are the multilinear interpolation of the sums at the cell's
+        corners, computed once per cell and value of the other phenotypes (a subject's shape estimate
+        stays in one)."""
+        names = list(ANNY_SHAPE_NAMES)
+        moving = [names.index(n) for n in MOVABLE_SHAPE_NAMES]
+        cell, fraction, corners = [], [], []
+        for i in moving:
+            anchors = self._np_anchors[ANNY_SHAPE_NAMES[i]]
+            value = min(max(float(shape[i]), anchors[0]), anchors[-1])
+            c = min(max(int(np.searchsorted(anchors, value, side="left")), 1), len(anchors) - 1)
+            cell.append(c)
+            fraction.append((value - anchors[c - 1]) / (anchors[c] - anchors[c - 1]))
+            corners.append((anchors[c - 1], anchors[c]))
+        key = (np.delete(shape, moving).tobytes(), *cell)
+        bits = list(itertools.product((0, 1), repeat=len(moving)))  # corner j: lower (0) or upper (1) anchor
+        sums = self._blend_cache.get(key)
+        if sums is None:
+            corner_shapes = np.repeat(shape[None], len(bits), axis=0)
+            for j, corner in enumerate(bits):
+                corner_shapes[j, moving] = [bounds[b] for bounds, b in zip(corners, corner)]
+            coeffs = np.stack([self._phenotype_coefficients(c) for c in corner_shapes])  # (2^m, A)
+            sums = _matmul(coeffs, self._np_blendshapes)  # (2^m, F)
+            while len(self._blend_cache) >= _SHAPE_CACHE_SIZE:  # the oldest out
+                self._blend_cache.pop(next(iter(self._blend_cache)))
+            self._blend_cache[key] = sums
+        weights = [math.prod(f if b else 1.0 - f for f, b in zip(fraction, corner)) for corner in bits]
+        return sum(w * corner_sums for w, corner_sums in zip(weights, sums))
+
     def _compute_row_tables(self, shape: np.ndarray) -> _RowTables:
         """`_compute_shape_tables` of one shape (6,) in float64 NumPy, without autograd (~8x faster)."""
         t = self._np
-        coeffs = self._phenotype_coefficients(shape)
-        heads = t["template_heads"] + _matmul(coeffs, t["heads_blendshapes"].reshape(len(coeffs), -1)).reshape(-1, 3)
-        rest_rot = _special_procrustes(
-            t["orient_template"] + _matmul(coeffs, t["orient_blendshapes"].reshape(len(coeffs), -1)).reshape(-1, 3, 3))
+        num_bones = len(self.joint_names)
+        sums = self._blendshape_sums(shape)
+        heads = t["template_heads"] + sums[:num_bones * 3].reshape(-1, 3)
+        rest_rot = _special_procrustes(t["orient_template"] + sums[num_bones * 3:num_bones * 12].reshape(-1, 3, 3))
         ref, parents = t["reference_orientations"], self._np_parents
         a = ref @ rest_rot.transpose(0, 2, 1)
         a[0] = np.eye(3)
@@ -763,8 +809,7 @@ class AnnyBody(BodyModel):
         parent_c = anchor_from_bone[self._np_posed_parent]
         node_left = parent_c[:, :3, :3] @ up_t[self._np_posed]
         node_trans = (parent_c @ links[self._np_posed])[:, :3, 3]
-        kp_dp = t["kp_dp"]
-        dp = _matmul(coeffs, kp_dp.reshape(len(coeffs), -1)).reshape(kp_dp.shape[1:])  # (70, S, 3)
+        dp = sums[num_bones * 12:].reshape(t["kp_dp"].shape[1:])  # (70, S, 3)
         p0, bones = t["kp_p0"], self._np_kp_bones
         w = p0[..., 3:]
         xyz = p0[..., :3] + dp - w * heads[bones]
@@ -814,7 +859,8 @@ class AnnyBody(BodyModel):
             return
         self._kp_offsets = torch.as_tensor(value, dtype=self.dtype).to(self.device)
         rows = np.zeros((len(self._node_bones), 4, mhr70.NUM_KEYPOINTS))
-        rows[self._np_keypoint_node, :3, np.arange(mhr70.NUM_KEYPOINTS)] = self._kp_offsets.cpu().to(torch.float64).numpy()
+        rows[self._np_keypoint_node, :3, np.arange(mhr70.NUM_KEYPOINTS)] = \
+            self._kp_offsets.cpu().to(torch.float64).numpy()
         self._kp_offset_rows = rows.reshape(-1, mhr70.NUM_KEYPOINTS)  # an addition to `_RowTables.kp_from_nodes`
 
     def keypoint_frames(self, params: torch.Tensor) -> torch.Tensor:
@@ -853,12 +899,13 @@ class AnnyBody(BodyModel):
         The last row is remembered: a fitter judging its shipped parameters and then asking for their
         joint rotations (or the keypoint frames) runs the kinematics once. The node poses depend on the
         parameters only (shape included), not on the keypoint offsets."""
-        key = params.detach().cpu().numpy().tobytes()
+        p32 = params.detach().cpu().numpy()[0]
+        key = p32.tobytes()
         if self._last_nodes is not None and self._last_nodes[0] == key:
             return self._last_nodes[1]
-        row = self._row_tables(params)
-        p = params[0].detach().to(device="cpu", dtype=torch.float64).numpy()
-        rotations = _rotvec_to_rotmat(np.concatenate([p[0:3], p[self.groups["pose"]]]).reshape(-1, 3))
+        row = self._row_tables(p32)
+        p = p32.astype(np.float64)
+        rotations = Rotation.from_rotvec(np.concatenate([p[0:3], p[self.groups["pose"]]]).reshape(-1, 3)).as_matrix()
         num_nodes = len(rotations)
         nodes = np.zeros((num_nodes, 4, 4))
         nodes[:, 3, 3] = 1.0
@@ -920,47 +967,43 @@ class AnnyBody(BodyModel):
 
     def _row_keypoints_and_jacobian(self, params: torch.Tensor, columns: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(1, P), (C,) -> ((70, 3), (70, 3, C)) float64: `keypoints_and_jacobian` of one row."""
+        plan = self._column_plans.get(columns.tobytes())
+        if plan is None:
+            plan = self._column_plans[columns.tobytes()] = _ColumnPlan.of(columns, self.groups["pose"],
+                                                                          self.groups["shape"])
         nodes = self._row_node_poses(params)  # (N + 1, 4, 4)
-        row = self._row_tables(params)
+        p32 = params.detach().cpu().numpy()[0]
         num_nodes, num_kp = len(nodes), mhr70.NUM_KEYPOINTS
         blocks = self._row_keypoint_table(params).reshape(num_nodes, 4, num_kp)
         contributions = nodes[:, :3, :] @ blocks  # (N + 1, 3, 70): each node's share of every keypoint
         keypoints = contributions.sum(0).T  # (70, 3)
         jac = np.zeros((num_kp, 3, len(columns)))
-        pose, shape = self.groups["pose"], self.groups["shape"]
-        # rotation columns: node of each column (root: 0, posed bone i: i + 1) and axis
-        rot_cols = np.flatnonzero((columns < 3) | ((columns >= pose.start) & (columns < pose.stop)))
-        rot_dims = columns[rot_cols]
-        rot_node = np.where(rot_dims < 3, 0, (rot_dims - pose.start) // 3 + 1)
-        rot_axis = np.where(rot_dims < 3, rot_dims, (rot_dims - pose.start) % 3)
-        used, node_slot = np.unique(rot_node, return_inverse=True)
-        p = params[0].to(device="cpu", dtype=torch.float64).numpy()
+        used = plan.nodes
         if len(used):
             subtree = self._np_subtree[used]  # (U, N + 1)
             sub_points = _matmul(subtree, contributions.reshape(num_nodes, -1)).reshape(len(used), 3, num_kp)
             sub_weights = _matmul(subtree, np.ascontiguousarray(blocks[:, 3]))  # (U, 70)
             lever = sub_points - sub_weights[:, None] * nodes[used, :3, 3][..., None]  # (U, 3, 70)
-            rotvecs = np.concatenate([p[0:3], p[pose]]).reshape(-1, 3)[used]
+            pose = self.groups["pose"]
+            rotvecs = np.concatenate([p32[0:3], p32[pose]]).astype(np.float64).reshape(-1, 3)[used]
             left_jac = _so3_left_jacobian(rotvecs)  # (U, 3, 3)
             posed = used > 0
-            axes = np.empty((len(used), 3, 3))
+            axes = np.empty((len(used), 3, 3))  # column j: the world axis turned by the node's dim j
             axes[~posed] = self._np_root_ref.T @ left_jac[~posed]
             parent_rot = nodes[self._np_node_parent[used[posed]], :3, :3]
-            axes[posed] = parent_rot @ row.node_left[used[posed] - 1] @ left_jac[posed]
-            # d y = (axes @ dw) x lever = -[lever]x axes dw: column j is axes[:, j] x lever
-            a = axes[node_slot, :, rot_axis]  # (R, 3) the axis of each rotation column
-            lv = lever[node_slot]  # (R, 3, 70)
-            jac[..., rot_cols] = np.stack([a[:, 1, None] * lv[:, 2] - a[:, 2, None] * lv[:, 1],
-                                           a[:, 2, None] * lv[:, 0] - a[:, 0, None] * lv[:, 2],
-                                           a[:, 0, None] * lv[:, 1] - a[:, 1, None] * lv[:, 0]]).transpose(2, 0, 1)
-        transl_cols = np.flatnonzero((columns >= 3) & (columns < 6))
-        if len(transl_cols):
+            axes[posed] = parent_rot @ self._row_tables(p32).node_left[used[posed] - 1] @ left_jac[posed]
+            # d y = (axes @ dw) x lever: column j of a node's block is axes[:, j] x lever
+            ax, lv = axes[:, :, :, None], lever[:, :, None, :]  # (U, 3, 3, 1), (U, 3, 1, 70)
+            cross = np.stack([ax[:, 1] * lv[:, 2] - ax[:, 2] * lv[:, 1],
+                              ax[:, 2] * lv[:, 0] - ax[:, 0] * lv[:, 2],
+                              ax[:, 0] * lv[:, 1] - ax[:, 1] * lv[:, 0]])  # (3 xyz, U, 3 axes, 70)
+            jac[..., plan.rot_cols] = cross.transpose(3, 0, 1, 2).reshape(num_kp, 3, -1)[..., plan.rot_slot]
+        if len(plan.transl_cols):
             weight = blocks[:, 3].sum(0)  # (70,) each keypoint's total skinning weight
-            jac[..., transl_cols] = weight[:, None, None] * self._np_root_ref.T[:, columns[transl_cols] - 3]
-        shape_cols = np.flatnonzero((columns >= shape.start) & (columns < shape.stop))
-        if len(shape_cols):
+            jac[..., plan.transl_cols] = weight[:, None, None] * self._np_root_ref.T[:, plan.transl_axes]
+        if len(plan.shape_cols):
             step = 1e-6 if self.dtype == torch.float64 else 1e-3
-            for c in shape_cols:
+            for c in plan.shape_cols:
                 moved = params.clone()
                 moved[0, columns[c]] += step
                 jac[..., c] = (self._row_keypoints(moved) - keypoints) / step
