@@ -1,9 +1,14 @@
-"""`streamer bench estimator` argument parsing (the benchmark itself needs a CUDA GPU and upstream SAM-3D Body)."""
+"""`streamer bench estimator` argument parsing and its layer-scale stress check (the benchmark itself needs a CUDA
+GPU and upstream SAM-3D Body)."""
 from __future__ import annotations
 
 import pytest
+import torch
+from torch import nn
 
-from tools.bench_estimator import parse_process_configs
+from streamer.capture.sam3d_fast import FastBodyEstimator
+from tests.test_sam3d_fast import StandInSam3dBody, _images, _requests
+from tools.bench_estimator import AGREEMENT_KEYS, _layer_scale_stress, _relative_errors, parse_process_configs
 
 
 def test_process_configs_parse_processes_batch_and_graph_suffix():
@@ -15,3 +20,45 @@ def test_process_configs_parse_processes_batch_and_graph_suffix():
 def test_process_configs_reject_malformed_entries_naming_them(text):
     with pytest.raises(SystemExit, match="--processes"):
         parse_process_configs(text)
+
+
+class _LayerScaled(nn.Module):
+    """A backbone with a DINOv3-style LayerScale (gamma at its init value 1e-5) on a linear branch."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.patch = nn.Conv2d(3, 16, kernel_size=8, stride=8)
+        self.branch = nn.Linear(16, 16)
+        self.gamma = nn.Parameter(torch.full((16,), 1e-5))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        tokens = self.patch(x).permute(0, 2, 3, 1)
+        return (tokens + self.gamma * self.branch(tokens) * 40).permute(0, 3, 1, 2)
+
+
+class _WithVertices(StandInSam3dBody):
+    def forward_decoder(self, image_embeddings, batch, prompt=None):
+        out = super().forward_decoder(image_embeddings, batch, prompt)
+        out["pred_vertices"] = out["pred_keypoints_3d"] * 2
+        return out
+
+
+def test_layer_scale_stress_shows_what_a_tiny_layer_scale_hides_and_restores_it():
+    """STAND-IN model (CPU): at gamma 1e-5 an FP8 branch barely moves the outputs; the stress check sets gamma to
+    1, where FP8 rounding shows, and leaves the model's gamma as it was."""
+    torch.set_grad_enabled(False)
+    try:
+        model = _WithVertices().eval()
+        model.backbone = _LayerScaled()
+        images, requests = _images(), _requests()
+        exact = FastBodyEstimator(model, cuda_graphs=False).estimate(images, requests)
+        fp8 = FastBodyEstimator(model, cuda_graphs=False, precision="fp8").estimate(images, requests)
+        hidden = _relative_errors(exact, fp8)
+        stress = _layer_scale_stress(model, images, requests, "fp8")
+        assert torch.equal(model.backbone.gamma, torch.full((16,), 1e-5))
+        assert stress["embedding_rel_err"] > 1e-3 and stress["max_rel_err"] > 10 * hidden["pred_keypoints_3d"]
+        assert stress["max_rel_err"] == max(stress[key] for key in AGREEMENT_KEYS)
+        model.backbone = nn.Conv2d(3, 16, kernel_size=8, stride=8)
+        assert "skipped" in _layer_scale_stress(model, images, requests, "bf16")
+    finally:
+        torch.set_grad_enabled(True)

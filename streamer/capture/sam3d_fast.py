@@ -24,14 +24,19 @@ the upstream modules as they are and changes only how they are driven. Against t
    H200 the replayed decoder gave the eager path's outputs bit for bit, on the recorded inputs and on others.
    Only the MHR stand-in of `streamer bench estimator` has been recorded: the real TorchScript `mhr_model.pt`
    is gated (if it syncs, recording raises and `graph_decoder=False` is the way back);
-6. takes person boxes from hints (the 3D track reprojected, `streamer.capture.boxes`), so no detector runs.
+6. takes person boxes from hints (the 3D track reprojected, `streamer.capture.boxes`), so no detector runs;
+7. optionally pipelines calls (`submit` / `pipelined`): the crop and backbone of call t+1 run on one stream
+   while the decoder of call t runs on a higher-priority one (each graph recorded on its own stream, see
+   `_capture_stream`); outputs come one call late. On the H200: +31 % at 8 crops per call, +6 % at 64.
 
 Measured options that are kept off by default (`streamer bench estimator`, README "SAM-3D Body on a GPU"): bf16
 autocast of the decoder layers (no gain, outputs moved beyond the agreement tolerance), `torch.compile` of the
-decoder (no gain: graph breaks), a second CUDA stream overlapping backbone and decoder (`run_pipelined`, ~2 %
-with the eager decoder). Eagerly, upstream's decoder is bound by host work (thousands of small kernels and
-host->device copies of index constants, each a stream sync, per call); replayed from a CUDA graph
-(`graph_decoder=True`) it costs its GPU time only, and the backbone is the larger part.
+decoder (no gain: graph breaks), a bf16 backbone (no faster than float16), an FP8 backbone (`precision="fp8"`,
++10 %; with the random weights' LayerScale set to 1 its outputs move by up to 18 %, so it stays opt-in until
+checked on the released weights). Eagerly, upstream's decoder is bound by host work (thousands of small kernels
+and host->device copies of index constants, each a stream sync, per call); replayed from a CUDA graph
+(`graph_decoder=True`) it costs its GPU time only (about 4,000 kernels, 26 ms for 8 crops on the H200), and the
+backbone is the larger part.
 
 Use in the capture node (one process serving the cameras that share a GPU):
 
@@ -229,10 +234,11 @@ class _Autocast(nn.Module):
 def _capture_stream(owner: Any, device: torch.device | None = None) -> torch.cuda.Stream:
     """The stream `owner` records all its CUDA graphs on, made once per owner.
 
-    Not torch.cuda.graph's shared default: cuBLAS takes its workspace per (handle, stream), and a graph bakes in
-    the workspace of the stream it was recorded on. Two graphs recorded on one stream share a workspace, and
-    replayed at once on two streams their split-K GEMMs wrote into each other's workspace: on the H200 the
-    two-stream replay of the backbone and decoder graphs never finished. One stream per stage keeps them apart.
+    Not torch.cuda.graph's shared default stream: recorded there, the backbone and decoder graphs replayed at
+    once on two streams never finished on the H200 (the host waited forever on the first result); each recorded
+    on its own stream, they run. The likely cause: cuBLAS takes its workspace per (handle, stream), a graph bakes
+    in the workspace of the stream it was recorded on, so two graphs recorded on one stream share a workspace
+    and their GEMMs write into each other's when replayed at the same time.
     """
     if getattr(owner, "_stream", None) is None:
         owner._stream = torch.cuda.Stream(device)
@@ -331,7 +337,8 @@ def expand_host_indices(indices: Sequence[torch.Tensor | None], to_device: Calla
 def masked_write(x: torch.Tensor, mask: torch.Tensor, values: torch.Tensor, accumulate: bool) -> torch.Tensor:
     """`x[mask] = values` (or `+=`) without a sync, for a mask over x's leading dims and values that broadcast to
     x's shape (one element, a row, or the whole-tensor stand-in of `x[mask]`, see ELEMENTWISE_MASK_FUNCTIONS;
-    torch strips leading 1-dims from assigned values). In place; returns x."""
+    torch strips leading 1-dims from assigned values). In place; returns x.
+    """
     if tuple(mask.shape) != tuple(x.shape[: mask.dim()]):
         raise RuntimeError(f"masked write: mask {tuple(mask.shape)} does not cover the leading dims of {tuple(x.shape)}")
     try:
@@ -643,7 +650,8 @@ class FastBodyEstimator:
                 raise ValueError(f"images[{i}]: expected (H, W, 3) uint8 RGB, got {tuple(t.shape)} {t.dtype}")
         for j, r in enumerate(requests):
             if not 0 <= r.image_index < len(tensors):
-                raise ValueError(f"requests[{j}].image_index {r.image_index} outside 0..{len(tensors) - 1}")
+                raise ValueError(f"requests[{j}].image_index {r.image_index} outside "
+                                 f"0..{len(tensors) - 1}")
             if np.asarray(r.camera_matrix).shape != (3, 3):
                 raise ValueError(f"requests[{j}].camera_matrix: expected (3, 3), got {np.asarray(r.camera_matrix).shape}")
         geo = [crop_affine(r.box_xyxy, self.input_size) for r in requests]
@@ -780,10 +788,11 @@ class FastBodyEstimator:
     def submit(self, images: Sequence[np.ndarray | torch.Tensor], requests: Sequence[CropRequest]) -> "PendingCall":
         """Enqueue one call (as `__call__`) and return without waiting for the device.
 
-        On CUDA, once a batch size has run (the first call of a size records its graphs, serially), the crop and
-        backbone go on a front stream and the decoder on a higher-priority back stream that waits for them: the
-        next call's crop and backbone overlap this call's decoder. Each graph replays on its stream from its own memory pool.
-        Off CUDA, and on a batch size's first call, the call runs at once. `PendingCall.result()` gives the output.
+        On CUDA, once a batch size has run (the first call of a size records its graphs, serially), the crop
+        and backbone go on a front stream and the decoder on a higher-priority back stream that waits for them:
+        the next call's crop and backbone overlap this call's decoder. Each graph replays from its own memory
+        pool. Off CUDA, and on a batch size's first call, the call runs at once. `PendingCall.result()` gives
+        the output.
         """
         n = len(requests)
         padded = self._padded(requests)
