@@ -38,6 +38,7 @@ __all__ = [
     "OneEuroSettings",
     "OneEuroState",
     "kalman_init",
+    "kalman_predicted_position",
     "kalman_predict",
     "kalman_step",
     "one_euro_init",
@@ -210,7 +211,7 @@ def kalman_init(num_rows: int, dim: int) -> KalmanState:
 
 def kalman_predict(state: KalmanState, t_ns: int, settings: KalmanSettings) -> KalmanState:
     """The state predicted to `t_ns` (no measurement); rows are unchanged if `t_ns` is not later."""
-    dt = (int(t_ns) - state.t_step_ns) * 1e-9 if state.t_step_ns != _NEVER_NS else 0.0
+    dt = _predict_dt_s(state, t_ns)
     if dt <= 0:
         return state
     q = settings.accel_noise
@@ -222,6 +223,16 @@ def kalman_predict(state: KalmanState, t_ns: int, settings: KalmanSettings) -> K
         covariance=f @ state.covariance @ f.T + q_mat,
         t_step_ns=int(t_ns),
     )
+
+
+def kalman_predicted_position(state: KalmanState, t_ns: int) -> np.ndarray:
+    """(K, D) `kalman_predict(state, t_ns, ...).position` without the covariance (its cost)."""
+    dt = _predict_dt_s(state, t_ns)
+    return state.position + state.velocity * dt if dt > 0 else state.position
+
+
+def _predict_dt_s(state: KalmanState, t_ns: int) -> float:
+    return (int(t_ns) - state.t_step_ns) * 1e-9 if state.t_step_ns != _NEVER_NS else 0.0
 
 
 def kalman_step(

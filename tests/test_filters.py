@@ -193,3 +193,16 @@ def test_fuzz_never_nan_where_present(rows, dt_ms):
                 e_state = state
             else:
                 k_state = state
+
+
+def test_predicted_position_is_the_predicted_states():
+    from streamer.filters import kalman_init, kalman_predict, kalman_predicted_position, kalman_step, KalmanSettings
+
+    settings = KalmanSettings(gate_sigma=None)
+    rng = np.random.default_rng(3)
+    state = kalman_init(5, 2)
+    for k in range(4):
+        state, _ = kalman_step(state, rng.normal(size=(5, 2)), 1_000_000_000 + k * 33_000_000, settings)
+    for t_ns in (state.t_step_ns - 1, state.t_step_ns, state.t_step_ns + 50_000_000):
+        np.testing.assert_array_equal(kalman_predicted_position(state, t_ns),
+                                      kalman_predict(state, t_ns, settings).position)

@@ -501,6 +501,7 @@ class AnnyBody(BodyModel):
 
         self.device = torch.device(device)
         self.dtype = dtype
+        self._np_dtype = torch.empty((), dtype=dtype).numpy().dtype.type
         tables, labels = load_or_build_tables(tuple(posed_bones), Path(cache_dir) if cache_dir else None)
         self._np = {k: v.to(torch.float64).numpy() for k, v in tables.items() if v.is_floating_point()}
         t = {k: v.to(device=self.device, dtype=dtype if v.is_floating_point() else v.dtype)
@@ -711,12 +712,10 @@ class AnnyBody(BodyModel):
         self._cache[shape_key] = base  # most recently used last
         return base
 
-    def _row_tables(self, params: torch.Tensor | np.ndarray) -> _RowTables:
-        """The float64 tables of the shape of `params` ((1, P) tensor or (P,) array, model dtype), from a
-        small cache or computed (`_compute_row_tables`) and cached."""
-        if isinstance(params, torch.Tensor):
-            params = params.detach().cpu().numpy()[0]
-        shape = params[self.groups["shape"]]
+    def _row_tables(self, p: np.ndarray) -> _RowTables:
+        """The float64 tables of the shape of `p` (P,) model dtype, from a small cache or computed
+        (`_compute_row_tables`) and cached."""
+        shape = p[self.groups["shape"]]
         shape_key = shape.tobytes()
         row = self._row_cache.pop(shape_key, None)
         if row is None:
@@ -875,7 +874,8 @@ class AnnyBody(BodyModel):
         """(B, P) -> (B, J, 4, 4) world_from_bone poses (Anny bone frames, heads at the joints)."""
         params = self._check(params)
         if self._single_row(params):
-            poses = self._row_node_poses(params)[self._np_bone_anchor] @ self._row_tables(params).anchor_from_bone
+            row = self._as_row(params)
+            poses = self._row_node_poses(row)[self._np_bone_anchor] @ self._row_tables(row).anchor_from_bone
             return torch.from_numpy(poses).to(self.device, self.dtype)[None]
         tables = self._shape_tables(params)
         nodes = self._node_poses(params, tables)
@@ -890,21 +890,38 @@ class AnnyBody(BodyModel):
         """(B, N + 1, 4, 4) world poses of the reduced tree's nodes (root, then posed bones), model dtype.
         tables: `_shape_tables(params)`, or None to get them here when needed."""
         if self._single_row(params):
-            return torch.from_numpy(self._row_node_poses(params)).to(self.device, self.dtype)[None]
+            return torch.from_numpy(self._row_node_poses(self._as_row(params))).to(self.device, self.dtype)[None]
         return self._compute_node_poses(params, self._shape_tables(params) if tables is None else tables)
 
-    def _row_node_poses(self, params: torch.Tensor) -> np.ndarray:
-        """(1, P) -> (N + 1, 4, 4) float64 world node poses, computed in NumPy (no autograd).
+    def _as_row(self, params: torch.Tensor | np.ndarray) -> np.ndarray:
+        """(1, P) tensor or (P,) array -> (P,) NumPy array in the model dtype (the values the torch path sees)."""
+        if isinstance(params, torch.Tensor):
+            return params.detach().cpu().numpy().reshape(-1).astype(self._np_dtype, copy=False)
+        row = np.asarray(params).astype(self._np_dtype)
+        if row.shape != (self.num_params,):
+            raise ValueError(f"params: expected ({self.num_params},), got {row.shape}")
+        return row
+
+    def keypoints_row(self, params: np.ndarray) -> np.ndarray:
+        """(P,) -> (70, 3) float64 keypoints, NumPy in and out: `keypoints` of one row without the torch
+        conversions (a fitter's hot path); `params` is rounded to the model dtype first, as there."""
+        return self._row_keypoints(self._as_row(params))
+
+    def keypoints_and_jacobian_row(self, params: np.ndarray, columns: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(P,), (C,) -> ((70, 3), (70, 3, C)) float64: `keypoints_and_jacobian` of one row, NumPy in and out."""
+        return self._row_keypoints_and_jacobian(self._as_row(params), np.asarray(columns, np.int64))
+
+    def _row_node_poses(self, p: np.ndarray) -> np.ndarray:
+        """(P,) model dtype -> (N + 1, 4, 4) float64 world node poses, computed in NumPy (no autograd).
 
         The last row is remembered: a fitter judging its shipped parameters and then asking for their
         joint rotations (or the keypoint frames) runs the kinematics once. The node poses depend on the
         parameters only (shape included), not on the keypoint offsets."""
-        p32 = params.detach().cpu().numpy()[0]
-        key = p32.tobytes()
+        key = p.tobytes()
         if self._last_nodes is not None and self._last_nodes[0] == key:
             return self._last_nodes[1]
-        row = self._row_tables(p32)
-        p = p32.astype(np.float64)
+        row = self._row_tables(p)
+        p = p.astype(np.float64)
         rotations = Rotation.from_rotvec(np.concatenate([p[0:3], p[self.groups["pose"]]]).reshape(-1, 3)).as_matrix()
         num_nodes = len(rotations)
         nodes = np.zeros((num_nodes, 4, 4))
@@ -924,15 +941,15 @@ class AnnyBody(BodyModel):
         self._last_nodes = (key, nodes)
         return nodes
 
-    def _row_keypoint_table(self, params: torch.Tensor) -> np.ndarray:
-        """((N + 1) * 4, 70) float64 keypoint table of the shape of `params` (1, P), offsets included."""
-        table = self._row_tables(params).kp_from_nodes
+    def _row_keypoint_table(self, p: np.ndarray) -> np.ndarray:
+        """((N + 1) * 4, 70) float64 keypoint table of the shape of `p` (P,), offsets included."""
+        table = self._row_tables(p).kp_from_nodes
         return table if self._kp_offset_rows is None else table + self._kp_offset_rows
 
-    def _row_keypoints(self, params: torch.Tensor) -> np.ndarray:
-        """(1, P) -> (70, 3) float64 keypoints (NumPy kinematics)."""
-        nodes = self._row_node_poses(params)
-        return (nodes[:, :3, :].transpose(1, 0, 2).reshape(3, -1) @ self._row_keypoint_table(params)).T
+    def _row_keypoints(self, p: np.ndarray) -> np.ndarray:
+        """(P,) model dtype -> (70, 3) float64 keypoints (NumPy kinematics)."""
+        nodes = self._row_node_poses(p)
+        return (nodes[:, :3, :].transpose(1, 0, 2).reshape(3, -1) @ self._row_keypoint_table(p)).T
 
     def _compute_node_poses(self, params: torch.Tensor, tables: _ShapeTables) -> torch.Tensor:
         batch = params.shape[0]
@@ -961,20 +978,19 @@ class AnnyBody(BodyModel):
         if columns is None:
             columns = torch.nonzero(self.movable, as_tuple=True)[0]
         columns = torch.as_tensor(columns, dtype=torch.long).cpu().numpy()
-        rows = [self._row_keypoints_and_jacobian(params[b:b + 1], columns) for b in range(params.shape[0])]
+        rows = [self._row_keypoints_and_jacobian(self._as_row(params[b]), columns) for b in range(params.shape[0])]
         as_t = lambda a: torch.from_numpy(np.stack(a)).to(self.device, self.dtype)  # noqa: E731
         return as_t([kp for kp, _ in rows]), as_t([jac for _, jac in rows])
 
-    def _row_keypoints_and_jacobian(self, params: torch.Tensor, columns: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(1, P), (C,) -> ((70, 3), (70, 3, C)) float64: `keypoints_and_jacobian` of one row."""
+    def _row_keypoints_and_jacobian(self, p32: np.ndarray, columns: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(P,) model dtype, (C,) -> ((70, 3), (70, 3, C)) float64: `keypoints_and_jacobian` of one row."""
         plan = self._column_plans.get(columns.tobytes())
         if plan is None:
             plan = self._column_plans[columns.tobytes()] = _ColumnPlan.of(columns, self.groups["pose"],
                                                                           self.groups["shape"])
-        nodes = self._row_node_poses(params)  # (N + 1, 4, 4)
-        p32 = params.detach().cpu().numpy()[0]
+        nodes = self._row_node_poses(p32)  # (N + 1, 4, 4)
         num_nodes, num_kp = len(nodes), mhr70.NUM_KEYPOINTS
-        blocks = self._row_keypoint_table(params).reshape(num_nodes, 4, num_kp)
+        blocks = self._row_keypoint_table(p32).reshape(num_nodes, 4, num_kp)
         contributions = nodes[:, :3, :] @ blocks  # (N + 1, 3, 70): each node's share of every keypoint
         keypoints = contributions.sum(0).T  # (70, 3)
         jac = np.zeros((num_kp, 3, len(columns)))
@@ -1004,8 +1020,8 @@ class AnnyBody(BodyModel):
         if len(plan.shape_cols):
             step = 1e-6 if self.dtype == torch.float64 else 1e-3
             for c in plan.shape_cols:
-                moved = params.clone()
-                moved[0, columns[c]] += step
+                moved = p32.copy()
+                moved[columns[c]] += self._np_dtype(step)
                 jac[..., c] = (self._row_keypoints(moved) - keypoints) / step
         return keypoints, jac
 
@@ -1013,7 +1029,7 @@ class AnnyBody(BodyModel):
         """(B, P) -> (B, 70, 3) MHR-70 keypoints, metres, world frame (Z up); differentiable."""
         params = self._check(params)
         if self._single_row(params):
-            return torch.from_numpy(self._row_keypoints(params)).to(self.device, self.dtype)[None]
+            return torch.from_numpy(self._row_keypoints(self._as_row(params))).to(self.device, self.dtype)[None]
         tables = self._shape_tables(params)
         nodes = self._node_poses(params, tables)[..., :3, :]  # (B, N + 1, 3, 4)
         rows = nodes.permute(0, 2, 1, 3).flatten(2)  # (B, 3, (N + 1) * 4)

@@ -156,9 +156,12 @@ def evaluate(
     model: BodyModel, params: np.ndarray, targets: FitTargets, free: np.ndarray, prior: Prior, settings: FitSettings
 ) -> FitEvaluation:
     """Losses, point errors and the verdict of `params` (P,) against `targets` (the shipped numbers)."""
-    with torch.no_grad():
-        x = torch.as_tensor(np.asarray(params), device=model.device).to(model.dtype)
-        keypoints = model.keypoints(x[None])[0].to(torch.float64).cpu().numpy()
+    if hasattr(model, "keypoints_row"):  # NumPy single-row evaluation: no torch conversions
+        keypoints = model.keypoints_row(np.asarray(params))
+    else:
+        with torch.no_grad():
+            x = torch.as_tensor(np.asarray(params), device=model.device).to(model.dtype)
+            keypoints = model.keypoints(x[None])[0].to(torch.float64).cpu().numpy()
     errors = np.full(len(keypoints), np.nan)
     valid = targets.valid & np.isfinite(keypoints).all(1)
     errors[valid] = np.linalg.norm(keypoints[valid] - targets.points[valid], axis=1)

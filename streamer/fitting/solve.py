@@ -182,16 +182,30 @@ def fit_frame(
     base = torch.as_tensor(start, device=dev).to(dtype)
     terms = prior_terms(model, free, prior, settings)
     keypoint_jacobian = _keypoint_jacobian(model, base, free_idx, rows, method)
+    # a model with NumPy single-row evaluation (`keypoints_row`) is called without torch conversions
+    by_row = hasattr(model, "keypoints_row") and (method != "analytic" or hasattr(model, "keypoints_and_jacobian_row"))
+    free_np = np.flatnonzero(free)
+
+    def full(x_free: np.ndarray) -> np.ndarray:
+        x = start.copy()
+        x[free] = x_free
+        return x
 
     def jacobian(x_free: np.ndarray, columns: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        if by_row and method == "analytic":
+            kp, jac = model.keypoints_and_jacobian_row(full(x_free), free_np if columns is None else free_np[columns])
+            return jac[rows_np], kp[rows_np]
         cols = None if columns is None else torch.as_tensor(columns)
         jac, kp = keypoint_jacobian(torch.from_numpy(x_free).to(dev, dtype), cols)
         return jac.to(torch.float64).cpu().numpy(), kp.to(torch.float64).cpu().numpy()
 
     def objective(x_free: np.ndarray) -> tuple[float, np.ndarray]:
-        with torch.no_grad():
-            x = base.index_put((free_idx,), torch.from_numpy(x_free).to(dev, dtype))
-            kp = model.keypoints(x[None])[0, rows].to(torch.float64).cpu().numpy()
+        if by_row:
+            kp = model.keypoints_row(full(x_free))[rows_np]
+        else:
+            with torch.no_grad():
+                x = base.index_put((free_idx,), torch.from_numpy(x_free).to(dev, dtype))
+                kp = model.keypoints(x[None])[0, rows].to(torch.float64).cpu().numpy()
         return loss_of(x_free, kp), kp
 
     def loss_of(x_free: np.ndarray, kp: np.ndarray) -> float:

@@ -36,7 +36,7 @@ import torch
 
 from protocol.messages import PoseFlag, Verdict
 from streamer.body.model import BodyModel
-from streamer.filters import KalmanSettings, KalmanState, kalman_init, kalman_predict, kalman_step
+from streamer.filters import KalmanSettings, KalmanState, kalman_init, kalman_predicted_position, kalman_step
 from streamer.fitting.init import choose_start, model_keypoints
 from streamer.fitting.objective import FitEvaluation, FitSettings, Prior, evaluate
 from streamer.fitting.solve import fit_frame, jacobian_method
@@ -225,7 +225,7 @@ def _predicted(context: TrackContext, state: TrackState, t_ns: int) -> np.ndarra
     s = context.settings
     pred = state.params.copy()
     for kf, rows, gap_s in ((state.root_kf, context.root, s.coast_root_s), (state.pose_kf, ~context.root, s.coast_pose_s)):
-        ahead = kalman_predict(kf, t_ns, _kalman_settings(context, 1.0, gap_s)).position[:, 0]  # noise: unused
+        ahead = kalman_predicted_position(kf, t_ns)[:, 0]
         seen = kf.t_ns != np.iinfo(np.int64).min
         live = seen & ((t_ns - kf.t_ns) * 1e-9 <= gap_s) & np.isfinite(ahead)
         sub = pred[rows]
