@@ -324,6 +324,27 @@ def test_fast_estimator_serves_hinted_views_in_one_forward_and_unhinted_views_th
         FastSam3dEstimator(fast, None).estimate(views)
 
 
+def test_fast_estimator_submitted_calls_give_estimate_results_in_order():
+    model = StandInSam3dBody().eval()
+    fast = FastBodyEstimator(model, cuda_graphs=False)
+    estimator = FastSam3dEstimator(fast, _StockStandIn(fast))
+    images, requests = _images(), _requests()
+    K = requests[0].camera_matrix
+    frame_sets = [[View("a", images[0], K, boxes=requests[0].box_xyxy[None], track_ids=np.array([3])),
+                   View("b", images[1], K)],
+                  [View("a", images[2], K, boxes=np.stack([requests[2].box_xyxy, requests[0].box_xyxy]))]]
+    first = estimator.submit(frame_sets[0])
+    second = estimator.submit(frame_sets[1])  # submitted before the first is read (a two-deep pipeline)
+    for pending, views in ((first, frame_sets[0]), (second, frame_sets[1])):
+        got, want = pending.result(), estimator.estimate(views)
+        assert [len(p) for p in got] == [len(p) for p in want]
+        for persons_got, persons_want in zip(got, want):
+            for a, b in zip(persons_got, persons_want):
+                assert a.track_id == b.track_id
+                np.testing.assert_allclose(a.params["cam_t"], b.params["cam_t"], rtol=1e-6)
+    assert [len(p) for p in first.result()] == [1, 1] and first.result()[0][0].track_id == 3
+
+
 def test_make_batch_holds_upstream_per_crop_numbers():
     fast = FastBodyEstimator(StandInSam3dBody().eval(), cuda_graphs=False)
     images, requests = _images(), _requests()

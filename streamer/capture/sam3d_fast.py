@@ -44,6 +44,8 @@ Use in the capture node (one process serving the cameras that share a GPU):
     fast = FastBodyEstimator(upstream.model, compile_backbone=True, graph_decoder=True,
                              batch_sizes=(len(cameras),))        # up to one person per camera: one recorded size
     estimator = FastSam3dEstimator(fast, upstream)               # hinted views: one forward; others: stock + detector
+    persons = estimator.estimate(views)                          # or, one frame set late but faster on a GPU:
+    pending = estimator.submit(views_t1); persons_t = previous.result(); previous = pending
 
 Call contract relied on (upstream sam-3d-body 1.0.0): `model.image_mean`, `model.image_std` ((3, 1, 1)),
 `model.backbone(x (B, 3, S, S), backbone dtype) -> (B, C, h, w)`, `model.backbone_dtype`,
@@ -81,6 +83,7 @@ __all__ = [
     "FastBodyEstimator",
     "FastSam3dEstimator",
     "PendingCall",
+    "PendingPersons",
     "crop_affine",
     "expand_host_indices",
     "masked_write",
@@ -874,7 +877,14 @@ class FastSam3dEstimator(Estimator):
 
     def estimate(self, views: Sequence[View]) -> list[list[Any]]:
         """One list of `Person2D` per view, in view order."""
-        from streamer.capture.sam3d import infer_sam3d_batch, person_from_sam3d
+        return self.submit(views).result()
+
+    def submit(self, views: Sequence[View]) -> "PendingPersons":
+        """`estimate` in two steps: returns once the hinted views' forward is enqueued (`FastBodyEstimator.submit`;
+        on a GPU the next submitted call's crop and backbone overlap this call's decoder), views without boxes
+        run through the stock call at once; `result()` gives `estimate`'s list. A caller that takes frame set t's
+        result after submitting frame set t+1 gains throughput (README) for one frame set of latency."""
+        from streamer.capture.sam3d import infer_sam3d_batch
 
         if not self._warmed and views:
             self._warmed = True
@@ -885,13 +895,11 @@ class FastSam3dEstimator(Estimator):
         for v, view in enumerate(views):
             if view.boxes is None:
                 continue
-            for b, box in enumerate(np.asarray(view.boxes, np.float32).reshape(-1, 4)):
+            for box in np.asarray(view.boxes, np.float32).reshape(-1, 4):
                 requests.append(CropRequest(image_index=v, box_xyxy=box, camera_matrix=np.asarray(view.K)))
-                owners.append((v, b))
-        outputs: list[list[dict]] = [[] for _ in views]
-        if requests:
-            for (v, _), out in zip(owners, self.fast.estimate([view.image for view in views], requests)):
-                outputs[v].append(out)
+                owners.append(v)
+        pending = self.fast.submit([view.image for view in views], requests) if requests else None
+        stock_outputs: dict[int, list[dict]] = {}
         unboxed = [v for v, view in enumerate(views) if view.boxes is None]
         if unboxed:
             if self.stock is None:
@@ -899,10 +907,37 @@ class FastSam3dEstimator(Estimator):
                                  "estimator (detector) was given")
             found = infer_sam3d_batch(self.stock, [views[v] for v in unboxed], inference_type="body",
                                       bbox_thr=self.bbox_thr)
-            for v, outs in zip(unboxed, found):
-                outputs[v] = list(outs)
+            stock_outputs = {v: list(outs) for v, outs in zip(unboxed, found)}
+        return PendingPersons(list(views), owners, requests, pending, stock_outputs)
+
+    def close(self) -> None:
+        """Nothing to release: the model belongs to the caller."""
+
+
+class PendingPersons:
+    """A submitted `FastSam3dEstimator` call: `result()` waits for the fast path's outputs and returns one list of
+    `Person2D` per view, in view order (persons in box order per view)."""
+
+    def __init__(self, views: list[View], owners: list[int], requests: list[CropRequest],
+                 pending: PendingCall | None, stock_outputs: dict[int, list[dict]]) -> None:
+        self._views = views
+        self._owners = owners  # view index of each request
+        self._requests = requests
+        self._pending = pending
+        self._stock_outputs = stock_outputs
+
+    def result(self) -> list[list[Any]]:
+        from streamer.capture.sam3d import person_from_sam3d
+
+        outputs: list[list[dict]] = [[] for _ in self._views]
+        if self._pending is not None:
+            boxes = np.stack([np.asarray(r.box_xyxy) for r in self._requests])
+            for v, out in zip(self._owners, person_dicts(self._pending.result(), boxes)):
+                outputs[v].append(out)
+        for v, outs in self._stock_outputs.items():
+            outputs[v] = outs
         persons = []
-        for view, outs in zip(views, outputs):
+        for view, outs in zip(self._views, outputs):
             scores = view.box_scores if view.boxes is not None else None
             track_ids = view.track_ids if view.boxes is not None else None
             persons.append([person_from_sam3d(out, view.K,
@@ -910,6 +945,3 @@ class FastSam3dEstimator(Estimator):
                                               track_id=-1 if track_ids is None else int(track_ids[i]))
                             for i, out in enumerate(outs)])
         return persons
-
-    def close(self) -> None:
-        """Nothing to release: the model belongs to the caller."""
