@@ -243,7 +243,7 @@ def fit_frame(
         metric_jac = jac if metric is None else metric @ jac  # M J
         jw = np.ascontiguousarray((metric_jac * w[:, None, None]).reshape(-1, n_free).T)  # (n, 3R)
         hessian = _torch_op(torch.matmul, jw, np.ascontiguousarray(jac.reshape(-1, n_free)))
-        gradient = jw @ resid.reshape(-1)
+        gradient = _torch_op(torch.mv, jw, resid.reshape(-1))
         prior_grad, prior_diag = terms.gradient_and_diagonal(x)
         hessian[np.diag_indices(n_free)] += prior_diag
         gradient = gradient + prior_grad
