@@ -215,14 +215,14 @@ def kalman_predict(state: KalmanState, t_ns: int, settings: KalmanSettings) -> K
     if dt <= 0:
         return state
     q = settings.accel_noise
-    f = np.array([[1.0, dt], [0.0, 1.0]])
-    q_mat = q * np.array([[dt**3 / 3, dt**2 / 2], [dt**2 / 2, dt]])
-    return replace(
-        state,
-        position=state.position + state.velocity * dt,
-        covariance=f @ state.covariance @ f.T + q_mat,
-        t_step_ns=int(t_ns),
-    )
+    p = state.covariance
+    covariance = np.empty_like(p)  # F P F^T + Q, F = [[1, dt], [0, 1]], written out (2 x 2 per row)
+    top, bottom = p[:, 0, 1] + dt * p[:, 1, 1], p[:, 1, 0] + dt * p[:, 1, 1]
+    covariance[:, 0, 0] = p[:, 0, 0] + dt * p[:, 1, 0] + dt * top + q * dt**3 / 3
+    covariance[:, 0, 1] = top + q * dt**2 / 2
+    covariance[:, 1, 0] = bottom + q * dt**2 / 2
+    covariance[:, 1, 1] = p[:, 1, 1] + q * dt
+    return replace(state, position=state.position + state.velocity * dt, covariance=covariance, t_step_ns=int(t_ns))
 
 
 def kalman_predicted_position(state: KalmanState, t_ns: int) -> np.ndarray:
@@ -268,13 +268,14 @@ def kalman_step(
     update = candidate & ~gated & ~relock
     fresh = (valid & ~live) | relock
 
-    if update.any():
-        p = covariance[update]
-        gain = p[:, :, 0] / s[update][:, None]  # (n, 2): position and velocity gains
-        innov = innovation[update]
-        position[update] += gain[:, :1] * innov
-        velocity[update] += gain[:, 1:] * innov
-        covariance[update] = p - gain[:, :, None] * p[:, None, 0, :]
+    if update.any():  # over all rows, kept where `update` (cheaper than gathering the rows when most update)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            gain = covariance[:, :, 0] / s[:, None]  # (K, 2): position and velocity gains
+            rows = update[:, None]
+            position = np.where(rows, position + gain[:, :1] * innovation, position)
+            velocity = np.where(rows, velocity + gain[:, 1:] * innovation, velocity)
+            covariance = np.where(rows[:, :, None], covariance - gain[:, :, None] * covariance[:, None, 0, :],
+                                  covariance)
     position[fresh], velocity[fresh] = samples[fresh], 0.0
     covariance[fresh] = 0.0
     covariance[fresh, 0, 0] = r_var[fresh]

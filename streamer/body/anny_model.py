@@ -551,6 +551,7 @@ class AnnyBody(BodyModel):
         self._kp_offsets = self._zero_offsets
         self._kp_offset_table: torch.Tensor | None = None
         self._kp_offset_rows: np.ndarray | None = None  # `_kp_offset_table[0]` as float64 NumPy
+        self._offsets_memo: tuple[bytes, torch.Tensor, np.ndarray] | None = None  # last nonzero offsets set
         self._last_nodes: tuple[bytes, np.ndarray] | None = None  # (params bytes, node poses): `_row_node_poses`
 
     def _init_reduced_tree(self, get_kinematic_chain) -> None:
@@ -844,8 +845,9 @@ class AnnyBody(BodyModel):
     def set_keypoint_offsets(self, offsets: np.ndarray | torch.Tensor | None) -> None:
         """Use `offsets` (70, 3) metres in the keypoint node frames (None: zero) from now on.
 
-        Cheap (a fitter sets a subject's offsets around every step): checked and laid out in NumPy;
-        the torch table for batched evaluations is built when one first needs it."""
+        Cheap (a fitter sets a subject's offsets around every step): checked and laid out in NumPy, the
+        last nonzero offsets remembered; the torch table for batched evaluations is built when one first
+        needs it."""
         if isinstance(offsets, torch.Tensor):
             offsets = offsets.detach().cpu()
         value = np.zeros(self._kp_offsets.shape) if offsets is None else np.asarray(offsets, dtype=np.float64)
@@ -856,11 +858,14 @@ class AnnyBody(BodyModel):
         if not value.any():
             self._kp_offsets = self._zero_offsets
             return
-        self._kp_offsets = torch.as_tensor(value, dtype=self.dtype).to(self.device)
-        rows = np.zeros((len(self._node_bones), 4, mhr70.NUM_KEYPOINTS))
-        rows[self._np_keypoint_node, :3, np.arange(mhr70.NUM_KEYPOINTS)] = \
-            self._kp_offsets.cpu().to(torch.float64).numpy()
-        self._kp_offset_rows = rows.reshape(-1, mhr70.NUM_KEYPOINTS)  # an addition to `_RowTables.kp_from_nodes`
+        key = value.tobytes()
+        if self._offsets_memo is None or self._offsets_memo[0] != key:
+            tensor = torch.as_tensor(value, dtype=self.dtype).to(self.device)
+            rows = np.zeros((len(self._node_bones), 4, mhr70.NUM_KEYPOINTS))
+            rows[self._np_keypoint_node, :3, np.arange(mhr70.NUM_KEYPOINTS)] = tensor.cpu().to(torch.float64).numpy()
+            self._offsets_memo = (key, tensor, rows.reshape(-1, mhr70.NUM_KEYPOINTS))
+        # the rows are an addition to `_RowTables.kp_from_nodes`
+        _, self._kp_offsets, self._kp_offset_rows = self._offsets_memo
 
     def keypoint_frames(self, params: torch.Tensor) -> torch.Tensor:
         """(B, P) -> (B, 70, 3, 3) world_from_node rotation of each keypoint's node (its offset frame)."""
