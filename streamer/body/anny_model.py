@@ -24,9 +24,9 @@ muscle, weight. Shape dims get gradients only while they are marked movable; wit
 frozen (`movable[groups["shape"]] = False`), `keypoints` uses tables cached per shape (the fast path).
 The autograd gradient of the shape dims leaves out the (small) change of the rest bone orientations
 with the phenotypes (up to ~20 % of it for some points); `keypoints_and_jacobian` is exact: analytic
-for rotations and translation, forward differences for shape, no autograd, ~0.9 ms for all 156
-rigid columns, ~0.65 ms for the 60 body columns a fitter asks for (only the bones of the asked
-columns are differentiated), vs ~6 ms for a batch of 157 forward passes.
+for rotations and translation, forward differences for shape, no autograd, ~0.6 ms for all 156
+rigid columns, ~0.47 ms for the 66 a fitter asks for (only the bones of the asked columns are
+differentiated), vs ~6 ms for a batch of 157 forward passes.
 
 ## Speed: keypoints without skinning
 
@@ -40,11 +40,14 @@ The full 13,718-vertex mesh is never skinned. Once the cache exists, constructio
 build `anny.Anny()` (0.1 s, ~10 MB instead of ~1.4 GB).
 
 One row without autograd (a fitter's every evaluation) runs in float64 NumPy: the 51-node kinematics
-(`_row_node_poses`, ~0.1 ms, the last row remembered), the keypoints (~0.23 ms vs ~0.67 ms in
-torch float32, equal to ~2e-7 m), the Jacobian, and a new shape's tables (`_compute_row_tables`,
-~1.4 ms vs ~3.5 ms); torch on tensors this small is bound by its per-operation overhead. Batches and
-autograd run the torch path. Products large enough for NumPy's BLAS to thread go through torch
-(`_matmul`), so the work stays on the caller's thread, as the node's one torch thread intends.
+(`_row_node_poses`, ~0.11 ms, the last row remembered), the keypoints (`keypoints_row`, NumPy in and
+out, ~0.13 ms; ~0.17 ms through `keypoints`, vs ~0.67 ms in torch float32; equal to ~2e-7 m), the
+Jacobian (`keypoints_and_jacobian_row`: ~0.47 ms for a fitter's 66 columns, ~0.64 ms for all 156 rigid
+ones), and a new shape's tables (`_compute_row_tables`, ~0.9 ms vs ~3.5 ms in torch: the blendshape
+sums are interpolated within a phenotype cell, `_blendshape_sums`). Torch on tensors this small is
+bound by its per-operation overhead. Batches and autograd run the torch path. Products large enough
+for NumPy's BLAS to thread go through torch (`_matmul`), so the work stays on the caller's thread (an
+OpenBLAS pool beside torch's spinning OpenMP threads made a fit 20x slower in wall time).
 
 ## MHR-70 from Anny (see `MAPPING`)
 

@@ -9,6 +9,11 @@ Gauss-Newton normal equations of the IRLS-weighted data term plus the diagonal p
 Marquardt damping, and a step accepted only if the true objective drops. The best
 parameters are kept, cast to float32 (the wire type), and every reported number is then
 recomputed at exactly those parameters by `objective.evaluate` (ARCHITECTURE.md §4.3).
+
+Cost: the arithmetic is float64 NumPy (torch on arrays this small costs its per-operation overhead);
+the normal-equation product and the step's solve run through torch, whose thread setting the caller
+owns (NumPy's BLAS would start a pool of its own). A model with NumPy single-row evaluation
+(`keypoints_row`, `keypoints_and_jacobian_row`: the Anny body) is called without torch conversions.
 """
 from __future__ import annotations
 
