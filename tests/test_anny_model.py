@@ -154,8 +154,13 @@ def test_single_row_numpy_path_equals_the_batched_torch_path(body: AnnyBody) -> 
             single = (body.keypoints(row), body.bone_poses(row), body.keypoint_frames(row))
             for b, s in zip(batched, single):
                 assert torch.allclose(b[i], s[0], atol=1e-10), float((b[i] - s[0]).abs().max())
-            kp, _ = body.keypoints_and_jacobian(row)
+            kp, jac = body.keypoints_and_jacobian(row)
             assert torch.allclose(kp[0], batched[0][i], atol=1e-10)
+            # the NumPy-in-and-out forms (the fitter's hot path) are the same numbers
+            assert np.allclose(body.keypoints_row(row[0].numpy()), batched[0][i].numpy(), atol=1e-10)
+            columns = body.movable.nonzero().squeeze(1).numpy()
+            kp_row, jac_row = body.keypoints_and_jacobian_row(row[0].numpy(), columns)
+            assert np.allclose(kp_row, kp[0].numpy(), atol=1e-12) and np.allclose(jac_row, jac[0].numpy(), atol=1e-12)
     finally:
         body.set_keypoint_offsets(None)
 
