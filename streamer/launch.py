@@ -35,7 +35,8 @@ Settings keys ending in `_path`/`_file` are input files: resolved relative to th
 and must exist. Keys ending in `_dir` are resolved the same way but not required to exist.
 
 Each node runs as `python -m streamer node KIND --name NAME --bind EP --input UP=EP ...
---settings-json JSON [...]` (see streamer/node.py). A node that exits non-zero is restarted
+--settings-json JSON [...]` (see streamer/node.py), with one NumPy BLAS thread (`OPENBLAS_NUM_THREADS`,
+`MKL_NUM_THREADS` = 1 unless set). A node that exits non-zero is restarted
 with exponential backoff (0.5 s doubling to 8 s; reset after 10 s of running). `streamer run`
 stops the graph upstream first (sources, then their consumers, ...) on SIGINT/SIGTERM, after
 `--seconds`, or when every node has exited for good; its exit code is 0 when every node's last
@@ -93,6 +94,9 @@ NODE_KINDS: dict[str, str] = {
 
 RESTART_POLICIES = ("on-failure", "always", "never")
 BACKOFF_INITIAL_S = 0.5
+# NumPy's BLAS thread pool, woken by any product above its threshold (a 60 x 210 gemv in the fitter), costs
+# one node up to 20x wall time beside the other nodes' threads; nodes are many small processes: one BLAS thread each
+SINGLE_THREAD_BLAS_ENV = ("OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 BACKOFF_MAX_S = 8.0
 BACKOFF_RESET_AFTER_S = 10.0
 STOP_GRACE_S = 5.0
@@ -386,6 +390,8 @@ class Supervisor:
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(_REPO_ROOT), env.get("PYTHONPATH")) if p)
         env[GRAPH_ENV] = str(Path(graph.path).resolve())  # the sync node serves it as the `stage` configuration
+        for name in SINGLE_THREAD_BLAS_ENV:  # unless the user says otherwise
+            env.setdefault(name, "1")
         self._env = env
         self.procs = {
             name: _Proc(spec, node_command(graph, spec))

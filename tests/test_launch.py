@@ -215,6 +215,8 @@ def test_a_node_with_nice_runs_at_that_niceness_threads_included(tmp_path):
         assert len(tasks) >= 2
         assert {os.getpriority(os.PRIO_PROCESS, t) for t in tasks} == {own + 7}
         assert os.getpriority(os.PRIO_PROCESS, pids["b"]) == own
+        environ = dict(kv.split("=", 1) for kv in open(f"/proc/{pids['a']}/environ").read().split("\0") if "=" in kv)
+        assert environ["OPENBLAS_NUM_THREADS"] == os.environ.get("OPENBLAS_NUM_THREADS", "1")  # one BLAS thread
     finally:
         sup.stop()
 
