@@ -13,7 +13,11 @@ Algorithm (a partial-set variant of ROS message_filters ApproximateTime, see
   sequence holding at most one frame per camera, cut at the largest time gap to the frame
   that follows (received, or predicted for a camera with nothing pending, so the cut does not
   depend on what has arrived yet; single-linkage cut: the set is the tightest cluster around the
-  seed, which gives the smallest spread once cameras run in steady state). Each frame is used once and
+  seed, which gives the smallest spread once cameras run in steady state). Except: the whole
+  sequence (every camera with a frame in the window) stays one set when the gap after it is at least
+  `whole_set_gap_share` of the largest gap, so capture jitter cannot flip the cut between two about
+  equal gaps (phases spread evenly over the period) and split a period's frames into two partial sets
+  (simulated rigs: 1.00 sets per period instead of up to 1.4). Each frame is used once and
   sets never cross: a set always takes each member camera's oldest pending frame.
 - The set is decided only when every live camera that could still contribute has a pending
   frame, or when the deadline (`deadline_ns` after the seed frame *arrived*) has passed; then
@@ -78,6 +82,9 @@ class AssemblySettings:
     min_cameras: int = 2  # smaller sets are not emitted (their frames count as unmatched)
     predict_timing: bool = True  # wait by each camera's timing model (False: fixed 3/4-period rule + deadline)
     timing_margin_ns: int = 250_000  # added to 2 capture jitters around a predicted capture or arrival
+    # the longest one-frame-per-camera prefix is kept whole when the gap after it is at least this share of the
+    # largest gap (1.0: the plain largest-gap cut)
+    whole_set_gap_share: float = 0.5
 
     def __post_init__(self) -> None:
         for name in ("frame_period_ns", "max_spread_ns", "deadline_ns", "buffer_ns", "stale_after_ns",
@@ -89,6 +96,8 @@ class AssemblySettings:
             raise ValueError(
                 f"AssemblySettings.buffer_ns: expected at least two frame periods ({2 * self.frame_period_ns}), "
                 f"got {self.buffer_ns}")
+        if not 0.0 < self.whole_set_gap_share <= 1.0:
+            raise ValueError(f"AssemblySettings.whole_set_gap_share: expected a share in (0, 1], got {self.whole_set_gap_share!r}")
         if self.min_cameras < 1:
             raise ValueError(f"AssemblySettings.min_cameras: expected >= 1, got {self.min_cameras}")
 
@@ -427,8 +436,14 @@ class Assembler:
 
     def _cut(self, candidates: list[tuple[float, int, Frame | None]], next_beyond: float) -> int:
         """How many of the time-ordered candidates (capture time, camera index, frame) form the set:
-        the prefix with one frame per camera cut at the largest gap to what follows."""
+        the prefix with one frame per camera cut at the largest gap to what follows, except that the
+        longest such prefix (every camera that has a frame in the window) is kept whole when the gap
+        after it is at least `whole_set_gap_share` of that largest gap: with phases spread evenly over
+        the period two gaps are about equal, capture jitter would otherwise flip the cut between them
+        and split each period's frames into two partial sets; a whole set that ends right before the
+        next frames (a poor grouping of the period) still gives way to the largest gap."""
         best_end, best_gap = 0, -1.0
+        end, gap = 0, -1.0
         in_prefix: set[int] = set()
         predicted_next = math.inf  # earliest next frame of a camera already in the prefix
         for j, (t, i, _) in enumerate(candidates):
@@ -437,10 +452,10 @@ class Assembler:
             in_prefix.add(i)
             predicted_next = min(predicted_next, t + self.counters[self.cameras[i]].period_ns)
             following = candidates[j + 1][0] if j + 1 < len(candidates) else min(predicted_next, next_beyond)
-            gap = following - t
+            end, gap = j + 1, following - t
             if gap >= best_gap:
-                best_end, best_gap = j + 1, gap
-        return best_end
+                best_end, best_gap = end, gap
+        return end if gap >= self.settings.whole_set_gap_share * best_gap else best_end
 
     def _cut_before_awaited(self, candidates, next_beyond: float, window_end_ns: int,
                             awaited: list[_Awaited]) -> list | None:

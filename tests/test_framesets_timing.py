@@ -2,6 +2,8 @@
 cameras whose next frame falls outside the window, dropped frames, a stalled caller, decision-wait figures."""
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -183,7 +185,8 @@ def test_a_set_is_decided_before_a_frame_predicted_after_its_cut_and_that_frame_
     offsets = [0.0, 2.0, 13.0, 15.0, 25.0]
     cams = [CameraSim(f"c{i}", o, 0.3, latency_ms=5.0 + o + (9.0 if i == 4 else 0.0), latency_jitter_ms=0.5)
             for i, o in enumerate(offsets)]
-    settings = AssemblySettings.for_fps(30.0, max_spread_periods=0.6)  # 20 ms: c4 at 25 ms is outside the first set
+    # 20 ms: c4 at 25 ms is outside the first set; the plain largest-gap cut (the whole-set rule would keep c0-c3 together)
+    settings = dataclasses.replace(AssemblySettings.for_fps(30.0, max_spread_periods=0.6), whole_set_gap_share=1.0)
     sets, assembler = simulate(cams, 90, settings, seed=2)
     arrivals = {(f.camera, f.seq): f.t_arrival_ns for fs in sets for f in fs.frames}
     early = 0
@@ -225,3 +228,23 @@ def test_a_clock_without_a_latency_is_not_warm():
     assert clock.frames >= WARM_FRAMES and not clock.warm
     clock.observe(10**10 + 2 * WARM_FRAMES * SETTINGS.frame_period_ns, 10**10 + 2 * WARM_FRAMES * SETTINGS.frame_period_ns + 5 * MS)
     assert clock.warm
+
+
+def test_evenly_spread_phases_give_one_whole_set_per_period_not_two_partial_ones():
+    """Four cameras at phases 0, 3, 9 and 9.5 ms at 60 fps (gaps 3, 6, 0.5 and 7.2 to the next period): with
+    1 ms capture jitter the largest gap flips between 6 and 7.2 ms. The plain largest-gap cut then splits
+    periods into two partial sets; the whole-set rule keeps one set of four per period."""
+    offsets = [0.0, 3.0, 9.0, 9.5]
+    counts = {}
+    for share in (1.0, 0.5):
+        cams = [CameraSim(f"c{i}", o, 1.0, latency_ms=3.0, latency_jitter_ms=0.5) for i, o in enumerate(offsets)]
+        settings = dataclasses.replace(AssemblySettings.for_fps(60.0), whole_set_gap_share=share)
+        sets, _ = simulate(cams, 300, settings, seed=4)
+        counts[share] = (len(sets), sum(len(fs.frames) == 4 for fs in sets))
+    assert counts[1.0][0] > 330 and counts[1.0][1] < 200  # split periods: more, smaller sets (353, 156 whole)
+    assert counts[0.5][0] <= 301 and counts[0.5][1] >= 280  # about one whole set per period (301, 286 whole)
+
+
+def test_whole_set_gap_share_is_validated():
+    with pytest.raises(ValueError, match="whole_set_gap_share"):
+        AssemblySettings(whole_set_gap_share=0.0)
