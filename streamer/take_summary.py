@@ -6,7 +6,10 @@ window_ns)` turns it into one JSON-able dict (the `streamer demo` / `streamer be
 Definitions (all times are the nodes' stage clocks; `window_ns` selects by capture/stage time):
 - MPJPE: per non-stale pose in the window, the mean distance over the MHR-70 body points
   (`mhr70.BODY`, flags not MISSING) between the fitted keypoints and the truth person it tracks,
-  truth frame = the pose's `frame_index`. "The person it tracks": per pose `person_id`, the truth
+  truth at the pose's time `t_ns` (the median capture time of its frame set), interpolated linearly
+  between the two truth frames around it (free-running cameras expose up to a period after the frame
+  time, so the pose's `frame_index` frame alone would count the motion in between as error; without
+  both frames, the `frame_index` frame). "The person it tracks": per pose `person_id`, the truth
   person nearest to most of its poses (a track that switched to the distractor is scored against
   the person it tracked most of the time, so the switch counts as error).
 - jitter_mm: mean |second difference| of (fitted - truth) body points over consecutive frames of one
@@ -42,7 +45,7 @@ from protocol.messages import Keypoints2D, NodeStats, Points3D, Pose, PoseFlag, 
 from streamer.body import mhr70
 from streamer.recording import read_take
 
-__all__ = ["TakeData", "drop_ledger", "load_take", "percentiles_ms", "summarize"]
+__all__ = ["TakeData", "drop_ledger", "load_take", "percentiles_ms", "summarize", "truth_at"]
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +60,7 @@ class TakeData:
 
     path: str = ""
     truth: dict[int, np.ndarray] = field(default_factory=dict)  # frame_index -> (N, 70, 3) metres, world
+    truth_t_ns: dict[int, int] = field(default_factory=dict)  # frame_index -> the truth frame's time, stage clock
     kp2d: dict[tuple[str, int], tuple[int, int]] = field(default_factory=dict)  # (camera, seq) -> (t_capture, t_send)
     points3d: dict[tuple[int, int], Points3D] = field(default_factory=dict)  # (t_ns, person_id) -> message
     poses: list[Pose] = field(default_factory=list)
@@ -72,6 +76,7 @@ def load_take(path: str | Path) -> TakeData:
             data.kp2d[(msg.camera, msg.seq)] = (msg.t_capture_ns, msg.t_send_ns)
         elif isinstance(msg, Truth):
             data.truth[msg.frame_index] = np.stack([p.keypoints for p in msg.persons]) if msg.persons else None
+            data.truth_t_ns[msg.frame_index] = msg.t_ns
         elif isinstance(msg, Points3D):
             data.points3d[(msg.t_ns, msg.person_id)] = msg
         elif isinstance(msg, Pose):
@@ -144,11 +149,24 @@ def drop_ledger(final: dict[str, dict], instances: dict[str, int], capture_of: d
     return {"cameras": cameras, "unaccounted": unaccounted}
 
 
-def _assign_truth(poses: list[Pose], truth: dict[int, np.ndarray], body: np.ndarray) -> dict[int, int]:
-    """person_id -> index of the truth person nearest to most of its poses."""
+def truth_at(pose: Pose, truth: dict[int, np.ndarray], truth_t_ns: dict[int, int]) -> np.ndarray | None:
+    """(N, 70, 3) truth persons at the pose's time: linear between the truth frames k and k+1 around
+    `pose.t_ns` (k from the pose's `frame_index` and its neighbours), else the `frame_index` frame."""
+    for k in (pose.frame_index - 1, pose.frame_index):
+        t0, t1 = truth_t_ns.get(k), truth_t_ns.get(k + 1)
+        a, b = truth.get(k), truth.get(k + 1)
+        if t0 is None or t1 is None or a is None or b is None or a.shape != b.shape or not t0 <= pose.t_ns <= t1 or t1 <= t0:
+            continue
+        w = (pose.t_ns - t0) / (t1 - t0)
+        return (1.0 - w) * a.astype(np.float64) + w * b.astype(np.float64)
+    return truth.get(pose.frame_index)
+
+
+def _assign_truth(poses: list[Pose], truth_of: dict[int, np.ndarray], body: np.ndarray) -> dict[int, int]:
+    """person_id -> index of the truth person nearest to most of its poses (truth_of: id(pose) -> truth)."""
     votes: dict[int, Counter] = defaultdict(Counter)
     for pose in poses:
-        persons = truth.get(pose.frame_index)
+        persons = truth_of.get(id(pose))
         if persons is None:
             continue
         distance = np.linalg.norm(persons[:, body] - pose.keypoints[body], axis=-1).mean(axis=1)
@@ -156,13 +174,14 @@ def _assign_truth(poses: list[Pose], truth: dict[int, np.ndarray], body: np.ndar
     return {pid: c.most_common(1)[0][0] for pid, c in votes.items()}
 
 
-def _accuracy(poses: list[Pose], truth: dict[int, np.ndarray]) -> dict:
+def _accuracy(poses: list[Pose], truth: dict[int, np.ndarray], truth_t_ns: dict[int, int]) -> dict:
     body = mhr70.BODY
-    assigned = _assign_truth(poses, truth, body)
+    truth_of = {id(pose): truth_at(pose, truth, truth_t_ns) for pose in poses}
+    assigned = _assign_truth(poses, truth_of, body)
     errors, good_errors = [], []
     residual: dict[int, dict[int, np.ndarray]] = defaultdict(dict)  # person_id -> frame -> (B, 3) fit - truth
     for pose in poses:
-        persons = truth.get(pose.frame_index)
+        persons = truth_of[id(pose)]
         if persons is None or pose.person_id not in assigned:
             continue
         ok = pose.flags[body] != PoseFlag.MISSING
@@ -257,7 +276,7 @@ def summarize(data: TakeData, window_ns: tuple[int, int] | None = None, *, captu
     summary = {
         "take": data.path,
         "window_s": round(span_s, 3),
-        **_accuracy(poses, data.truth),
+        **_accuracy(poses, data.truth, data.truth_t_ns),
         **latencies["e2e"],
         "unaccounted_drops": ledger["unaccounted"],
         "fps": fps,

@@ -13,7 +13,7 @@ import pytest
 
 from protocol.messages import Keypoints2D, NodeStats, Person2D, Points3D, Pose, PoseFlag, PersonTruth, Truth
 from streamer.recording import TakeWriter
-from streamer.take_summary import load_take, summarize
+from streamer.take_summary import load_take, summarize, truth_at
 from tools.demo import DEMO_GRAPH, adjust_graph
 
 REPO = Path(__file__).resolve().parents[1]
@@ -110,6 +110,26 @@ def test_summary_figures_from_a_known_take(tmp_path):
     assert summary["unaccounted_drops"] == 0
     assert summary["drops"]["cam0"]["stage_drops"] == 2 and summary["drops"]["cam0"]["used"] == 27
     json.dumps(summary)  # JSON-able as it is
+
+
+def test_mpjpe_compares_a_pose_with_the_truth_at_its_own_time():
+    """A body walking 1.5 m/s along x; a pose made from frames exposed 12 ms after frame k's time carries
+    frame_index k and t_ns = that exposure: against truth frame k it would be 18 mm off, against the truth
+    interpolated at t_ns it is exact."""
+    base = np.random.default_rng(1).random((1, 70, 3))
+    truth = {k: base + np.array([1.5 * k * 0.032, 0.0, 0.0]) for k in range(3)}
+    truth_t = {k: 10**9 + k * 32 * MS for k in range(3)}
+    exposed = 10**9 + 12 * MS
+    pose = Pose(t_ns=exposed, frame_index=0, person_id=0, body_model="anny", params=np.zeros(3, np.float32),
+                keypoints=(base[0] + [1.5 * 0.012, 0.0, 0.0]).astype(np.float32),
+                joint_rotations=np.zeros((2, 4), np.float32), world_from_root=np.eye(4, dtype=np.float32),
+                flags=np.full(70, PoseFlag.MEASURED, np.uint8), loss=0.0, data_loss=0.0, n_valid=70,
+                verdict="good", iterations=1)
+    at = truth_at(pose, truth, truth_t)
+    np.testing.assert_allclose(at[0], pose.keypoints, atol=1e-6)
+    assert np.abs(truth[0][0] - pose.keypoints).max() == pytest.approx(0.018, abs=1e-6)
+    pose.t_ns = 10**9 + 5 * 32 * MS  # no truth frames around it: the frame_index frame
+    assert truth_at(pose, truth, truth_t) is truth[0]
 
 
 def test_lost_kp2d_are_unaccounted_and_restarts_make_the_ledger_undefined(tmp_path):
