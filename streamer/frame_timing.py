@@ -121,6 +121,13 @@ class FrameClock:
             self._latencies_since_median = 0
         return self._latency_median_ns
 
+    def line_time_ns(self, t_capture_ns: float) -> float:
+        """The point of the camera's capture line (anchor + k periods) nearest to `t_capture_ns`: the frame's
+        time without its capture jitter; `t_capture_ns` itself while the model is not warm."""
+        if not self.warm:
+            return t_capture_ns
+        return self.anchor_ns + round((t_capture_ns - self.anchor_ns) / self.period_ns) * self.period_ns
+
     def next_capture_ns(self) -> float | None:
         """Predicted capture time of the frame after the newest one (None before the first frame)."""
         return None if self.anchor_ns is None else self.anchor_ns + self.period_ns

@@ -17,7 +17,11 @@ Algorithm (a partial-set variant of ROS message_filters ApproximateTime, see
   sequence (every camera with a frame in the window) stays one set when the gap after it is at least
   `whole_set_gap_share` of the largest gap, so capture jitter cannot flip the cut between two about
   equal gaps (phases spread evenly over the period) and split a period's frames into two partial sets
-  (simulated rigs: 1.00 sets per period instead of up to 1.4). Each frame is used once and
+  (simulated rigs: 1.00 sets per period instead of up to 1.4). With a warm timing model a frame
+  stands in the cut at its camera's capture-line time (`FrameClock.line_time_ns`, the frame's time
+  without capture jitter; awaited frames at their predicted line time), so the cut depends on the
+  cameras' phases, not on this frame's jitter, and is known without waiting for a frame it would
+  leave out. Each frame is used once and
   sets never cross: a set always takes each member camera's oldest pending frame.
 - The set is decided only when every live camera that could still contribute has a pending
   frame, or when the deadline (`deadline_ns` after the seed frame *arrived*) has passed; then
@@ -434,6 +438,13 @@ class Assembler:
             expected += period
         return None, overdue, expected
 
+    def _cut_time(self, index: int, t_capture_ns: int) -> float:
+        """Where a frame stands for the cut: its capture line's time (`FrameClock.line_time_ns`: the
+        frame's time without capture jitter) with timing models, else its capture time. Cuts on the lines
+        depend on the cameras' phases only, so jitter cannot flip them between two about equal gaps."""
+        clock = self._clocks[index]
+        return clock.line_time_ns(t_capture_ns) if self.settings.predict_timing else t_capture_ns
+
     def _cut(self, candidates: list[tuple[float, int, Frame | None]], next_beyond: float) -> int:
         """How many of the time-ordered candidates (capture time, camera index, frame) form the set:
         the prefix with one frame per camera cut at the largest gap to what follows, except that the
@@ -464,14 +475,13 @@ class Assembler:
         else None. Each awaited frame takes part in the cut as a placeholder, so the set is the one
         it would be with them."""
         members = None
-        for shift in (-1.0, 0.0, 1.0):
+        for shift in (-1.0, 0.0, 1.0):  # whether it falls inside the window depends on its capture jitter ...
             trial, beyond = list(candidates), next_beyond
             for a in awaited:
-                t = a.expected_ns + shift * a.margin_ns
-                if t > window_end_ns:
-                    beyond = min(beyond, t)
-                else:
-                    trial.append((t, a.index, None))
+                if a.expected_ns + shift * a.margin_ns > window_end_ns:
+                    beyond = min(beyond, a.expected_ns)
+                else:  # ... where it cuts, not: cuts are made on the cameras' capture lines
+                    trial.append((a.expected_ns, a.index, None))
             trial.sort(key=lambda c: (c[0], c[1]))
             prefix = trial[:self._cut(trial, beyond)]
             if any(f is None for _, _, f in prefix) or (members is not None and prefix != members):
@@ -498,9 +508,9 @@ class Assembler:
         for i, pending in enumerate(self._pending):
             for f in pending:
                 if f.t_capture_ns > window_end:
-                    next_beyond = min(next_beyond, f.t_capture_ns)
+                    next_beyond = min(next_beyond, self._cut_time(i, f.t_capture_ns))
                     break
-                candidates.append((f.t_capture_ns, i, f))
+                candidates.append((self._cut_time(i, f.t_capture_ns), i, f))
         left_for_later: dict[int, float] = {}
         if waiting:
             members = self._cut_before_awaited(candidates, next_beyond, window_end, awaited)
