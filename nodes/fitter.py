@@ -91,6 +91,7 @@ class Settings:
     shape_frames: int = _TRACK.shape_frames  # good fits averaged into the subject's held shape
     offset_frames: int = _TRACK.offset_frames  # good fits per keypoint-offset calibration window (0: none)
     offset_rounds: int = _TRACK.offset_rounds  # calibration windows, then the offsets are held
+    offset_gain: float = _TRACK.offset_gain  # share of a window's mean residual added to the offsets
     fit_hands: bool = _TRACK.fit_hands  # move the finger dims
     stale_after_s: float = 0.5  # no points3d this long: re-send the last poses as "stale"
     stale_interval_s: float = 0.25  # how often a stale pose is re-sent
@@ -106,7 +107,8 @@ def track_settings(s: Settings) -> TrackSettings:
         targets=replace(_TRACK.targets, min_valid=s.min_valid_points),
         lost_after_s=s.lost_after_s, relock_after_s=s.relock_after_s, coast_root_s=s.coast_root_s,
         coast_pose_s=s.coast_pose_s, max_speed_mps=s.max_speed_mps, shape_frames=s.shape_frames, fit_hands=s.fit_hands,
-        offset_frames=s.offset_frames, offset_rounds=s.offset_rounds, smooth_output=s.smooth_output,
+        offset_frames=s.offset_frames, offset_rounds=s.offset_rounds, offset_gain=s.offset_gain,
+        smooth_output=s.smooth_output,
         root_accel_noise=s.root_accel_noise, pose_accel_noise=s.pose_accel_noise)
 
 

@@ -263,3 +263,12 @@ def test_shape_is_predicted_unchanged_while_it_is_estimated(model, context):
     assert state.shape_held is None
     pred = _predicted(context, state, int(len(frames) * 1e9 / FPS))
     assert np.array_equal(pred[context.shape], state.params[context.shape])
+
+
+def test_offset_gain_must_be_a_share():
+    from streamer.fitting.track import TrackSettings
+
+    for bad in (0.0, -0.5, 1.5):
+        with pytest.raises(ValueError, match="offset_gain"):
+            TrackSettings(offset_gain=bad)
+    assert TrackSettings(offset_gain=1.0).offset_gain == 1.0

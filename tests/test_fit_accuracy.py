@@ -9,10 +9,12 @@ BALANCING = SHARED / "pose2sim_demo" / "S00_P00_T01_BalancingTrial"
 
 
 def test_synthetic_stage_fit_beats_raw_triangulation():
-    """4 cameras, 2 px noise, 10 % outliers, 30 fps walk: MPJPE <= 25 mm and below raw; jitter 3x lower; lag <= 1 frame."""
+    """4 cameras, 2 px noise, 10 % outliers, 30 fps walk (6 s, as `bench fit`): MPJPE <= 25 mm and below raw;
+    jitter 3x lower (3.22x; over the first 2.5 s alone, all inside the keypoint-offset calibration, 2.77x);
+    lag <= 1 frame."""
     from tools.eval_fit import run_synthetic
 
-    m = run_synthetic(seconds=3.5, fps=30.0, seed=0).metrics
+    m = run_synthetic(seconds=6.0, fps=30.0, seed=0).metrics
     assert m["mpjpe_mm"] <= 25.0 and m["mpjpe_mm"] < m["raw_mpjpe_mm"], m
     assert m["jitter_ratio"] >= 3.0, m
     assert abs(m["lag_fit_frames"] - m["lag_raw_frames"]) <= 1.0, m
@@ -22,18 +24,16 @@ def test_synthetic_stage_fit_beats_raw_triangulation():
 @pytest.mark.data
 def test_pose2sim_balancing_trial_fit():
     """Real OpenPose data, scored on the same 2D observations for raw and fit. In-sample (the raw points
-    reprojected onto the very observations they were triangulated from): the fitted median is 1.79x the
-    raw robust triangulation's (10.3 vs 5.7 px; 2.17x before the information-weighted data term, the
-    weaker acceleration prior and the faster offset calibration); jitter 2.5x lower. The 1.5x goal is
-    NOT met in-sample (an unsmoothed per-frame fit with offsets calibrated on the whole trial is ~1.5x).
-    Held out (leave one camera out, both scored on the camera neither saw): the fit predicts the unseen
-    view as well as the raw triangulation (0.98x: 24.5 vs 25.1 px)."""
+    reprojected onto the very observations they were triangulated from): the fitted median is 1.49x the
+    raw robust triangulation's (goal 1.5x; 1.80x with the keypoint offsets calibrated in windows of 5 fits
+    at full gain, 2.17x before the information-weighted data term); jitter 2.4x lower (goal 2x). Held out
+    (leave one camera out, both scored on the camera neither saw): 0.97x."""
     if not BALANCING.is_dir():
         pytest.skip(f"shared test data not found at {BALANCING} (see ../shared/reference/data.md)")
     from tools.eval_fit import evaluate_pose2sim_fit
 
     r = evaluate_pose2sim_fit(BALANCING)
     assert r["jitter_ratio"] >= 2.0, r
-    assert r["reproj_ratio"] < 1.9, r
+    assert r["reproj_ratio"] <= 1.5, r
     assert r["good_fraction"] > 0.9, r
     assert r["heldout_ratio"] < 1.02 and r["heldout_observations"] > 5000, r

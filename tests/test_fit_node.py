@@ -193,8 +193,9 @@ def test_node_defaults_are_the_tracking_library_defaults():
 
     assert track_settings(Settings()) == TrackSettings()
     tracking = [f for f in dataclasses.fields(Settings) if f.name not in NODE_ONLY_SETTINGS]
-    assert len(tracking) == 18
+    assert len(tracking) == 19
     for f in tracking:
         value = getattr(Settings(), f.name)
-        changed = (not value) if isinstance(value, bool) else value + 1 if isinstance(value, int) else value * 2 + 0.1
+        changed = ((not value) if isinstance(value, bool) else value + 1 if isinstance(value, int)
+                   else value / 2 if f.name == "offset_gain" else value * 2 + 0.1)  # a gain is a share in (0, 1]
         assert track_settings(Settings(**{f.name: changed})) != TrackSettings(), f.name
