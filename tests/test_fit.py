@@ -1,6 +1,8 @@
 """Fitter library regressions, one per failure of the older pipeline (ARCHITECTURE.md §4), on the TEST chain body."""
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 from hypothesis import given, settings as hyp_settings, strategies as st
@@ -17,7 +19,8 @@ FPS = 30.0
 
 @pytest.fixture(scope="module")
 def model():
-    return ChainBody()
+    """The TEST chain body on STREAMER_TEST_DEVICE (default cpu; `cuda` runs these regressions on a GPU)."""
+    return ChainBody(device=os.environ.get("STREAMER_TEST_DEVICE", "cpu"))
 
 
 @pytest.fixture(scope="module")
@@ -34,28 +37,28 @@ def observe(model, params, rng, noise_m=0.005, outliers=0.0):
 
 
 def free_dims(model):
-    return model.movable.numpy() & ~np.isin(np.arange(model.num_params), model.wrist_dims())
+    return model.movable.cpu().numpy() & ~np.isin(np.arange(model.num_params), model.wrist_dims())
 
 
 def test_nan_points_are_masked_and_the_fit_proceeds(model):
     """Failure 1: NaN points crashed the alignment. Now they are masked before any math."""
     rng = np.random.default_rng(0)
-    truth = random_poses(model, 1, rng)[0].numpy()
+    truth = random_poses(model, 1, rng)[0].cpu().numpy()
     kp, noisy = observe(model, truth, rng)
     noisy[[0, 5, 9, 13]] = np.nan
     noisy[7, 1] = np.inf
     n_views = np.full(70, 4, np.uint8)
     n_views[11] = 1  # a finite point seen by one view is not a valid point either
-    targets = fit_targets(noisy, n_views=n_views, defined=model.keypoint_defined.numpy())
+    targets = fit_targets(noisy, n_views=n_views, defined=model.keypoint_defined.cpu().numpy())
     assert targets.usable and np.isfinite(targets.points).all()
     assert not targets.valid[[0, 5, 7, 9, 11, 13]].any() and targets.weights[[0, 5, 7, 9, 11, 13]].sum() == 0
     assert align_points(noisy, kp, np.ones(70)) is not None  # NaN rows ignored, not propagated
     start = choose_start(model, targets)
-    result = fit_frame(model, targets, start.params, free_dims(model), Prior(reference=model.default_params()[0].numpy()),
+    result = fit_frame(model, targets, start.params, free_dims(model), Prior(reference=model.default_params()[0].cpu().numpy()),
                        FitSettings(), cold=True, method="difference")
     assert np.isfinite(result.params).all()
     assert result.evaluation.verdict == Verdict.GOOD
-    err = np.linalg.norm(result.evaluation.keypoints - kp, axis=1)[model.keypoint_defined.numpy()]
+    err = np.linalg.norm(result.evaluation.keypoints - kp, axis=1)[model.keypoint_defined.cpu().numpy()]
     assert np.median(err) < 0.02
 
 
@@ -63,9 +66,9 @@ def test_nan_points_are_masked_and_the_fit_proceeds(model):
 def test_zero_weights_are_unusable_never_good(model, case):
     """Failure 2: all-zero inlier weights gave loss 0 and "good". Now: unusable, no loss claimed."""
     rng = np.random.default_rng(1)
-    truth = random_poses(model, 1, rng)[0].numpy()
+    truth = random_poses(model, 1, rng)[0].cpu().numpy()
     _, noisy = observe(model, truth, rng)
-    kwargs = {"defined": model.keypoint_defined.numpy()}
+    kwargs = {"defined": model.keypoint_defined.cpu().numpy()}
     if case == "no_inliers":
         kwargs["inliers"] = np.zeros((70, 4), bool)
     elif case == "zero_confidence":
@@ -86,12 +89,12 @@ def test_zero_weights_are_unusable_never_good(model, case):
 def test_reported_numbers_are_recomputed_at_the_shipped_params(model, max_iterations):
     """Failure 3: the verdict came from a stale loss. Now every number is evaluated at exactly what ships."""
     rng = np.random.default_rng(2)
-    truth = random_poses(model, 1, rng)[0].numpy()
+    truth = random_poses(model, 1, rng)[0].cpu().numpy()
     _, noisy = observe(model, truth, rng, outliers=0.1)
-    targets = fit_targets(noisy, defined=model.keypoint_defined.numpy())
+    targets = fit_targets(noisy, defined=model.keypoint_defined.cpu().numpy())
     start = choose_start(model, targets)
     free = free_dims(model)
-    prior = Prior(prediction=start.params, reference=model.default_params()[0].numpy())
+    prior = Prior(prediction=start.params, reference=model.default_params()[0].cpu().numpy())
     settings = FitSettings(max_iterations_cold=max_iterations)
     result = fit_frame(model, targets, start.params, free, prior, settings, cold=True, method="difference")
     assert result.params.dtype == np.float32
@@ -118,7 +121,7 @@ def walk_targets(model, n, seed, outliers=0.1):
     for params in seq:
         kp, noisy = observe(model, params, rng, noise_m=0.008, outliers=outliers)
         truths.append(kp)
-        frames.append(fit_targets(noisy, defined=model.keypoint_defined.numpy()))
+        frames.append(fit_targets(noisy, defined=model.keypoint_defined.cpu().numpy()))
     return np.stack(truths), frames
 
 
@@ -127,14 +130,14 @@ def test_one_nan_frame_does_not_poison_the_sequence(model, context):
     truths, frames = walk_targets(model, 45, seed=3)
     clean = run_track(model, context, frames)
     broken_frames = list(frames)
-    broken_frames[20] = fit_targets(np.full((70, 3), np.nan), defined=model.keypoint_defined.numpy())
+    broken_frames[20] = fit_targets(np.full((70, 3), np.nan), defined=model.keypoint_defined.cpu().numpy())
     broken = run_track(model, context, broken_frames)
     for a, b in zip(clean[:20], broken[:20]):
         assert np.array_equal(a.params, b.params) and np.array_equal(a.keypoints, b.keypoints)
     nan_out = broken[20]
     assert nan_out.source == "coast" and nan_out.evaluation.verdict == Verdict.UNUSABLE
     assert np.isfinite(nan_out.params).all() and np.isfinite(nan_out.keypoints).all()
-    defined = model.keypoint_defined.numpy()
+    defined = model.keypoint_defined.cpu().numpy()
     assert (nan_out.flags[defined] == PoseFlag.PREDICTED).all() and (nan_out.flags[~defined] == PoseFlag.MISSING).all()
     coast_error = np.linalg.norm(nan_out.keypoints - truths[20], axis=1)[defined]
     assert coast_error.mean() < 0.05 and coast_error.max() < 0.12  # one frame of a swinging limb
@@ -150,12 +153,12 @@ def test_one_nan_frame_does_not_poison_the_sequence(model, context):
 def test_one_second_dropout_is_coasted_and_reacquired_without_a_jump(model, context):
     """A 1 s input dropout: coasted (then held), re-acquired with no keypoint step above the slew limit."""
     truths, frames = walk_targets(model, 90, seed=4)
-    empty = fit_targets(np.full((70, 3), np.nan), defined=model.keypoint_defined.numpy())
+    empty = fit_targets(np.full((70, 3), np.nan), defined=model.keypoint_defined.cpu().numpy())
     frames[30:60] = [empty] * 30
     outs = run_track(model, context, frames)
     assert [o.source for o in outs[30:60]].count("coast") >= 20  # root coasts for coast_root_s = 1 s
     assert all(o.evaluation.verdict == Verdict.UNUSABLE for o in outs[30:60])
-    defined = model.keypoint_defined.numpy()
+    defined = model.keypoint_defined.cpu().numpy()
     kps = np.stack([o.keypoints for o in outs])[:, defined]
     steps = np.linalg.norm(np.diff(kps, axis=0), axis=-1).max(1)
     limit = context.settings.max_speed_mps / FPS
@@ -172,7 +175,7 @@ def test_tracked_walk_is_accurate_and_smooth(model, context):
     """On the test body: fitted points beat raw triangulation-like input in error and jitter."""
     truths, frames = walk_targets(model, 60, seed=5)
     outs = run_track(model, context, frames)
-    defined = model.keypoint_defined.numpy()
+    defined = model.keypoint_defined.cpu().numpy()
     fit = np.stack([o.keypoints for o in outs])[10:, defined]
     raw = np.stack([f.points for f in frames])[10:, defined]
     truth = truths[10:, defined]
@@ -187,8 +190,8 @@ def test_tracked_walk_is_accurate_and_smooth(model, context):
 def test_fuzzed_points_never_ship_nan(points, n_views):
     model = ChainBody()
     targets = fit_targets(np.array(points).reshape(70, 3), n_views=np.array(n_views, np.uint8),
-                          defined=model.keypoint_defined.numpy())
-    start = model.default_params()[0].numpy()
+                          defined=model.keypoint_defined.cpu().numpy())
+    start = model.default_params()[0].cpu().numpy()
     result = fit_frame(model, targets, start, free_dims(model), Prior(reference=start),
                        FitSettings(max_iterations=2), method="difference")
     assert np.isfinite(result.params).all()
@@ -202,7 +205,7 @@ def test_start_from_estimator_candidates_picks_the_consistent_view(model):
     rng = np.random.default_rng(6)
     poses = random_poses(model, 3, rng, pose_std=0.5).numpy()
     _, noisy = observe(model, poses[1], rng)
-    targets = fit_targets(noisy, defined=model.keypoint_defined.numpy())
+    targets = fit_targets(noisy, defined=model.keypoint_defined.cpu().numpy())
     candidates = poses.copy()
     candidates[:, model.groups["transl"]] += 5.0  # estimator parameters live in camera frames: alignment fixes that
     candidates[0, 0] = np.nan  # a broken candidate is skipped
@@ -216,12 +219,12 @@ def test_start_from_estimator_candidates_picks_the_consistent_view(model):
 def test_track_lost_is_reinitialised_cold(model, context):
     """A gap longer than lost_after_s: the next usable frame re-initialises (canonical pose aligned, cold fit)."""
     truths, frames = walk_targets(model, 80, seed=7)
-    empty = fit_targets(np.full((70, 3), np.nan), defined=model.keypoint_defined.numpy())
+    empty = fit_targets(np.full((70, 3), np.nan), defined=model.keypoint_defined.cpu().numpy())
     frames[20:70] = [empty] * 50  # 1.7 s > lost_after_s = 1.5 s
     outs = run_track(model, context, frames)
     assert outs[69].source == "hold" and (outs[69].flags == PoseFlag.MISSING).all()
     assert outs[70].source == "fit" and outs[70].iterations > context.settings.fit.max_iterations
-    defined = model.keypoint_defined.numpy()
+    defined = model.keypoint_defined.cpu().numpy()
     assert np.linalg.norm(outs[79].keypoints - truths[79], axis=1)[defined].mean() < 0.05
 
 

@@ -141,7 +141,7 @@ class ChainBody(BodyModel):
 
 def random_poses(model: ChainBody, n: int, rng: np.random.Generator, pose_std: float = 0.3) -> torch.Tensor:
     """(n, P) random test poses: random heading, position, limb angles, shape."""
-    params = model.default_params(n).numpy()
+    params = model.default_params(n).cpu().numpy()
     g = model.groups
     params[:, g["global_rot"]] = np.array([0, 0, 1.0]) * rng.uniform(-np.pi, np.pi, (n, 1))
     params[:, g["transl"]] = rng.uniform(-1, 1, (n, 3)) * [1, 1, 0.05]
