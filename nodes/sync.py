@@ -66,7 +66,7 @@ _STATS_REFRESH_NS = 250_000_000
 class Settings:
     cameras: tuple[str, ...] = ()  # camera ids of the rig, in V order; empty: every camera whose calib arrives
     fps: float = 30.0  # nominal camera rate
-    max_spread_ms: float | None = None  # a frame set never spans more than this (latest - earliest capture); None: 0.9 period
+    max_spread_ms: float | None = None  # a frame set never spans more (latest - earliest capture); None: 0.9 period
     deadline_ms: float = 33.3  # wait at most this after a set's first frame arrived, then emit it partial
     buffer_ms: float = 133.3  # per-camera buffer, by capture time (3-5 frame periods)
     stale_after_ms: float = 100.0  # a camera silent this long is not waited for

@@ -33,7 +33,8 @@ Algorithm (a partial-set variant of ROS message_filters ApproximateTime, see
 - Which frame of a camera is next, and when it arrives, comes from the camera's timing model
   (`streamer.frame_timing.FrameClock`: period and phase tracked over its capture times, capture
   jitter, recent arrival latency; not learnt from frames the caller took after being busy for more
-  than `QUEUED_AFTER_BUSY_NS`, which may have queued behind it) once that has seen a few frames (`predict_timing`). The next
+  than `QUEUED_AFTER_BUSY_NS`, which may have queued behind it) once that has seen a few frames
+  (`predict_timing`). The next
   frame is expected at its predicted capture time, give or take `margin` = 2 jitters +
   `timing_margin_ns`. It is awaited only when it can fall inside the window, would not be late
   on arrival, and would arrive before the deadline at its camera's median latency;
@@ -65,13 +66,14 @@ from typing import Any
 
 from streamer.frame_timing import FrameClock
 
-__all__ = ["DEFAULT_MAX_SPREAD_PERIODS", "QUEUED_AFTER_BUSY_NS", "AssemblySettings", "Assembler", "CameraCounters", "Frame", "FrameSet", "PushOutcome"]
+__all__ = ["DEFAULT_MAX_SPREAD_PERIODS", "QUEUED_AFTER_BUSY_NS", "AssemblySettings", "Assembler", "CameraCounters",
+           "Frame", "FrameSet", "PushOutcome"]
 
 log = logging.getLogger(__name__)
 
 # free-running cameras have trigger phases anywhere in a period: a cap below ~1 period splits a period's frames
 DEFAULT_MAX_SPREAD_PERIODS = 0.9
-QUEUED_AFTER_BUSY_NS = 2_000_000  # a frame taken after the caller was busy this long may have queued: latency not learnt
+QUEUED_AFTER_BUSY_NS = 2_000_000  # a frame taken after the caller was busy this long may have queued: no latency
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,14 +103,15 @@ class AssemblySettings:
                 f"AssemblySettings.buffer_ns: expected at least two frame periods ({2 * self.frame_period_ns}), "
                 f"got {self.buffer_ns}")
         if not 0.0 < self.whole_set_gap_share <= 1.0:
-            raise ValueError(f"AssemblySettings.whole_set_gap_share: expected a share in (0, 1], got {self.whole_set_gap_share!r}")
+            raise ValueError("AssemblySettings.whole_set_gap_share: expected a share in (0, 1], "
+                             f"got {self.whole_set_gap_share!r}")
         if self.min_cameras < 1:
             raise ValueError(f"AssemblySettings.min_cameras: expected >= 1, got {self.min_cameras}")
 
     @classmethod
-    def for_fps(cls, fps: float, *, max_spread_periods: float = DEFAULT_MAX_SPREAD_PERIODS, deadline_periods: float = 1.0,
-                buffer_periods: float = 4.0, stale_after_periods: float = 3.0, min_cameras: int = 2,
-                predict_timing: bool = True) -> "AssemblySettings":
+    def for_fps(cls, fps: float, *, max_spread_periods: float = DEFAULT_MAX_SPREAD_PERIODS,
+                deadline_periods: float = 1.0, buffer_periods: float = 4.0, stale_after_periods: float = 3.0,
+                min_cameras: int = 2, predict_timing: bool = True) -> "AssemblySettings":
         """Settings scaled to a camera rate; durations given in frame periods."""
         if not fps > 0:
             raise ValueError(f"AssemblySettings.for_fps: expected fps > 0, got {fps!r}")
@@ -413,7 +416,8 @@ class Assembler:
         clock = self._clocks[index]
         if not (s.predict_timing and clock.warm):
             # a camera whose last frame is inside the window had its frame for this set (rejected or used)
-            if cc.last_t_ns < window_start_ns and cc.last_t_ns + _NEXT_FRAME_MIN_PERIODS * cc.period_ns <= window_end_ns:
+            next_at_least = cc.last_t_ns + _NEXT_FRAME_MIN_PERIODS * cc.period_ns
+            if cc.last_t_ns < window_start_ns and next_at_least <= window_end_ns:
                 return _Awaited(index, stale_at), False, math.inf
             return None, False, math.inf
         margin = _MARGIN_JITTERS * clock.jitter_ns + s.timing_margin_ns

@@ -15,10 +15,10 @@ Definitions (all times are the nodes' stage clocks; `window_ns` selects by captu
 - jitter_mm: mean |second difference| of (fitted - truth) body points over consecutive frames of one
   track, mm: acceleration that the true motion does not explain.
 - e2e latency, per non-stale pose (a `stale` pose re-sends the last one because no input came, e.g. while
-  the graph stops: it is no capture's pose): `pose.t_send_ns` minus the newest `t_send_ns` of the kp2d messages its points3d was
-  built from (`Points3D.cameras` / `sources_seq` = each camera's kp2d `seq`), i.e. capture publish ->
-  pose publish. Hops: sync = points3d publish - newest source kp2d publish; fitter = pose publish -
-  points3d publish.
+  the graph stops: it is no capture's pose): `pose.t_send_ns` minus the newest `t_send_ns` of the kp2d
+  messages its points3d was built from (`Points3D.cameras` / `sources_seq` = each camera's kp2d `seq`),
+  i.e. capture publish -> pose publish. Hops: sync = points3d publish - newest source kp2d publish;
+  fitter = pose publish - points3d publish.
 - Drop ledger, per camera, from the nodes' final stats (`stats/<node>` records, last of each node):
   published = the capture node's `frames/<cam>` (its kp2d seq counter: seq 0..published-1);
   expected = published - `first_seq/<cam>` of the sync (messages from the first one the sync got on);
@@ -155,7 +155,8 @@ def truth_at(pose: Pose, truth: dict[int, np.ndarray], truth_t_ns: dict[int, int
     for k in (pose.frame_index - 1, pose.frame_index):
         t0, t1 = truth_t_ns.get(k), truth_t_ns.get(k + 1)
         a, b = truth.get(k), truth.get(k + 1)
-        if t0 is None or t1 is None or a is None or b is None or a.shape != b.shape or not t0 <= pose.t_ns <= t1 or t1 <= t0:
+        if (t0 is None or t1 is None or a is None or b is None or a.shape != b.shape
+                or not t0 <= pose.t_ns <= t1 or t1 <= t0):
             continue
         w = (pose.t_ns - t0) / (t1 - t0)
         return (1.0 - w) * a.astype(np.float64) + w * b.astype(np.float64)
