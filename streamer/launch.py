@@ -94,12 +94,12 @@ NODE_KINDS: dict[str, str] = {
 
 RESTART_POLICIES = ("on-failure", "always", "never")
 BACKOFF_INITIAL_S = 0.5
-# NumPy's BLAS thread pool, woken by any product above its threshold (a 60 x 210 gemv in the fitter), costs
-# one node up to 20x wall time beside the other nodes' threads; nodes are many small processes: one BLAS thread each
-SINGLE_THREAD_BLAS_ENV = ("OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 BACKOFF_MAX_S = 8.0
 BACKOFF_RESET_AFTER_S = 10.0
 STOP_GRACE_S = 5.0
+# NumPy's BLAS thread pool, woken by any product above its threshold (a 60 x 210 gemv in the fitter), costs
+# one node up to 20x wall time beside the other nodes' threads; nodes are many small processes: one BLAS thread each
+SINGLE_THREAD_BLAS_ENV = ("OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 _REPO_ROOT = Path(__file__).resolve().parents[1]
 _NODE_KEYS = {"kind", "host", "port", "endpoint", "inputs", "settings", "restart", "delivery", "hwm", "clock_offset_ns",
               "cpus", "nice"}
