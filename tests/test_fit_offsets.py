@@ -102,3 +102,33 @@ def test_tracker_calibrates_offsets_causally(body):
     err = lambda o: np.nanmean([np.linalg.norm(p.keypoints[body_points] - m[body_points], axis=1)  # noqa: E731
                                 for p, m in zip(o[tail], truth[tail])])
     assert err(outs) < 0.85 * err(plain), (err(outs), err(plain))  # measured: 4.6 vs 6.0 mm
+
+
+def test_held_offsets_are_the_mean_of_the_calibrations_second_half(body):
+    """Offsets move on every good fit during the calibration; what is held afterwards is their mean over its
+    second half (rounds 4-6 of 6), not the last, noisiest step."""
+    frames = 40
+    truth_params = _motion(body, frames)
+    with torch.no_grad():
+        truth = body.keypoints(torch.as_tensor(truth_params, dtype=torch.float32)).double().numpy()
+    rng = np.random.default_rng(1)
+    body_points = np.r_[mhr70.BODY, mhr70.WRISTS, mhr70.index_of("neck")]
+    measured = np.full((frames, 70, 3), np.nan)
+    measured[:, body_points] = truth[:, body_points] + rng.normal(0, 0.01, (frames, len(body_points), 3))
+    targets = [fit_targets(m) for m in measured]
+    times = (np.arange(frames) * 1e9 / FPS).astype(np.int64) + 1
+    common = dict(fit=FitSettings(max_iterations=2, jacobian="analytic"), shape_frames=5, offset_frames=1)
+
+    def offsets_by_round(rounds):
+        context = make_context(body, TrackSettings(offset_rounds=rounds, **common))
+        state, seen = track_init(context), {}
+        for t, tg in zip(times, targets):
+            state, _ = track_step(state, tg, int(t), context)
+            seen.setdefault(state.offset_round, None if state.offsets is None else state.offsets.copy())
+        return state, seen
+
+    held, _ = offsets_by_round(6)
+    _, longer = offsets_by_round(7)  # the same steps, one round more: rounds 4-6 are not yet averaged there
+    assert held.offset_round == 6
+    np.testing.assert_allclose(held.offsets, (longer[4] + longer[5] + longer[6]) / 3, atol=1e-12)
+    assert not np.allclose(held.offsets, longer[6])  # not the last step

@@ -24,7 +24,8 @@ node keeps one `TrackState` per person). Per frame:
   from Anny's). Over `offset_rounds` windows of `offset_frames` good fits each (default: every good
   fit of the first 100), `offset_gain` times the mean inlier residual of every point (target - model
   point, in the frame of the node the point moves with) is added to that point's offset (norm clipped
-  to `max_offset_m`), then the offsets are held for the track. Causal: a window only changes later
+  to `max_offset_m`), then the offsets are held for the track at their mean over the calibration's
+  second half (not its last, noisiest step: synthetic 15 s walks, MPJPE 15.0 -> 13.8 mm on one seed). Causal: a window only changes later
   frames. With `offset_frames` 0 there is no calibration. Gain 0.5 every frame converges about as
   fast as gain 1 every 2 frames with half the offset noise (Pose2Sim balancing trial, in-sample
   reprojection / jitter drop: windows of 5 at gain 1 1.80x / 2.47x; every frame at gain 1 1.45x /
@@ -118,7 +119,8 @@ class TrackState:
     jacobian_phase: the carried keypoint Jacobian and its refresh phase; offsets: (K, 3) the keypoint
     offsets in use (None: zero); offset_sum (K, 3) / offset_info (K, 3, 3) / offset_weight (K,) /
     offset_count: the current calibration window (node-frame metric-weighted residual sum, metric sum,
-    weight sum, fits); offset_round: windows done; t_good_ns: last fit judged "good", slew-limited (its
+    weight sum, fits); offset_round: windows done; offset_tail_sum: sum of the offsets after each window of
+    the calibration's second half (their mean is held); t_good_ns: last fit judged "good", slew-limited (its
     pose lags the data on purpose) or (re)initialised."""
 
     params: np.ndarray | None
@@ -138,6 +140,7 @@ class TrackState:
     offset_info: np.ndarray | None = None
     offset_count: int = 0
     offset_round: int = 0
+    offset_tail_sum: np.ndarray | None = None
     t_good_ns: int = _NEVER_NS
 
 
@@ -332,8 +335,14 @@ def _calibrate_offsets(context: TrackContext, state: TrackState, params: np.ndar
     offsets = (np.zeros((k, 3)) if state.offsets is None else state.offsets) + s.offset_gain * mean
     norm = np.linalg.norm(offsets, axis=1, keepdims=True)
     offsets = offsets * np.minimum(1.0, s.max_offset_m / np.maximum(norm, 1e-12))
+    done = state.offset_round + 1
+    tail = state.offset_tail_sum
+    if done > s.offset_rounds // 2:  # the held offsets: the mean over the calibration's second half, not its last step
+        tail = offsets if tail is None else tail + offsets
+        if done == s.offset_rounds:
+            offsets = tail / (s.offset_rounds - s.offset_rounds // 2)
     return replace(state, offsets=offsets, offset_sum=None, offset_info=None, offset_weight=None, offset_count=0,
-                   offset_round=state.offset_round + 1)
+                   offset_round=done, offset_tail_sum=tail)
 
 
 def track_step(
