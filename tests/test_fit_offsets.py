@@ -12,6 +12,7 @@ from streamer.fitting.track import TrackSettings, make_context, track_init, trac
 
 FPS = 30.0
 SHIFTED = [mhr70.index_of(n) for n in ("left-shoulder", "right-shoulder", "left-hip", "right-hip", "neck")]
+BODY_POINTS = np.r_[mhr70.BODY, mhr70.WRISTS, mhr70.index_of("neck")]
 
 
 @pytest.fixture(scope="module")
@@ -70,6 +71,16 @@ def _track(body, targets, times, settings):
     return state, outs
 
 
+def _observed(truth: np.ndarray, noise_m: float, seed: int) -> tuple[list, np.ndarray]:
+    """(per-frame fit targets, frame times ns): the body points, wrists and neck of `truth` (T, 70, 3) with
+    Gaussian noise; every other point missing."""
+    rng = np.random.default_rng(seed)
+    frames = len(truth)
+    measured = np.full((frames, 70, 3), np.nan)
+    measured[:, BODY_POINTS] = truth[:, BODY_POINTS] + rng.normal(0, noise_m, (frames, len(BODY_POINTS), 3))
+    return [fit_targets(m) for m in measured], (np.arange(frames) * 1e9 / FPS).astype(np.int64) + 1
+
+
 def test_tracker_calibrates_offsets_causally(body):
     frames = 70
     truth_params = _motion(body, frames)
@@ -82,12 +93,7 @@ def test_tracker_calibrates_offsets_causally(body):
             truth = body.keypoints(torch.as_tensor(truth_params, dtype=torch.float32)).double().numpy()
     finally:
         body.set_keypoint_offsets(None)
-    rng = np.random.default_rng(0)
-    body_points = np.r_[mhr70.BODY, mhr70.WRISTS, mhr70.index_of("neck")]
-    measured = np.full((frames, 70, 3), np.nan)
-    measured[:, body_points] = truth[:, body_points] + rng.normal(0, 0.004, (frames, len(body_points), 3))
-    targets = [fit_targets(m) for m in measured]
-    times = (np.arange(frames) * 1e9 / FPS).astype(np.int64) + 1
+    targets, times = _observed(truth, 0.004, seed=0)
     fit = FitSettings(max_iterations=2, jacobian="analytic")  # "auto" times the methods: runs could differ
     common = dict(fit=fit, shape_frames=10)
     state, outs = _track(body, targets, times, TrackSettings(offset_frames=10, offset_rounds=3, **common))
@@ -99,7 +105,7 @@ def test_tracker_calibrates_offsets_causally(body):
     # bounded, and (pose and offsets share what they explain) the fit ends closer to the true points
     assert np.isfinite(state.offsets).all() and np.linalg.norm(state.offsets, axis=1).max() <= 0.08 + 1e-9
     tail = slice(frames - 20, frames)
-    err = lambda o: np.nanmean([np.linalg.norm(p.keypoints[body_points] - m[body_points], axis=1)  # noqa: E731
+    err = lambda o: np.nanmean([np.linalg.norm(p.keypoints[BODY_POINTS] - m[BODY_POINTS], axis=1)  # noqa: E731
                                 for p, m in zip(o[tail], truth[tail])])
     assert err(outs) < 0.85 * err(plain), (err(outs), err(plain))  # measured: 4.6 vs 6.0 mm
 
@@ -111,12 +117,7 @@ def test_held_offsets_are_the_mean_of_the_calibrations_second_half(body):
     truth_params = _motion(body, frames)
     with torch.no_grad():
         truth = body.keypoints(torch.as_tensor(truth_params, dtype=torch.float32)).double().numpy()
-    rng = np.random.default_rng(1)
-    body_points = np.r_[mhr70.BODY, mhr70.WRISTS, mhr70.index_of("neck")]
-    measured = np.full((frames, 70, 3), np.nan)
-    measured[:, body_points] = truth[:, body_points] + rng.normal(0, 0.01, (frames, len(body_points), 3))
-    targets = [fit_targets(m) for m in measured]
-    times = (np.arange(frames) * 1e9 / FPS).astype(np.int64) + 1
+    targets, times = _observed(truth, 0.01, seed=1)
     common = dict(fit=FitSettings(max_iterations=2, jacobian="analytic"), shape_frames=5, offset_frames=1)
 
     def offsets_by_round(rounds):
