@@ -33,8 +33,11 @@ class Start:
 
 
 def model_keypoints(model: BodyModel, params: np.ndarray) -> np.ndarray:
-    """(B, P) or (P,) -> (B, K, 3) or (K, 3) float64 keypoints, metres, model world frame."""
+    """(B, P) or (P,) -> (B, K, 3) or (K, 3) float64 keypoints, metres, model world frame. One row goes
+    through the model's NumPy single-row evaluation when it has one (`keypoints_row`: no torch conversions)."""
     params = np.asarray(params, np.float64)
+    if params.ndim == 1 and hasattr(model, "keypoints_row"):
+        return model.keypoints_row(params)
     with torch.no_grad():
         x = torch.as_tensor(np.atleast_2d(params), device=model.device).to(model.dtype)
         kp = model.keypoints(x).to(torch.float64).cpu().numpy()

@@ -21,6 +21,7 @@ import torch
 
 from protocol.messages import Verdict
 from streamer.body.model import BodyModel
+from streamer.fitting.init import model_keypoints
 from streamer.fitting.targets import FitTargets
 
 __all__ = [
@@ -156,12 +157,7 @@ def evaluate(
     model: BodyModel, params: np.ndarray, targets: FitTargets, free: np.ndarray, prior: Prior, settings: FitSettings
 ) -> FitEvaluation:
     """Losses, point errors and the verdict of `params` (P,) against `targets` (the shipped numbers)."""
-    if hasattr(model, "keypoints_row"):  # NumPy single-row evaluation: no torch conversions
-        keypoints = model.keypoints_row(np.asarray(params))
-    else:
-        with torch.no_grad():
-            x = torch.as_tensor(np.asarray(params), device=model.device).to(model.dtype)
-            keypoints = model.keypoints(x[None])[0].to(torch.float64).cpu().numpy()
+    keypoints = model_keypoints(model, params)
     errors = np.full(len(keypoints), np.nan)
     valid = targets.valid & np.isfinite(keypoints).all(1)
     errors[valid] = np.linalg.norm(keypoints[valid] - targets.points[valid], axis=1)
