@@ -152,7 +152,7 @@ def sam3d_estimator(upstream, settings: Settings):
 
     on_gpu = str(settings.sam3d_device).startswith("cuda")
     fast = FastBodyEstimator(upstream.model, cuda_graphs=on_gpu, compile_backbone=on_gpu, graph_decoder=on_gpu,
-                             batch_sizes=(len(settings.cameras),))
+                             decoder_tf32=on_gpu, batch_sizes=(len(settings.cameras),))
     return FastSam3dEstimator(fast, upstream, bbox_thr=settings.detector_score)
 
 

@@ -228,6 +228,21 @@ def test_bf16_decoder_layers_run_in_bf16_and_stay_close():
 
 
 @pytest.mark.parametrize("graph_decoder", [False, True])
+def test_tf32_decoder_sets_tf32_only_while_the_decoder_runs_and_restores_it(graph_decoder):
+    model = StandInSam3dBody().eval()
+    images, requests = _images(), _requests()
+    seen = []
+    model.decoder.layers[0].register_forward_hook(lambda *_: seen.append(torch.backends.cuda.matmul.allow_tf32))
+    before = torch.backends.cuda.matmul.allow_tf32
+    exact = FastBodyEstimator(model, cuda_graphs=False, graph_decoder=graph_decoder)(images, requests)
+    tf32 = FastBodyEstimator(model, cuda_graphs=False, graph_decoder=graph_decoder, decoder_tf32=True)(images, requests)
+    assert seen[0] is before and seen[-1] is True  # the second estimator's decoder ran with TF32 on
+    assert torch.backends.cuda.matmul.allow_tf32 is before  # and it was restored
+    for key in ("pred_keypoints_3d", "pred_cam_t"):  # TF32 changes nothing on the CPU
+        torch.testing.assert_close(tf32[key], exact[key], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("graph_decoder", [False, True])
 def test_pipelined_calls_give_the_same_outputs_as_separate_calls_in_order(graph_decoder):
     model = StandInSam3dBody().eval()
     fast = FastBodyEstimator(model, cuda_graphs=False, graph_decoder=graph_decoder, batch_sizes=(2,))

@@ -729,6 +729,9 @@ def main(argv: list[str]) -> int:
         if args.compile_decoder:
             steps += [("+ torch.compile decoder", dict(compile_backbone=True, compile_decoder=True),
                        "compiled backbone (graph) and compiled forward_decoder")]
+    steps += [("+ TF32 decoder matmuls",
+               dict(compile_backbone=not args.no_compile, graph_decoder=True, decoder_tf32=True),
+               "as above, the decoder's float32 matrix products on TF32 tensor cores (decoder_tf32=True)")]
     for name, options, note in steps:
         t0 = time.perf_counter()
         fast = eager if name == "fast body, batched cameras" else FastBodyEstimator(model, **options)
@@ -739,16 +742,6 @@ def main(argv: list[str]) -> int:
     if not good:
         good = [(row, fast) for row, fast in tried if "error" not in row]
     best_row, best_fast = max(good, key=lambda rf: rf[0]["images_per_s"]) if good else ({}, eager)
-    if best_row.get("variant", "").endswith("CUDA-graph decoder"):
-        # TF32 for the float32 decoder's matrix products, recorded into its own graphs
-        previous = torch.backends.cuda.matmul.allow_tf32
-        torch.backends.cuda.matmul.allow_tf32 = True
-        try:
-            options = dict(compile_backbone=not args.no_compile, graph_decoder=True)
-            add(measure_fast("+ TF32 decoder matmuls (graph)", FastBodyEstimator(model, **options), requests,
-                             "as the best path, recorded with TF32 float32 matmuls"))
-        finally:
-            torch.backends.cuda.matmul.allow_tf32 = previous
 
     def measure_pipelined(name: str, fast: FastBodyEstimator, reqs: list, note: str) -> dict[str, Any]:
         """`fast.pipelined` over --pipeline-calls calls of reqs; latency: a call's input taken -> its outputs on
@@ -814,7 +807,8 @@ def main(argv: list[str]) -> int:
         # blocks barely reach the output and any backbone precision agrees; the stress check sets them to 1.
         stress = _layer_scale_stress(model, images, requests, "fp8")
         _progress(f"fp8 layer-scale stress: {stress}")
-        fp8 = FastBodyEstimator(model, compile_backbone=not args.no_compile, graph_decoder=True, precision="fp8")
+        fp8 = FastBodyEstimator(model, compile_backbone=not args.no_compile, graph_decoder=True,
+                                decoder_tf32=best_fast.decoder_tf32, precision="fp8")
         fp8_note = ("backbone linear layers in FP8 (precision='fp8', opt-in); agreement also under the layer-scale "
                     "stress check")
         for size in [n, *sizes[-1:]]:
