@@ -71,7 +71,7 @@ class Settings:
     sam3d_mhr_path: str = ""  # <hf download>/assets/mhr_model.pt
     sam3d_device: str = "cuda"
     sam3d_inference: Literal["full", "body", "fast"] = "full"  # fast: body-only, every camera's crops in one
-    # forward, compiled backbone and CUDA-graph decoder (streamer/capture/sam3d_fast.py; README "SAM-3D Body on a GPU")
+    # forward, compiled backbone, CUDA-graph TF32 decoder (streamer/capture/sam3d_fast.py; README "SAM-3D Body on a GPU")
     detector: Literal["none", "onnx"] = "none"  # finds persons when no track hint is fresh (none: the estimator's own search)
     detector_onnx_path: str = ""  # user-supplied ONNX person detector (see streamer/capture/onnx_detector.py)
     detector_device: str = "cpu"  # "cuda" uses onnxruntime-gpu when installed

@@ -27,7 +27,9 @@ the upstream modules as they are and changes only how they are driven. Against t
 6. takes person boxes from hints (the 3D track reprojected, `streamer.capture.boxes`), so no detector runs;
 7. optionally pipelines calls (`submit` / `pipelined`): the crop and backbone of call t+1 run on one stream
    while the decoder of call t runs on a higher-priority one (each graph recorded on its own stream, see
-   `_capture_stream`); outputs come one call late. On the H200: +31 % at 8 crops per call, +6 % at 64.
+   `_capture_stream`); outputs come one call late. On the H200: +20 % at 8 crops per call, +3 % at 64;
+8. optionally (`decoder_tf32=True`, on in the capture node) runs the decoder stage's float32 matrix products on
+   TF32 tensor cores: on the H200 the decoder took 75 instead of 111 ms for 64 crops, outputs within 6.9e-4.
 
 Measured options that are kept off by default (`streamer bench estimator`, README "SAM-3D Body on a GPU"): bf16
 autocast of the decoder layers (no gain, outputs moved beyond the agreement tolerance), `torch.compile` of the
@@ -35,7 +37,7 @@ decoder (no gain: graph breaks), a bf16 backbone (no faster than float16), an FP
 +10 %; with the random weights' LayerScale set to 1 its outputs move by up to 18 %, so it stays opt-in until
 checked on the released weights). Eagerly, upstream's decoder is bound by host work (thousands of small kernels
 and host->device copies of index constants, each a stream sync, per call); replayed from a CUDA graph
-(`graph_decoder=True`) it costs its GPU time only (about 4,000 kernels, 26 ms for 8 crops on the H200), and the
+(`graph_decoder=True`) it costs its GPU time only (about 4,000 kernels, 20-26 ms for 8 crops on the H200), and the
 backbone is the larger part.
 
 Use in the capture node (one process serving the cameras that share a GPU):
