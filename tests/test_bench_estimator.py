@@ -62,3 +62,14 @@ def test_layer_scale_stress_shows_what_a_tiny_layer_scale_hides_and_restores_it(
         assert "skipped" in _layer_scale_stress(model, images, requests, "bf16")
     finally:
         torch.set_grad_enabled(True)
+
+
+def test_a_precision_agrees_only_if_its_stress_check_does_unless_that_was_skipped():
+    from tools.bench_estimator import AGREEMENT_TOLERANCE, agrees_under_stress
+
+    assert agrees_under_stress(True, {"max_rel_err": AGREEMENT_TOLERANCE / 2})
+    assert not agrees_under_stress(True, {"max_rel_err": 0.18})  # FP8 under unit layer scales
+    assert not agrees_under_stress(True, {"pred_vertices": 0.1})  # no summary: not shown to agree
+    assert not agrees_under_stress(False, {"max_rel_err": 0.0})  # its own check failed
+    assert agrees_under_stress(True, {"skipped": "released weights"})  # --checkpoint: the own check decides
+    assert not agrees_under_stress(False, {"skipped": "released weights"})
