@@ -15,7 +15,7 @@ import numpy as np
 
 from protocol.messages import Person2D
 
-__all__ = ["Estimator", "View", "missing_person_arrays"]
+__all__ = ["Estimator", "Finished", "View", "missing_person_arrays"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +57,12 @@ class Estimator(ABC):
     def estimate(self, views: Sequence[View]) -> list[list[Person2D]]:
         """One list of persons per view, in view order."""
 
+    def submit(self, views: Sequence[View]) -> "Finished":
+        """Start estimating `views`; the returned object's `result()` gives `estimate(views)`. This default
+        computes at once; a GPU estimator returns before its device is done (`FastSam3dEstimator`), so the caller
+        can prepare and submit the next frame set first (the capture node's `pipeline_estimates`)."""
+        return Finished(self.estimate(views))
+
     def close(self) -> None:
         """Release models and devices."""
 
@@ -65,3 +71,13 @@ class Estimator(ABC):
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+class Finished:
+    """An estimate already computed: `result()` returns it (what `Estimator.submit` gives by default)."""
+
+    def __init__(self, persons: list[list[Person2D]]) -> None:
+        self._persons = persons
+
+    def result(self) -> list[list[Person2D]]:
+        return self._persons
