@@ -332,8 +332,8 @@ class Capture(Node):
             self.stop()
 
     def _publish_estimated(self, done: InFlight) -> None:
-        """Wait for a submitted frame set's persons and publish its frames. `estimator_ms`: time spent in the
-        estimator for it (submit + waiting for the result; with pipelining the wait overlaps nothing else here)."""
+        """Wait for a submitted frame set's persons and publish its frames. `estimator_ms`: the node's time in
+        the estimator for this frame set (submitting it plus waiting for its result)."""
         start = time.monotonic_ns()
         found = done.pending.result()
         self.gauge("estimator_ms", (done.submit_ns + time.monotonic_ns() - start) / 1e6)
