@@ -81,6 +81,7 @@ class Settings:
     lost_after_frames: int = 15  # frame sets without a consistent person before re-acquiring
     max_jump_m: float = 0.3  # a body whose median point moved farther from the track is not the subject
     coast_speed_m: float = 0.1  # ... plus this per frame set without a confirmed track
+    max_point_jump_m: float = 0.5  # a track point that moved farther per frame set is left out of the track (hints)
     poll_interval_ms: float = 2.0  # how often deadlines are checked
     publish_hints: bool = True  # hint/<cam>: the confirmed track's boxes per camera, for capture nodes
     hint_margin: float = 0.15  # share of the projected box size added on every side of a hint box
@@ -112,7 +113,8 @@ class Sync(Node):
             predict_timing=s.predict_timing)
         self.association_settings = AssociationSettings(
             min_confidence=s.min_confidence, gate_px=s.gate_px, epipolar_gate_px=s.epipolar_gate_px,
-            lost_after_frames=s.lost_after_frames, max_jump_m=s.max_jump_m, coast_speed_m=s.coast_speed_m)
+            lost_after_frames=s.lost_after_frames, max_jump_m=s.max_jump_m, coast_speed_m=s.coast_speed_m,
+            max_point_jump_m=s.max_point_jump_m)
         self.triangulation_settings = TriangulationSettings(threshold_px=s.threshold_px)
         # without configured cameras the assembler is built when the first calibration names them
         self.assembler = Assembler(list(s.cameras), self.assembly_settings) if s.cameras else None

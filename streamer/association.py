@@ -10,11 +10,20 @@ Letters: V cameras, P persons (padded to the most any camera saw), K keypoints.
 - Without a track (start, or after the track was lost): bootstrap by epipolar consistency.
   Every (camera, person) hypothesis is scored by how many other cameras hold a person whose
   keypoints lie on its epipolar lines; the best seed grows greedily, adding the camera and
-  person most consistent with everyone chosen so far.
+  person most consistent with everyone chosen so far. Of the people seen consistently by at
+  least three cameras, the one nearest the cameras' optical axes is chosen, not the one seen
+  by the most cameras: the performer at the centre is easily occluded in one view by someone
+  walking around them, or missed once by the detector.
 - A triangulated body confirms the track only when seen by at least `min_views` consistent cameras
   and its median point stays within `max_jump_m` of the track (`consistent_with_track`). The
   track is lost after `lost_after_frames` consecutive unconfirmed frame sets, which sends the
   next frame set back to bootstrap.
+- The track keeps a confirmed body's points except those that jumped farther than
+  `max_point_jump_m` per frame set from the track (or, for a point the track lacks, from every
+  point it has): one keypoint triangulated onto another person (two views that both gave that
+  person's keypoint) would otherwise stay in the track, stretch the box hints projected from it
+  (`streamer.capture.hints`) over the other person, and a box-driven estimator would then report
+  that person inside the tracked person's box.
 """
 from __future__ import annotations
 
@@ -55,13 +64,14 @@ class AssociationSettings:
     lost_after_frames: int = 15  # consecutive unconfirmed frame sets before the track is dropped
     max_jump_m: float = 0.3  # a 3D body whose median point moved farther from the track is someone else
     coast_speed_m: float = 0.1  # ... plus this per unconfirmed frame set (about 3 m/s at 30 fps)
+    max_point_jump_m: float = 0.5  # a track point that moved farther per frame set (15 m/s at 30 fps) is dropped
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.min_confidence <= 1.0:
             raise ValueError(f"AssociationSettings.min_confidence: expected in [0, 1], got {self.min_confidence}")
         if self.coast_speed_m < 0:
             raise ValueError(f"AssociationSettings.coast_speed_m: expected >= 0, got {self.coast_speed_m}")
-        for name in ("gate_px", "epipolar_gate_px", "max_jump_m"):
+        for name in ("gate_px", "epipolar_gate_px", "max_jump_m", "max_point_jump_m"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"AssociationSettings.{name}: expected > 0, got {getattr(self, name)}")
         for name in ("min_common_keypoints", "min_views", "lost_after_frames"):
@@ -258,9 +268,12 @@ def bootstrap_persons(keypoints_undistorted: np.ndarray, counts: np.ndarray, fun
     Returns chosen (V,) int64 person index or -1.
 
     Candidate groups are grown from seeds ranked by the number of cameras holding an epipolar-consistent
-    person (then the smallest summed distance). Among the groups with the most cameras, the one nearest
-    the cameras' optical axes (the performer at the centre of the capture volume, where a stage's
-    cameras point) wins when `off_axis` is given; otherwise the first. Never list order.
+    person (then the smallest summed distance). Among the groups of at least `RELIABLE_GROUP_VIEWS` cameras
+    (or of the most cameras, when no group has that many), the one nearest the cameras' optical axes (the
+    performer at the centre of the capture volume, where a stage's cameras point) wins when `off_axis` is
+    given; otherwise the first. A person seen by fewer cameras than another is not thereby someone else:
+    the distractor walking between a camera and the performer hides the performer in that one view.
+    Never list order.
     """
     n_views, n_persons = keypoints_undistorted.shape[:2]
     distance = epipolar_distances(keypoints_undistorted, fundamental, settings.min_common_keypoints)
@@ -286,7 +299,7 @@ def bootstrap_persons(keypoints_undistorted: np.ndarray, counts: np.ndarray, fun
         if off_axis is None or len(groups) == MAX_BOOTSTRAP_GROUPS:
             break
     size = np.array([(g != NONE).sum() for g in groups])
-    candidates = [g for g, n in zip(groups, size) if n == size.max()]
+    candidates = [g for g, n in zip(groups, size) if n >= min(size.max(), RELIABLE_GROUP_VIEWS)]
     if off_axis is None or len(candidates) == 1:
         return candidates[0]
     centrality = [np.nanmean(np.where(g != NONE, off_axis[np.arange(n_views), np.maximum(g, 0)], np.nan))
@@ -296,6 +309,7 @@ def bootstrap_persons(keypoints_undistorted: np.ndarray, counts: np.ndarray, fun
 
 
 MAX_BOOTSTRAP_GROUPS = 4  # distinct people compared at bootstrap
+RELIABLE_GROUP_VIEWS = 3  # cameras agreeing on a person's keypoints: three views do not agree by chance
 
 
 def _grow_group(distance: np.ndarray, gate: float, seed_view: int, seed_person: int) -> np.ndarray:
@@ -331,13 +345,32 @@ def consistent_with_track(state: TrackState, points: np.ndarray,
     return bool(len(jump) >= settings.min_common_keypoints and np.median(jump) <= allowed)
 
 
+def _trusted_points(state: TrackState, points: np.ndarray, settings: AssociationSettings) -> np.ndarray:
+    """points (K, 3) metres, world, with NaN where a point jumped: farther than `max_point_jump_m` per frame set
+    since the track was confirmed from the track's own point, or, where the track lacks that point, from the
+    nearest point the track has (a point must appear attached to the body). Returns a float64 copy."""
+    points = np.array(points, np.float64)
+    if state.points is None:
+        return points
+    known = np.isfinite(state.points).all(axis=1)
+    if not known.any():
+        return points
+    distance = np.linalg.norm(points - state.points, axis=-1)
+    new = ~known & np.isfinite(points).all(axis=1)
+    if new.any():
+        distance[new] = np.linalg.norm(points[new, None] - state.points[None, known], axis=-1).min(axis=1)
+    points[distance > settings.max_point_jump_m * (state.frames_lost + 1)] = np.nan
+    return points
+
+
 def advance_track(state: TrackState, points: np.ndarray | None, confirmed: bool,
                   settings: AssociationSettings = AssociationSettings()) -> TrackState:
     """The next track state: a confirmed frame set (enough consistent views, usable points) resets
-    the loss count and replaces the points; otherwise the count grows and past
-    `lost_after_frames` the track is dropped (points None), so the next set bootstraps."""
+    the loss count and replaces the points, NaN where a point jumped (see `_trusted_points`); otherwise
+    the count grows and past `lost_after_frames` the track is dropped (points None), so the next set
+    bootstraps."""
     if confirmed and points is not None:
-        return TrackState(points=points, frames_lost=0)
+        return TrackState(points=_trusted_points(state, points, settings), frames_lost=0)
     if state.points is None:
         return state
     lost = state.frames_lost + 1
