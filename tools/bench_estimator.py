@@ -446,7 +446,8 @@ def _process_worker(rank: int, configs: list[ProcessConfig], cameras: int, iters
     import torch
 
     from streamer.capture.boxes import boxes_from_track
-    from streamer.capture.sam3d_fast import CropRequest, FastBodyEstimator
+    from streamer.capture.crops import CropRequest
+    from streamer.capture.sam3d_fast import FastBodyEstimator
 
     try:
         torch.set_grad_enabled(False)
@@ -615,7 +616,8 @@ def main(argv: list[str]) -> int:
         print(text)
         return 0
     from streamer.capture.boxes import boxes_from_track
-    from streamer.capture.sam3d_fast import CropRequest, FastBodyEstimator, person_dicts
+    from streamer.capture.crops import CropRequest
+    from streamer.capture.sam3d_fast import FastBodyEstimator, person_dicts
 
     torch.set_grad_enabled(False)
     device = "cuda"

@@ -7,17 +7,15 @@ the upstream modules as they are and changes only how they are driven. Against t
 1. decodes the body only (`inference_type="body"`): one backbone pass and one decoder run per person instead of
    three backbone passes and up to four decoder runs (no hand-crop refinement of fingers and wrists);
 2. batches the person crops of all cameras into one forward (each crop keeps its own camera matrix);
-3. crops on the GPU (one bilinear `grid_sample` per crop, the same affine as upstream's `TopdownAffine`)
-   instead of `cv2.warpAffine` of the image and of an all-zero mask on the CPU;
+3. crops on the GPU (`streamer.capture.crops`: one bilinear `grid_sample` per image, the same affine as
+   upstream's `TopdownAffine`) instead of `cv2.warpAffine` of the image and of an all-zero mask on the CPU;
 4. replays the backbone (optionally `torch.compile`d) from a CUDA graph per batch size, and keeps the
    output-only mesh faces on the host (upstream copies them out after every decoder layer);
 5. optionally (`graph_decoder=True`) replays the whole decoder stage (prompt-free decoder, MHR head, camera
    head, keypoint-token updates) from one CUDA graph per batch size. Upstream's decoder cannot be captured as it
-   is: it indexes device tensors with host index lists and boolean masks (each a pageable host->device copy, a
-   stream sync), moves host constants with `.to()`/`.cuda()`, checks `inputs.max()` on the device and its prompt
-   encoder and roma's Euler conversion index with device boolean masks (`nonzero`, a sync). `_SyncFree`, a
-   dispatch mode active only while the graph is recorded, turns the first two into device constants made once
-   (keyed by their content), and roma's elementwise masked assignments into `torch.where`; the dummy prompt's
+   is (host index lists and masks, host constants, device-mask `nonzero`: each a sync); `SyncFree`
+   (`streamer.capture.cuda_graphs`), a dispatch mode active only while the graph is recorded, makes them device
+   constants and `torch.where`s or raises; its prompt encoder's boolean masks are avoided as the dummy prompt's
    embedding (the body pass always sends the all-invalid prompt) is computed once per batch size, and (in every
    path) upstream's input normalisation, whose output only reaches the precomputed backbone, is skipped.
    Anything else that would sync raises while recording, so a graph is either complete or not made. On the
@@ -27,7 +25,7 @@ the upstream modules as they are and changes only how they are driven. Against t
 6. takes person boxes from hints (the 3D track reprojected, `streamer.capture.boxes`), so no detector runs;
 7. optionally pipelines calls (`submit` / `pipelined`): the crop and backbone of call t+1 run on one stream
    while the decoder of call t runs on a higher-priority one (each graph recorded on its own stream, see
-   `_capture_stream`); outputs come one call late. On the H200: +20 % at 8 crops per call, +3 % at 64;
+   `streamer.capture.cuda_graphs.capture_stream`); outputs come one call late. On the H200: +20 % at 8 crops per call, +3 % at 64;
 8. optionally (`decoder_tf32=True`, on in the capture node) runs the decoder stage's float32 matrix products on
    TF32 tensor cores: on the H200 the decoder took 75 instead of 111 ms for 64 crops, outputs within 6.9e-4.
 
@@ -61,42 +59,28 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import hashlib
 import logging
-import sys
 import threading
-from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
-from torch.overrides import TorchFunctionMode
-from torch.utils._python_dispatch import TorchDispatchMode
 
+from streamer.capture.crops import CropRequest, crop_affine, warp_crops
+from streamer.capture.cuda_graphs import GraphedBackbone, GraphedDecode, SyncFree
 from streamer.capture.estimator import Estimator, View
 
 __all__ = [
     "BACKBONE_PRECISIONS",
-    "BODY_BOX_PADDING",
-    "ELEMENTWISE_MASK_FUNCTIONS",
-    "CropRequest",
     "FastBodyEstimator",
     "FastSam3dEstimator",
     "PendingCall",
     "PendingPersons",
-    "crop_affine",
-    "expand_host_indices",
-    "masked_write",
     "person_dicts",
-    "warp_crops",
 ]
 
 logger = logging.getLogger(__name__)
-
-BODY_BOX_PADDING = 1.25  # upstream GetBBoxCenterScale padding for body crops
-_PRIOR_ASPECT = 0.75  # upstream TopdownAffine: first expand to w/h = 0.75, then to the model input's aspect
 
 # Output keys copied to the per-person dicts, named as upstream `process_one_image` names them.
 _OUTPUT_KEYS = {
@@ -114,79 +98,6 @@ _OUTPUT_KEYS = {
     "joint_global_rots": "pred_global_rots",
     "mhr_model_params": "mhr_model_params",
 }
-
-
-@dataclass(frozen=True)
-class CropRequest:
-    """One person to estimate: which image, the person box and the camera matrix.
-
-    image_index: index into the list of images passed with the requests.
-    box_xyxy: (4,) float, pixels, full image (x1, y1, x2, y2).
-    camera_matrix: (3, 3) float, pixels (fx, fy, cx, cy), the camera that took the image.
-    """
-
-    image_index: int
-    box_xyxy: np.ndarray
-    camera_matrix: np.ndarray
-
-
-def _fix_aspect(scale_wh: np.ndarray, aspect: float) -> np.ndarray:
-    """Grow (w, h) so that w / h == aspect (upstream `fix_aspect_ratio`)."""
-    w, h = float(scale_wh[0]), float(scale_wh[1])
-    return np.array([w, w / aspect] if w > h * aspect else [h * aspect, h], dtype=np.float64)
-
-
-def crop_affine(box_xyxy: np.ndarray, input_size: tuple[int, int], padding: float = BODY_BOX_PADDING
-                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Crop geometry of one person box, as upstream GetBBoxCenterScale + TopdownAffine compute it (no rotation).
-
-    box_xyxy: (4,) pixels; input_size: model input (w, h) pixels.
-    Returns center (2,) px, scale (2,) px (the padded, aspect-fixed box size) and crop_from_image (2, 3) float32,
-    the affine mapping full-image pixel indices to crop pixel indices.
-    """
-    box = np.asarray(box_xyxy, dtype=np.float64).reshape(4)
-    if not np.all(np.isfinite(box)) or box[2] <= box[0] or box[3] <= box[1]:
-        raise ValueError(f"box_xyxy: expected finite (x1, y1, x2, y2) with x2 > x1 and y2 > y1, got {box.tolist()}")
-    out_w, out_h = input_size
-    center = np.array([(box[0] + box[2]) / 2, (box[1] + box[3]) / 2])
-    scale = _fix_aspect(_fix_aspect(np.array([box[2] - box[0], box[3] - box[1]]) * padding, _PRIOR_ASPECT),
-                        out_w / out_h)
-    s = out_w / scale[0]
-    crop_from_image = np.array([[s, 0.0, out_w / 2 - s * center[0]],
-                                [0.0, s, out_h / 2 - s * center[1]]], dtype=np.float32)
-    return center.astype(np.float32), scale.astype(np.float32), crop_from_image
-
-
-def warp_crops(images: Sequence[torch.Tensor], image_index: Sequence[int], crop_from_image: torch.Tensor,
-               input_size: tuple[int, int]) -> torch.Tensor:
-    """Bilinear crops on the device, matching cv2.warpAffine(INTER_LINEAR, zero border) then ToTensor.
-
-    images: V tensors (H_v, W_v, 3) uint8 RGB on the target device (sizes may differ).
-    image_index: n ints, which image each crop comes from; crop_from_image: (n, 2, 3) float32 (best on the
-    device already: then nothing waits for a host->device copy when the crops of an image are consecutive).
-    Returns (n, 3, h, w) float32 in [0, 1], rounded to the 1/255 steps of a uint8 crop.
-    """
-    out_w, out_h = input_size
-    device = images[0].device
-    a = crop_from_image.to(device=device, dtype=torch.float64)
-    u = torch.arange(out_w, device=device, dtype=torch.float64)
-    v = torch.arange(out_h, device=device, dtype=torch.float64)
-    crops = torch.empty((len(image_index), 3, out_h, out_w), device=device)
-    index = np.asarray(list(image_index), dtype=np.int64)
-    for img_id in sorted(set(index.tolist())):
-        found = np.flatnonzero(index == img_id)
-        rows: slice | torch.Tensor = (slice(int(found[0]), int(found[-1]) + 1)
-                                      if found[-1] - found[0] + 1 == len(found) else torch.from_numpy(found).to(device))
-        height, width = images[img_id].shape[:2]
-        s, tx, ty = a[rows, 0, 0], a[rows, 0, 2], a[rows, 1, 2]
-        x = (u[None, :] - tx[:, None]) / s[:, None]  # (m, w) pixel index in the image
-        y = (v[None, :] - ty[:, None]) / s[:, None]  # (m, h)
-        xn = (2 * x / (width - 1) - 1)[:, None, :].expand(-1, out_h, -1)
-        yn = (2 * y / (height - 1) - 1)[:, :, None].expand(-1, -1, out_w)
-        grid = torch.stack([xn, yn], dim=-1).float()
-        src = images[img_id].permute(2, 0, 1)[None].float().expand(len(found), -1, -1, -1)
-        crops[rows] = F.grid_sample(src, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
-    return crops.clamp_(0, 255).round_().div_(255.0)
 
 
 def person_dicts(mhr_output: dict[str, Any], boxes_xyxy: np.ndarray) -> list[dict[str, np.ndarray]]:
@@ -236,51 +147,6 @@ class _Autocast(nn.Module):
         return out.float() if isinstance(out, torch.Tensor) and out.is_floating_point() else out
 
 
-def _capture_stream(owner: Any, device: torch.device | None = None) -> torch.cuda.Stream:
-    """The stream `owner` records all its CUDA graphs on, made once per owner.
-
-    Not torch.cuda.graph's shared default stream: recorded there, the backbone and decoder graphs replayed at
-    once on two streams never finished on the H200 (the host waited forever on the first result); each recorded
-    on its own stream, they run. The likely cause: cuBLAS takes its workspace per (handle, stream), a graph bakes
-    in the workspace of the stream it was recorded on, so two graphs recorded on one stream share a workspace
-    and their GEMMs write into each other's when replayed at the same time.
-    """
-    if getattr(owner, "_stream", None) is None:
-        owner._stream = torch.cuda.Stream(device)
-    return owner._stream
-
-
-class _GraphedBackbone:
-    """The backbone replayed from one CUDA graph per batch size (input copied into a static buffer); all its graphs
-    are recorded on its own stream (`_capture_stream`) into its own memory pool."""
-
-    def __init__(self, fn: Callable[[torch.Tensor], torch.Tensor], warmup: int = 2) -> None:
-        self.fn = fn
-        self.warmup = warmup
-        self.graphs: dict[tuple[int, ...], tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor]] = {}
-        self.pool = None
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        key = tuple(x.shape)
-        if key not in self.graphs:
-            static_in = x.clone()
-            side = _capture_stream(self, x.device)
-            side.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(side):
-                for _ in range(self.warmup):
-                    self.fn(static_in)
-            torch.cuda.current_stream().wait_stream(side)
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, pool=self.pool, stream=side):
-                static_out = self.fn(static_in)
-            self.pool = graph.pool()
-            self.graphs[key] = (graph, static_in, static_out)
-        graph, static_in, static_out = self.graphs[key]
-        static_in.copy_(x)
-        graph.replay()
-        return static_out.clone()
-
-
 BACKBONE_PRECISIONS = ("model", "bf16", "fp8", "fp8-fast-accum")
 
 
@@ -299,252 +165,6 @@ def _backbone_at_precision(backbone: nn.Module, dtype: torch.dtype, precision: s
     if not convert_linears_to_fp8(converted, fast_accum=precision == "fp8-fast-accum"):
         raise ValueError("precision fp8: the backbone has no linear layer that can run in FP8")
     return converted, dtype
-
-
-# Functions whose boolean-mask indexing is purely elementwise (x[m] read, changed elementwise, written back with
-# the same m): while recording, those reads return the whole tensor and the writes become torch.where, which is
-# exact at the selected positions. (file suffix, function name); anything else with a device mask raises.
-ELEMENTWISE_MASK_FUNCTIONS: tuple[tuple[str, str], ...] = (("roma/euler.py", "unitquat_to_euler"),)
-_aten = torch.ops.aten
-_INDEX_READ = {_aten.index.Tensor}
-_INDEX_WRITE = {_aten.index_put_.default, _aten.index_put.default, _aten._index_put_impl_.default}
-_SYNCING = {_aten._local_scalar_dense.default, _aten.nonzero.default, _aten.is_nonzero.default,
-            _aten.equal.default}
-
-
-def _inside(functions: Iterable[tuple[str, str]]) -> bool:
-    """Whether a caller frame runs one of `functions` ((file suffix, function name) pairs)."""
-    frame = sys._getframe(2)
-    while frame is not None:
-        code = frame.f_code
-        name, path = code.co_name, code.co_filename.replace("\\", "/")
-        if any(name == fn and path.endswith(suffix) for suffix, fn in functions):
-            return True
-        frame = frame.f_back
-    return False
-
-
-def expand_host_indices(indices: Sequence[torch.Tensor | None], to_device: Callable[[torch.Tensor], torch.Tensor]
-                        ) -> list[torch.Tensor | None]:
-    """Advanced-indexing index list with each host boolean mask replaced by its integer index tensors (one per
-    masked dimension, as `aten.index` expands them) and every host index tensor passed through `to_device`."""
-    out: list[torch.Tensor | None] = []
-    for index in indices:
-        if index is None:
-            out.append(None)
-        elif index.dtype in (torch.bool, torch.uint8) and index.dim() > 0:
-            out.extend(to_device(column) for column in index.nonzero().unbind(1))
-        else:
-            out.append(to_device(index))
-    return out
-
-
-def masked_write(x: torch.Tensor, mask: torch.Tensor, values: torch.Tensor, accumulate: bool) -> torch.Tensor:
-    """`x[mask] = values` (or `+=`) without a sync, for a mask over x's leading dims and values that broadcast to
-    x's shape (one element, a row, or the whole-tensor stand-in of `x[mask]`, see ELEMENTWISE_MASK_FUNCTIONS;
-    torch strips leading 1-dims from assigned values). In place; returns x.
-    """
-    if tuple(mask.shape) != tuple(x.shape[: mask.dim()]):
-        raise RuntimeError(f"masked write: mask {tuple(mask.shape)} does not cover the leading dims of {tuple(x.shape)}")
-    try:
-        fits = torch.broadcast_shapes(values.shape, x.shape) == x.shape
-    except RuntimeError:
-        fits = False
-    if not fits:
-        raise RuntimeError(f"masked write: values {tuple(values.shape)} do not broadcast to the target "
-                           f"{tuple(x.shape)} (a compacted x[mask] cannot be written without a sync)")
-    m = mask.reshape(tuple(mask.shape) + (1,) * (x.dim() - mask.dim()))
-    if values.dim() == 0 and values.device != x.device:  # a host scalar: filled on the device, no copy
-        values = x.new_full((), values.item())
-    values = values.to(device=x.device, dtype=x.dtype)
-    if accumulate:
-        return x.add_(torch.where(m, values, x.new_zeros(())))
-    return x.copy_(torch.where(m, values, x))
-
-
-class _SyncFree(TorchDispatchMode):
-    """Dispatch mode under which upstream's decoder issues no host<->device synchronisation (for CUDA-graph capture).
-
-    device: where the model runs. Host tensors that an op would copy to the device (host index lists and masks of
-    `aten.index`/`index_put_`, constants moved with `.to()`/`.cuda()`/`copy_`) become device constants, made once
-    per content and reused (a `_to_copy` result is a fresh clone: callers may write to it). Device boolean masks
-    are allowed only inside `elementwise_functions` (see ELEMENTWISE_MASK_FUNCTIONS). Any other op that would wait
-    for the device (`.item()`, `nonzero`, a device->host copy) raises, naming the op. Keep the mode alive as long
-    as a graph recorded under it: the graph reads its constants.
-    """
-
-    def __init__(self, device: torch.device,
-                 elementwise_functions: Sequence[tuple[str, str]] = ELEMENTWISE_MASK_FUNCTIONS) -> None:
-        super().__init__()
-        self.device = torch.device(device)
-        self.elementwise_functions = tuple(elementwise_functions)
-        self.constants: dict[tuple[Any, ...], torch.Tensor] = {}
-
-    @contextlib.contextmanager
-    def active(self) -> Iterator[None]:
-        """This mode and its Python-level companion (`_DeviceIndexLists`): index lists such as `x[:, [0, 2]]` and
-        `torch.tensor(..., device=...)` are copied to the device by torch's argument parsing, below any dispatch
-        mode, so they are replaced by device constants before that."""
-        with _DeviceIndexLists(self), self:
-            yield
-
-    def _on_device(self, t: Any) -> bool:
-        return isinstance(t, torch.Tensor) and t.device.type == self.device.type
-
-    def _on_host(self, t: Any) -> bool:
-        return isinstance(t, torch.Tensor) and t.device.type == "cpu" and self.device.type != "cpu"
-
-    def constant(self, host: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
-        """The device copy of a host tensor (converted to dtype first), made once per content."""
-        src = host if dtype is None or host.dtype == dtype else host.to(dtype)
-        raw = src.detach().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
-        key = (src.dtype, tuple(src.shape), hashlib.blake2b(raw, digest_size=16).digest())
-        found = self.constants.get(key)
-        if found is None:
-            if self.device.type == "cuda" and torch.cuda.is_current_stream_capturing():
-                raise RuntimeError(f"host constant {tuple(src.shape)} {src.dtype} first seen while recording a CUDA "
-                                   "graph; the warm-up call should have made it")
-            found = src.to(self.device)
-            self.constants[key] = found
-        return found
-
-    def _sync_error(self, func: Any) -> RuntimeError:
-        return RuntimeError(f"{func} waits for the device inside the decoder; this stage cannot be replayed from a "
-                            "CUDA graph (FastBodyEstimator(graph_decoder=False) runs it eagerly)")
-
-    def __torch_dispatch__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
-        kwargs = kwargs or {}
-        if func in _SYNCING and any(self._on_device(a) for a in args):
-            raise self._sync_error(func)
-        if func is _aten._to_copy.default:
-            src, target = args[0], kwargs.get("device")
-            if self._on_host(src) and target is not None and torch.device(target).type == self.device.type:
-                return self.constant(src, kwargs.get("dtype")).clone()
-            if self._on_device(src) and target is not None and torch.device(target).type == "cpu":
-                raise self._sync_error(func)
-        if func is _aten.copy_.default:
-            dst, src = args[0], args[1]
-            if self._on_device(dst) and self._on_host(src):
-                return dst.copy_(self.constant(src))
-            if self._on_host(dst) and self._on_device(src):
-                raise self._sync_error(func)
-        if (func in _INDEX_READ or func in _INDEX_WRITE) and self._on_device(args[0]):
-            x, indices = args[0], list(args[1])
-            if any(self._on_device(i) and i.dtype in (torch.bool, torch.uint8) for i in indices if i is not None):
-                return self._device_mask(func, x, indices, args, kwargs)
-            indices = expand_host_indices(indices, lambda t: self.constant(t) if self._on_host(t) else t)
-            rest = list(args[2:])
-            if func in _INDEX_WRITE and rest and self._on_host(rest[0]):
-                rest[0] = self.constant(rest[0])
-            return func(x, indices, *rest, **kwargs)
-        return func(*args, **kwargs)
-
-    def _device_mask(self, func: Any, x: torch.Tensor, indices: list, args: tuple, kwargs: dict) -> torch.Tensor:
-        if len(indices) != 1 or not _inside(self.elementwise_functions):
-            raise self._sync_error(f"{func} with a device boolean mask")
-        mask = indices[0].bool()
-        if func in _INDEX_READ:
-            if tuple(mask.shape) != tuple(x.shape[: mask.dim()]):
-                raise self._sync_error(f"{func} with a partial device boolean mask")
-            return x.clone()  # stands in for x[mask]: only elementwise use follows (see ELEMENTWISE_MASK_FUNCTIONS)
-        values = args[2]
-        values = self.constant(values) if self._on_host(values) and values.dim() > 0 else values
-        accumulate = bool(args[3]) if len(args) > 3 else bool(kwargs.get("accumulate", False))
-        target = x if func is not _aten.index_put.default else x.clone()
-        return masked_write(target, mask, values, accumulate)
-
-
-def _is_index_list(item: Any) -> bool:
-    """A (nested) list of ints or bools: an advanced index that torch turns into a tensor on the target's device."""
-    if not isinstance(item, list) or not item:
-        return False
-    return all(_is_index_list(x) if isinstance(x, list) else isinstance(x, (int, bool)) for x in item)
-
-
-class _DeviceIndexLists(TorchFunctionMode):
-    """Companion of `_SyncFree` (see `_SyncFree.active`): list indices of device tensors and device tensors made
-    from Python data become the sync-free mode's device constants."""
-
-    def __init__(self, sync_free: _SyncFree) -> None:
-        super().__init__()
-        self.sync_free = sync_free
-
-    def _index_tensor(self, item: list) -> torch.Tensor:
-        array = np.asarray(item)
-        if array.dtype == np.bool_:  # a boolean list selects like its nonzero positions (1-D)
-            array = np.flatnonzero(array)
-        host = torch.from_numpy(array.astype(np.int64))
-        return self.sync_free.constant(host) if self.sync_free.device.type != "cpu" else host
-
-    def _convert(self, index: Any) -> Any:
-        if _is_index_list(index):
-            return self._index_tensor(index)
-        if isinstance(index, tuple):
-            return tuple(self._index_tensor(i) if _is_index_list(i) else i for i in index)
-        return index
-
-    def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
-        kwargs = kwargs or {}
-        if func in (torch.Tensor.__getitem__, torch.Tensor.__setitem__) and self.sync_free._on_device(args[0]):
-            args = (args[0], self._convert(args[1]), *args[2:])
-        elif func in (torch.tensor, torch.as_tensor) and kwargs.get("device") is not None \
-                and torch.device(kwargs["device"]).type == self.sync_free.device.type != "cpu":
-            host = func(*args, **{k: v for k, v in kwargs.items() if k != "device"})
-            if isinstance(host, torch.Tensor) and host.device.type == "cpu":
-                return self.sync_free.constant(host).clone()
-            return host
-        return func(*args, **kwargs)
-
-
-class _GraphedDecode:
-    """The decoder stage replayed from one CUDA graph per input shape (recorded on its own stream, own pool).
-
-    run(batch, embeddings, mode) -> output dict: the decoder call to record; it must enter `mode` (a `_SyncFree`)
-    itself. Off CUDA nothing is recorded: each call runs `run` under the mode (the same code, for tests). The
-    graph's inputs are static copies of the batch tensors and embeddings; outputs are cloned after each replay.
-    """
-
-    def __init__(self, run: Callable[[dict, torch.Tensor, _SyncFree], dict], device: torch.device,
-                 warmup: int = 3) -> None:
-        self.run = run
-        self.device = torch.device(device)
-        self.warmup = warmup
-        self.graphs: dict[tuple, tuple[Any, dict, torch.Tensor, dict, _SyncFree]] = {}
-        self.pool = None
-        self._host_mode = _SyncFree(self.device)
-
-    def __call__(self, batch: dict[str, Any], embeddings: torch.Tensor) -> dict[str, Any]:
-        if self.device.type != "cuda":
-            return self.run(dict(batch), embeddings, self._host_mode)
-        key = (tuple(embeddings.shape), embeddings.dtype,
-               tuple((k, tuple(v.shape), v.dtype) for k, v in sorted(batch.items()) if isinstance(v, torch.Tensor)))
-        if key not in self.graphs:
-            self.graphs[key] = self._record(batch, embeddings)
-        graph, static_batch, static_embeddings, static_out, _ = self.graphs[key]
-        for k, v in batch.items():
-            if isinstance(v, torch.Tensor):
-                static_batch[k].copy_(v)
-        static_embeddings.copy_(embeddings)
-        graph.replay()
-        return {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in static_out.items()}
-
-    def _record(self, batch: dict[str, Any], embeddings: torch.Tensor) -> tuple:
-        mode = _SyncFree(self.device)
-        static_batch = {k: v.clone() if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-        static_embeddings = embeddings.clone()
-        side = _capture_stream(self, self.device)
-        side.wait_stream(torch.cuda.current_stream(self.device))
-        with torch.cuda.stream(side):
-            for _ in range(self.warmup):
-                self.run(dict(static_batch), static_embeddings, mode)
-        torch.cuda.current_stream(self.device).wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self.pool, stream=side):
-            static_out = self.run(dict(static_batch), static_embeddings, mode)
-        self.pool = graph.pool()
-        logger.info("decoder recorded as a CUDA graph for %d crops (%d device constants)", embeddings.shape[0],
-                    len(mode.constants))
-        return graph, static_batch, static_embeddings, static_out, mode
 
 
 @contextlib.contextmanager
@@ -646,10 +266,10 @@ class FastBodyEstimator:
         if compile_backbone:
             fn = torch.compile(backbone, dynamic=False)
         use_graphs = cuda_graphs and self.device.type == "cuda"
-        self._encode_fn = _GraphedBackbone(fn) if use_graphs else fn
+        self._encode_fn = GraphedBackbone(fn) if use_graphs else fn
         self._decoder_fn = torch.compile(model.forward_decoder, dynamic=False) if compile_decoder else None
         self.graph_decoder = graph_decoder
-        self._graphed_decode = _GraphedDecode(self._decode_sync_free, self.device) if graph_decoder else None
+        self._graphed_decode = GraphedDecode(self._decode_sync_free, self.device) if graph_decoder else None
         self._dummy_prompts: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         self._ran_sizes: set[int] = set()  # batch sizes called once (graphs recorded, backbone compiled)
         self._streams: tuple[torch.cuda.Stream, torch.cuda.Stream] | None = None  # submit's front and back
@@ -749,9 +369,9 @@ class FastBodyEstimator:
         self.model._initialize_batch(batch)
         return self.model.forward_step(batch, decoder_type="body")["mhr"]
 
-    def _decode_sync_free(self, batch: dict[str, torch.Tensor], embeddings: torch.Tensor, mode: _SyncFree
+    def _decode_sync_free(self, batch: dict[str, torch.Tensor], embeddings: torch.Tensor, mode: SyncFree
                           ) -> dict[str, Any]:
-        """The decoder stage as `_GraphedDecode` records it: swaps, the dummy prompt's embedding from a cache,
+        """The decoder stage as `GraphedDecode` records it: swaps, the dummy prompt's embedding from a cache,
         everything under the sync-free dispatch mode."""
         with contextlib.ExitStack() as stack:
             self._enter_decoder_swaps(stack, embeddings)
