@@ -93,6 +93,7 @@ class Settings:
     sam3d_device: str = "cuda"
     sam3d_inference: Literal["full", "body", "fast"] = "full"  # fast: body-only, every camera's crops in one
     # forward, compiled backbone, CUDA-graph TF32 decoder (streamer/capture/sam3d_fast.py; README "SAM-3D Body on a GPU")
+    sam3d_decoder_tf32: bool = True  # fast path on a GPU: TF32 decoder matmuls (2D within ~0.1 px); False: float32
     detector: Literal["none", "onnx"] = "none"  # finds persons when no track hint is fresh (none: the estimator's own search)
     detector_onnx_path: str = ""  # user-supplied ONNX person detector (see streamer/capture/onnx_detector.py)
     detector_device: str = "cpu"  # "cuda" uses onnxruntime-gpu when installed
@@ -173,7 +174,7 @@ def sam3d_estimator(upstream, settings: Settings):
 
     on_gpu = str(settings.sam3d_device).startswith("cuda")
     fast = FastBodyEstimator(upstream.model, cuda_graphs=on_gpu, compile_backbone=on_gpu, graph_decoder=on_gpu,
-                             decoder_tf32=on_gpu, batch_sizes=(len(settings.cameras),))
+                             decoder_tf32=on_gpu and settings.sam3d_decoder_tf32, batch_sizes=(len(settings.cameras),))
     return FastSam3dEstimator(fast, upstream, bbox_thr=settings.detector_score)
 
 

@@ -436,5 +436,11 @@ def test_capture_node_setting_fast_builds_the_fast_path_for_its_cameras():
         images[:2], [CropRequest(0, requests[0].box_xyxy, K), CropRequest(1, requests[1].box_xyxy, K)])
     for got, want in zip(persons, direct):
         np.testing.assert_allclose(got[0].params["cam_t"], want["pred_cam_t"], rtol=1e-5)
+    assert not estimator.fast.decoder_tf32  # on the CPU: nothing to speed up
+    on_gpu = dict(cameras=("a",), estimator="sam3d", sam3d_inference="fast", sam3d_device="cuda")
+    with pytest.MonkeyPatch.context() as patch:  # built, not run: only the options are read
+        patch.setattr(FastBodyEstimator, "__init__", lambda self, model, **options: self.__dict__.update(options))
+        assert sam3d_estimator(upstream, Settings(**on_gpu)).fast.decoder_tf32
+        assert not sam3d_estimator(upstream, Settings(**on_gpu, sam3d_decoder_tf32=False)).fast.decoder_tf32
     stock = sam3d_estimator(upstream, Settings(cameras=("a",), estimator="sam3d", sam3d_inference="body"))
     assert isinstance(stock, Sam3dEstimator) and stock.inference_type == "body"
