@@ -19,11 +19,12 @@ Letters: V cameras, P persons (padded to the most any camera saw), K keypoints.
   track is lost after `lost_after_frames` consecutive unconfirmed frame sets, which sends the
   next frame set back to bootstrap.
 - The track keeps a confirmed body's points except those that jumped farther than
-  `max_point_jump_m` per frame set from the track (or, for a point the track lacks, from every
-  point it has): one keypoint triangulated onto another person (two views that both gave that
-  person's keypoint) would otherwise stay in the track, stretch the box hints projected from it
-  (`streamer.capture.hints`) over the other person, and a box-driven estimator would then report
-  that person inside the tracked person's box.
+  `max_point_jump_m` per frame set from the track (a point the track lacks, or any point of a new
+  track, must lie within that plus `KEYPOINT_SPACING_M` of a point of the body): one keypoint
+  triangulated onto another person (two views that both gave that person's keypoint) would
+  otherwise stay in the track, stretch the box hints projected from it (`streamer.capture.hints`)
+  over the other person, and a box-driven estimator would then report that person inside the
+  tracked person's box. Points3D still carries every triangulated point.
 """
 from __future__ import annotations
 
@@ -310,6 +311,7 @@ def bootstrap_persons(keypoints_undistorted: np.ndarray, counts: np.ndarray, fun
 
 MAX_BOOTSTRAP_GROUPS = 4  # distinct people compared at bootstrap
 RELIABLE_GROUP_VIEWS = 3  # cameras agreeing on a person's keypoints: three views do not agree by chance
+KEYPOINT_SPACING_M = 0.5  # a keypoint's nearest neighbour on a body is at most about this far (MHR-70: a knee)
 
 
 def _grow_group(distance: np.ndarray, gate: float, seed_view: int, seed_person: int) -> np.ndarray:
@@ -346,19 +348,26 @@ def consistent_with_track(state: TrackState, points: np.ndarray,
 
 
 def _trusted_points(state: TrackState, points: np.ndarray, settings: AssociationSettings) -> np.ndarray:
-    """points (K, 3) metres, world, with NaN where a point jumped: farther than `max_point_jump_m` per frame set
-    since the track was confirmed from the track's own point, or, where the track lacks that point, from the
-    nearest point the track has (a point must appear attached to the body). Returns a float64 copy."""
+    """points (K, 3) metres, world, with NaN where a point is not trusted: farther than `max_point_jump_m` per
+    frame set since the track was confirmed from the track's own point; where the track lacks that point,
+    farther than that plus `KEYPOINT_SPACING_M` from every point the track has; for a new track, that far from
+    every other point of the body (a point must appear attached to the body). Returns a float64 copy."""
     points = np.array(points, np.float64)
+    finite = np.isfinite(points).all(axis=1)
+    distance = np.zeros(len(points))
     if state.points is None:
-        return points
-    known = np.isfinite(state.points).all(axis=1)
-    if not known.any():
-        return points
-    distance = np.linalg.norm(points - state.points, axis=-1)
-    new = ~known & np.isfinite(points).all(axis=1)
+        known = np.zeros(len(points), bool)
+        reference = points[finite]
+    else:
+        known = np.isfinite(state.points).all(axis=1)
+        reference = state.points[known]
+        distance[known] = np.linalg.norm(points[known] - reference, axis=-1)
+    new = finite & ~known
     if new.any():
-        distance[new] = np.linalg.norm(points[new, None] - state.points[None, known], axis=-1).min(axis=1)
+        gaps = np.linalg.norm(points[new, None] - reference[None], axis=-1)
+        if state.points is None:  # a new track: every other point of the body, not the point itself
+            np.fill_diagonal(gaps, np.inf)
+        distance[new] = gaps.min(axis=1, initial=np.inf) - KEYPOINT_SPACING_M
     points[distance > settings.max_point_jump_m * (state.frames_lost + 1)] = np.nan
     return points
 

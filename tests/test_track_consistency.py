@@ -73,6 +73,12 @@ def test_a_keypoint_triangulated_onto_the_other_person_stays_out_of_the_track_an
 
 def test_a_point_the_track_lacks_must_appear_attached_to_the_body_and_a_fast_one_comes_back():
     subject = body_points(np.random.default_rng(3))
+    stray = subject.copy()
+    stray[4] = [0.0, -2.0, 1.0]  # a new track: 1.8 m from every other point of the body
+    stray[6] = [0.0, 0.85, 1.0]  # 0.7 m: within max_point_jump_m + KEYPOINT_SPACING_M, kept
+    state = advance_track(TrackState(), stray, True, SETTINGS)
+    assert np.isnan(state.points[4]).all()
+    np.testing.assert_allclose(np.delete(state.points, 4, axis=0), np.delete(stray, 4, axis=0))
     state = advance_track(TrackState(), subject, True, SETTINGS)
     moved = subject.copy()
     moved[7] += [0.8, 0.0, 0.0]  # 24 m/s at 30 fps: not trusted for this frame set
