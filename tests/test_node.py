@@ -345,12 +345,15 @@ def test_dispatch_interval_takes_the_newest_per_topic_at_most_that_often():
 
 def test_busy_ns_says_how_long_an_input_may_have_queued_behind_the_nodes_own_work():
     """Messages sent while the node is busy come in after it: their busy_ns covers that work; a message
-    that finds the node waiting has busy_ns ~0."""
+    that finds the node waiting has busy_ns ~0. The node's work on messages 0, 10, 20 lasts until the test has
+    sent the next two (events, not sleeps: a loaded machine cannot reorder it)."""
     import threading
 
     from protocol import Keypoints2D
     from streamer.node import Input, Node, NodeConfig
     from streamer.transport import Publisher
+
+    working, release = threading.Event(), threading.Event()
 
     class Slow(Node):
         INPUT_TOPICS = ("kp2d/",)
@@ -360,25 +363,46 @@ def test_busy_ns_says_how_long_an_input_may_have_queued_behind_the_nodes_own_wor
 
         def on_message(self, topic, msg):
             self.seen.append((msg.seq, self.busy_ns()))
-            if msg.seq % 10 == 0:
-                time.sleep(0.05)  # its own work: what is sent meanwhile queues
+            if msg.seq % 10 == 0:  # its own work: what is sent meanwhile queues
+                working.set()
+                release.wait(5.0)
+                release.clear()
+
+    def send(seq: int) -> None:
+        pub.publish(Keypoints2D(camera="cam0", seq=seq, frame_index=seq, t_capture_ns=seq,
+                                image_size=np.array([640, 480], np.int32), calib_version="", persons=[]))
+        pub.service()
+
+    def wait_seen(seq: int) -> None:
+        deadline = time.monotonic() + 5.0
+        while not any(s == seq for s, _ in node.seen) and time.monotonic() < deadline:
+            time.sleep(0.005)
+        time.sleep(0.05)  # back in its wait for input
 
     pub = Publisher("tcp://127.0.0.1:0", name="cams")
-    node = Slow(NodeConfig(name="slow", bind="tcp://127.0.0.1:0", inputs=(Input("cams", pub.endpoint),), seconds=4.0))
+    node = Slow(NodeConfig(name="slow", bind="tcp://127.0.0.1:0", inputs=(Input("cams", pub.endpoint),), seconds=6.0))
     assert node.busy_ns() == 0  # not running its loop
     thread = threading.Thread(target=node.run)
     thread.start()
     time.sleep(1.0)  # subscribed
-    for seq in range(30):  # 0, 10, 20 take 50 ms each; 1-3, 11-13, 21-23 are sent meanwhile; then 0.1 s of quiet
-        pub.publish(Keypoints2D(camera="cam0", seq=seq, frame_index=seq, t_capture_ns=seq,
-                                image_size=np.array([640, 480], np.int32), calib_version="", persons=[]))
-        pub.service()
-        time.sleep(0.01 if seq % 10 < 3 else 0.1)
+    for base in (0, 10, 20):
+        send(base)
+        assert working.wait(5.0)
+        working.clear()
+        send(base + 1)
+        send(base + 2)
+        time.sleep(0.1)  # both wait in the socket while the node works
+        release.set()
+        wait_seen(base + 2)
+        for i in range(3, 6):  # one at a time, each after the node has taken the one before
+            send(base + i)
+            wait_seen(base + i)
+    node.stop()
     thread.join(10)
     pub.close()
     busy = dict(node.seen)
-    assert sorted(busy) == list(range(30))
+    assert sorted(busy) == [b + i for b in (0, 10, 20) for i in range(6)]
     for base in (0, 10, 20):
-        assert busy[base] < 10_000_000  # it found the node waiting (~0.1 ms; room for a loaded machine)
-        assert all(busy[base + i] > 20_000_000 for i in (1, 2))  # queued behind the 50 ms of work
-        assert all(busy[base + i] < 10_000_000 for i in range(4, 10))  # sent 0.1 s apart: the node waits for each
+        assert busy[base] < 30_000_000  # it found the node waiting (~0.1 ms; room for a loaded machine)
+        assert all(busy[base + i] >= 100_000_000 for i in (1, 2))  # queued behind >= 0.1 s of work
+        assert all(busy[base + i] < 30_000_000 for i in range(3, 6))  # each found the node waiting
