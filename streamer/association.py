@@ -11,9 +11,10 @@ Letters: V cameras, P persons (padded to the most any camera saw), K keypoints.
   Every (camera, person) hypothesis is scored by how many other cameras hold a person whose
   keypoints lie on its epipolar lines; the best seed grows greedily, adding the camera and
   person most consistent with everyone chosen so far. Of the people seen consistently by at
-  least three cameras, the one nearest the cameras' optical axes is chosen, not the one seen
-  by the most cameras: the performer at the centre is easily occluded in one view by someone
-  walking around them, or missed once by the detector.
+  least three cameras (or by all but one of the most cameras any person is seen by, when fewer),
+  the one nearest the cameras' optical axes is chosen, not the one seen by the most cameras: the
+  performer at the centre is easily occluded in one view by someone walking around them, or
+  missed once by the detector.
 - A triangulated body confirms the track only when seen by at least `min_views` consistent cameras
   and its median point stays within `max_jump_m` of the track (`consistent_with_track`). The
   track is lost after `lost_after_frames` consecutive unconfirmed frame sets, which sends the
@@ -269,12 +270,12 @@ def bootstrap_persons(keypoints_undistorted: np.ndarray, counts: np.ndarray, fun
     Returns chosen (V,) int64 person index or -1.
 
     Candidate groups are grown from seeds ranked by the number of cameras holding an epipolar-consistent
-    person (then the smallest summed distance). Among the groups of at least `RELIABLE_GROUP_VIEWS` cameras
-    (or of the most cameras, when no group has that many), the one nearest the cameras' optical axes (the
-    performer at the centre of the capture volume, where a stage's cameras point) wins when `off_axis` is
-    given; otherwise the first. A person seen by fewer cameras than another is not thereby someone else:
-    the distractor walking between a camera and the performer hides the performer in that one view.
-    Never list order.
+    person (then the smallest summed distance). Among the groups of at least `RELIABLE_GROUP_VIEWS` cameras,
+    or of one camera fewer than the largest group where that is less (never fewer than two), the one nearest
+    the cameras' optical axes (the performer at the centre of the capture volume, where a stage's cameras
+    point) wins when `off_axis` is given; otherwise the first. A person seen by fewer cameras than another
+    is not thereby someone else: the distractor walking between a camera and the performer hides the
+    performer in that one view. Never list order.
     """
     n_views, n_persons = keypoints_undistorted.shape[:2]
     distance = epipolar_distances(keypoints_undistorted, fundamental, settings.min_common_keypoints)
@@ -300,7 +301,9 @@ def bootstrap_persons(keypoints_undistorted: np.ndarray, counts: np.ndarray, fun
         if off_axis is None or len(groups) == MAX_BOOTSTRAP_GROUPS:
             break
     size = np.array([(g != NONE).sum() for g in groups])
-    candidates = [g for g, n in zip(groups, size) if n >= min(size.max(), RELIABLE_GROUP_VIEWS)]
+    largest = int(size.max())
+    enough = min(largest, max(2, min(RELIABLE_GROUP_VIEWS, largest - 1)))
+    candidates = [g for g, n in zip(groups, size) if n >= enough]
     if off_axis is None or len(candidates) == 1:
         return candidates[0]
     centrality = [np.nanmean(np.where(g != NONE, off_axis[np.arange(n_views), np.maximum(g, 0)], np.nan))
