@@ -6,7 +6,11 @@ node keeps one `TrackState` per person). Per frame:
 - usable targets: start from the constant-velocity prediction (a Kalman over the parameters),
   or re-initialise (`choose_start`) when there is no track, it was lost (no usable frame for
   `lost_after_s`) or it is stuck (fitted frames without a "good" verdict for `relock_after_s`: a
-  warm start caught in a wrong pose that one LM step per frame does not leave); fit with the
+  warm start caught in a wrong pose that one LM step per frame does not leave; a fit also counts as
+  stuck, whatever its verdict, when `stuck_body_points` or more measured body keypoints (`mhr70.BODY`)
+  are off their targets by more than `stuck_body_m` in the targets' metric: the verdict's inlier RMS
+  averages a few far-off hips over the ~60 well-fitted points, so a synthetic squat held the hips
+  70-280 mm off for 10 s, judged "good", while their triangulation was ~10 mm off); fit with the
   acceleration prior toward that prediction; ship the fit.
 - unusable targets (or NaN input): never fitted and never fed to any filter; the root
   translation is coasted for up to `coast_root_s` and every rotation (global and joints) for
@@ -40,15 +44,16 @@ import numpy as np
 import torch
 
 from protocol.messages import PoseFlag, Verdict
+from streamer.body import mhr70
 from streamer.body.model import BodyModel
 from streamer.filters import KalmanSettings, KalmanState, kalman_init, kalman_predicted_position, kalman_step
 from streamer.fitting.init import choose_start, model_keypoints
-from streamer.fitting.objective import FitEvaluation, FitSettings, Prior, evaluate
+from streamer.fitting.objective import FitEvaluation, FitSettings, Prior, evaluate, metric_distance
 from streamer.fitting.solve import fit_frame, jacobian_method
 from streamer.fitting.targets import FitTargets, TargetSettings
 
-__all__ = ["TrackContext", "TrackOutput", "TrackSettings", "TrackState", "make_context", "starts_afresh", "track_init",
-           "track_step"]
+__all__ = ["TrackContext", "TrackOutput", "TrackSettings", "TrackState", "body_far_off", "make_context", "starts_afresh",
+           "track_init", "track_step"]
 
 _NEVER_NS = np.iinfo(np.int64).min
 _FINGER_GROUPS = ("pose_hands", "hand_pose")  # the finger parameter groups of the body models (Anny, MHR)
@@ -67,7 +72,10 @@ class TrackSettings:
     but for the shape columns, one per frame in turn (`_refresh_columns`).
     root_accel_noise / pose_accel_noise: Kalman process
     noise of the parameter prediction (rad/s^2 or m/s^2); param_meas_std: its measurement std.
-    relock_after_s: fitted frames without a "good" verdict this long -> re-initialise (0: never)."""
+    relock_after_s: fitted frames without a "good" verdict this long -> re-initialise (0: never).
+    stuck_body_m / stuck_body_points: a fit with at least this many measured body keypoints (`mhr70.BODY`)
+    farther than stuck_body_m (metres, in the targets' metric) from their targets does not count as "good"
+    toward the relock (0 points: never; the shipped verdict is unchanged)."""
 
     fit: FitSettings = field(default_factory=FitSettings)
     targets: TargetSettings = field(default_factory=TargetSettings)
@@ -90,6 +98,8 @@ class TrackSettings:
     pose_accel_noise: float = 20.0
     param_meas_std: float = 0.02
     relock_after_s: float = 0.5
+    stuck_body_m: float = 0.05
+    stuck_body_points: int = 2
 
     def __post_init__(self) -> None:
         if not 0.0 < self.offset_gain <= 1.0:
@@ -200,6 +210,21 @@ def _lost(state: TrackState, t_ns: int, settings: TrackSettings) -> bool:
     re-acquisition do not count as stuck)."""
     return (state.params is None or (int(t_ns) - state.t_fit_ns) * 1e-9 > settings.lost_after_s
             or (settings.relock_after_s > 0 and (state.t_fit_ns - state.t_good_ns) * 1e-9 >= settings.relock_after_s))
+
+
+def body_far_off(targets: FitTargets, evaluation: FitEvaluation, settings: TrackSettings) -> bool:
+    """Whether at least `stuck_body_points` valid body keypoints (`mhr70.BODY`) lie farther than `stuck_body_m`
+    from their targets at the evaluated pose (distance in the targets' metric when they have one: a two-view
+    point's poorly seen depth does not count as far off). A wrong local minimum a warm start is caught in."""
+    if settings.stuck_body_points <= 0:
+        return False
+    body = np.asarray(mhr70.BODY)
+    body = body[body < len(targets.points)]
+    valid = targets.valid[body] & np.isfinite(evaluation.keypoints[body]).all(1)
+    resid = np.where(valid[:, None], np.nan_to_num(evaluation.keypoints[body]) - targets.points[body], 0.0)
+    metric = None if targets.metric is None else np.asarray(targets.metric, np.float64)[body]
+    far = valid & (metric_distance(resid, metric) > settings.stuck_body_m)
+    return int(far.sum()) >= settings.stuck_body_points
 
 
 def starts_afresh(state: TrackState, targets: FitTargets, t_ns: int, context: TrackContext) -> bool:
@@ -445,5 +470,6 @@ def _track_step(
     new = replace(state, params=params, t_ns=t_ns, t_fit_ns=t_ns, root_kf=root_kf, pose_kf=pose_kf,
                   slewing=slewing, shape_sum=shape_sum, shape_count=shape_count, shape_held=shape_held,
                   jacobian=result.jacobian, jacobian_phase=(state.jacobian_phase + 1) % phases,
-                  t_good_ns=t_ns if evaluation.verdict == Verdict.GOOD or slewing else state.t_good_ns)
+                  t_good_ns=t_ns if (evaluation.verdict == Verdict.GOOD and not body_far_off(targets, evaluation, s))
+                  or slewing else state.t_good_ns)
     return new, _output(context, params32, evaluation, targets, result.iterations, "fit")
