@@ -22,7 +22,7 @@ less than error in the cameras' image planes. Without that rig (or with a camera
 fitted with the Euclidean term (counted). Every tracking default is the library's (`TrackSettings`).
 
 Initialisation (a person's first fit, and again after the track was lost, or stuck: no good fit for
-`relock_after_s`): with the MHR body the estimator's per-view parameters (`points3d.view_params`, SAM-3D
+`relock_after_s`, where a fit with `stuck_body_points` body keypoints over `stuck_body_m` off is not good): with the MHR body the estimator's per-view parameters (`points3d.view_params`, SAM-3D
 Body's MHR parameters in each camera's frame) are turned into world-frame candidates with the rig calibration
 (`calib` state: the root rotation camera -> world, the translation re-solved) and the candidate whose rigidly
 aligned keypoints fit the 3D points best is the start (`streamer.fitting.init.choose_start`); views of cameras
@@ -87,6 +87,8 @@ class Settings:
     coast_pose_s: float = _TRACK.coast_pose_s  # coast rotations this long, then hold
     lost_after_s: float = _TRACK.lost_after_s  # no usable frame this long: re-initialise on the next
     relock_after_s: float = _TRACK.relock_after_s  # no good fit this long: re-initialise on the next (0: never)
+    stuck_body_m: float = _TRACK.stuck_body_m  # a body keypoint this far off its target (metres, metric) ...
+    stuck_body_points: int = _TRACK.stuck_body_points  # ... at this many points: not good toward the relock (0: off)
     max_speed_mps: float = _TRACK.max_speed_mps  # slew limit on keypoints after a gap, m/s
     shape_frames: int = _TRACK.shape_frames  # good fits averaged into the subject's held shape
     offset_frames: int = _TRACK.offset_frames  # good fits per keypoint-offset calibration window (0: none)
@@ -105,7 +107,8 @@ def track_settings(s: Settings) -> TrackSettings:
         fit=replace(_TRACK.fit, huber_m=s.huber_m, accel_prior=s.accel_prior, max_iterations=s.max_iterations,
                     max_iterations_cold=s.max_iterations_cold, good_rms_m=s.good_rms_m),
         targets=replace(_TRACK.targets, min_valid=s.min_valid_points),
-        lost_after_s=s.lost_after_s, relock_after_s=s.relock_after_s, coast_root_s=s.coast_root_s,
+        lost_after_s=s.lost_after_s, relock_after_s=s.relock_after_s, stuck_body_m=s.stuck_body_m,
+        stuck_body_points=s.stuck_body_points, coast_root_s=s.coast_root_s,
         coast_pose_s=s.coast_pose_s, max_speed_mps=s.max_speed_mps, shape_frames=s.shape_frames, fit_hands=s.fit_hands,
         offset_frames=s.offset_frames, offset_rounds=s.offset_rounds, offset_gain=s.offset_gain,
         smooth_output=s.smooth_output,
