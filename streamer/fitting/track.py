@@ -12,7 +12,7 @@ node keeps one `TrackState` per person). Per frame:
   (the same points each frame: an outlier target is far off for a frame, a wrong pose for many): the verdict's inlier RMS
   averages a few far-off hips over the ~60 well-fitted points, so a synthetic squat held the hips
   70-280 mm off for 10 s, judged "good", while their triangulation was ~10 mm off. 60 s synthetic takes,
-  4 cameras, three seeds: MPJPE 14.4 / 19.1 / 14.3 -> 9.9 / 9.9 / 9.9 mm at 4-5 starts a minute); fit with the
+  4 cameras, seeds 0-2: MPJPE 14.4 / 19.1 / 14.3 -> 9.5 / 10.3 / 10.2 mm, 3-5 starts a minute); fit with the
   acceleration prior toward that prediction; ship the fit.
 - unusable targets (or NaN input): never fitted and never fed to any filter; the root
   translation is coasted for up to `coast_root_s` and every rotation (global and joints) for
@@ -78,8 +78,8 @@ class TrackSettings:
     stuck_body_m / stuck_body_points: this many body keypoints (`mhr70.BODY`) each farther than stuck_body_m
     (metres, in the targets' metric) from its measured target in every fit for relock_after_s -> re-initialise
     (0 points: never; the shipped verdict is unchanged). Default: the data term's Huber
-    threshold, beyond which the fit treats a point as an outlier (5 cm left two of three seeds' takes 1-6 mm
-    worse than their triangulation in some 10 s windows; 2 cm moved the Pose2Sim scores)."""
+    threshold, beyond which the fit treats a point as an outlier (a per-frame test at 5 cm left 10 s windows of
+    two of three synthetic seeds 1-6 mm worse than their triangulation; at 2 cm it moved the Pose2Sim scores)."""
 
     fit: FitSettings = field(default_factory=FitSettings)
     targets: TargetSettings = field(default_factory=TargetSettings)
