@@ -22,7 +22,8 @@ less than error in the cameras' image planes. Without that rig (or with a camera
 fitted with the Euclidean term (counted). Every tracking default is the library's (`TrackSettings`).
 
 Initialisation (a person's first fit, and again after the track was lost, or stuck: no good fit for
-`relock_after_s`, where a fit with `stuck_body_points` body keypoints over `stuck_body_m` off is not good): with the MHR body the estimator's per-view parameters (`points3d.view_params`, SAM-3D
+`relock_after_s`, or `stuck_body_points` body keypoints over `stuck_body_m` off in every fit for as long):
+with the MHR body the estimator's per-view parameters (`points3d.view_params`, SAM-3D
 Body's MHR parameters in each camera's frame) are turned into world-frame candidates with the rig calibration
 (`calib` state: the root rotation camera -> world, the translation re-solved) and the candidate whose rigidly
 aligned keypoints fit the 3D points best is the start (`streamer.fitting.init.choose_start`); views of cameras
@@ -87,8 +88,8 @@ class Settings:
     coast_pose_s: float = _TRACK.coast_pose_s  # coast rotations this long, then hold
     lost_after_s: float = _TRACK.lost_after_s  # no usable frame this long: re-initialise on the next
     relock_after_s: float = _TRACK.relock_after_s  # no good fit this long: re-initialise on the next (0: never)
-    stuck_body_m: float = _TRACK.stuck_body_m  # a body keypoint this far off its target (metres, metric) ...
-    stuck_body_points: int = _TRACK.stuck_body_points  # ... at this many points: not good toward the relock (0: off)
+    stuck_body_m: float = _TRACK.stuck_body_m  # body keypoints this far off their targets (metres, metric) ...
+    stuck_body_points: int = _TRACK.stuck_body_points  # ... this many, for relock_after_s: re-initialise (0: off)
     max_speed_mps: float = _TRACK.max_speed_mps  # slew limit on keypoints after a gap, m/s
     shape_frames: int = _TRACK.shape_frames  # good fits averaged into the subject's held shape
     offset_frames: int = _TRACK.offset_frames  # good fits per keypoint-offset calibration window (0: none)

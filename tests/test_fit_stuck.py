@@ -39,8 +39,9 @@ def _truth(body) -> tuple[np.ndarray, np.ndarray]:
 
 def _run(body, settings: TrackSettings, frames: int = 45, seed: int = 3):
     """Track the subject standing, then squatting from frame SWITCH on; every defined point measured with 3 mm
-    noise, 3 % of them outliers (about one body point in two frames; 0.3 m off, new ones each frame). Returns (per-frame outputs, per-frame body-point
-    truth (T, 21, 3), the frames that restarted the track after the first)."""
+    noise, 3 % of them outliers (about one body point in two frames; 0.3 m off, new ones each frame).
+    Returns (per-frame outputs, per-frame body-point truth (T, 21, 3), the frames that restarted the track
+    after the first)."""
     rng = np.random.default_rng(seed)
     context = make_context(body, settings)
     defined = body.keypoint_defined.numpy().astype(bool)
@@ -72,7 +73,8 @@ def test_a_good_verdict_with_body_points_far_off_still_relocks(body):
     does) leaves the legs far off after the subject squats: judged "good" throughout, so the verdict alone never
     relocks; the body test restarts the track once, relock_after_s after the legs went far off (not on the
     outliers), and the legs are right after."""
-    crawl = dict(pose_accel_noise=1e-3, root_accel_noise=1e-3, param_meas_std=1.0, offset_frames=0, shape_frames=5)
+    crawl = {"pose_accel_noise": 1e-3, "root_accel_noise": 1e-3, "param_meas_std": 1.0, "offset_frames": 0,
+             "shape_frames": 5}
     runs = {points: _run(body, TrackSettings(stuck_body_points=points, **crawl)) for points in (2, 0)}
     outs, truth, restarts = runs[0]  # the body test off: the behaviour before it
     error = _body_error_m(outs, truth)
@@ -92,7 +94,7 @@ def test_body_far_counts_body_points_in_the_targets_metric():
     hips = [mhr70.index_of("left-hip"), mhr70.index_of("right-hip")]
     hand = int(mhr70.LEFT_HAND[0])
 
-    def far(moved: dict[int, np.ndarray], metric: np.ndarray | None = None, settings=TrackSettings()) -> list:
+    def far(moved: dict[int, np.ndarray], metric: np.ndarray | None = None, settings=None) -> list:
         keypoints = points.copy()
         for i, shift in moved.items():
             keypoints[i] += shift
@@ -100,7 +102,8 @@ def test_body_far_counts_body_points_in_the_targets_metric():
         if metric is not None:
             targets = FitTargets(targets.points, targets.weights, targets.valid, targets.usable, targets.reason, metric)
         evaluation = FitEvaluation(0.0, 0.0, 0.0, 1.0, k, Verdict.GOOD, np.zeros(k), keypoints)
-        return np.flatnonzero(body_far(targets, evaluation, settings)).tolist()  # BODY rows = MHR-70 indices
+        far_rows = body_far(targets, evaluation, settings or TrackSettings())
+        return np.flatnonzero(far_rows).tolist()  # the BODY rows are the MHR-70 indices 0-20
 
     off = np.array([0.08, 0.0, 0.0])
     assert far({hips[0]: off, hips[1]: off}) == hips

@@ -9,11 +9,11 @@ node keeps one `TrackState` per person). Per frame:
   warm start caught in a wrong pose that one LM step per frame does not leave), or, whatever the
   verdicts, when `stuck_body_points` or more body keypoints (`mhr70.BODY`) have each been measured and
   off their targets by more than `stuck_body_m` (targets' metric) in every fit for `relock_after_s`
-  (the same points each frame: an outlier target is far off for a frame, a wrong pose for many): the verdict's inlier RMS
-  averages a few far-off hips over the ~60 well-fitted points, so a synthetic squat held the hips
-  70-280 mm off for 10 s, judged "good", while their triangulation was ~10 mm off. 60 s synthetic takes,
-  4 cameras, seeds 0-2: MPJPE 14.4 / 19.1 / 14.3 -> 9.5 / 10.3 / 10.2 mm, 3-5 starts a minute); fit with the
-  acceleration prior toward that prediction; ship the fit.
+  (the same points each frame: an outlier target is far off for a frame, a wrong pose for many): the
+  verdict's inlier RMS averages a few far-off hips over the ~60 well-fitted points, so a synthetic squat
+  held the hips 70-280 mm off for 10 s, judged "good", while their triangulation was ~10 mm off. 60 s
+  synthetic takes, 4 cameras, seeds 0-2: MPJPE 14.4 / 19.1 / 14.3 -> 9.5 / 10.3 / 10.2 mm, 3-5 starts a
+  minute); fit with the acceleration prior toward that prediction; ship the fit.
 - unusable targets (or NaN input): never fitted and never fed to any filter; the root
   translation is coasted for up to `coast_root_s` and every rotation (global and joints) for
   `coast_pose_s` (flags PREDICTED), then held (flags MISSING).
