@@ -66,8 +66,8 @@ class InFlight:
 
     frames: dict[str, Frame]
     pending: Any
-    submitted_ns: int
-    submit_ns: int
+    submitted_at_ns: int
+    submit_cost_ns: int
 
 
 @dataclass(frozen=True)
@@ -322,7 +322,7 @@ class Capture(Node):
                 finished, self.in_flight = self.in_flight, submitted
             else:
                 finished = submitted
-        elif self.in_flight is not None and time.monotonic_ns() - self.in_flight.submitted_ns > PIPELINE_FLUSH_NS:
+        elif self.in_flight is not None and time.monotonic_ns() - self.in_flight.submitted_at_ns > PIPELINE_FLUSH_NS:
             finished, self.in_flight = self.in_flight, None  # no next frame set came: do not hold this one
         if finished is not None:
             self._publish_estimated(finished)
@@ -337,7 +337,7 @@ class Capture(Node):
         the estimator for this frame set (submitting it plus waiting for its result)."""
         start = time.monotonic_ns()
         found = done.pending.result()
-        self.gauge("estimator_ms", (done.submit_ns + time.monotonic_ns() - start) / 1e6)
+        self.gauge("estimator_ms", (done.submit_cost_ns + time.monotonic_ns() - start) / 1e6)
         for (camera, frame), persons in zip(done.frames.items(), found):
             self._publish(camera, frame, persons or [])
 
