@@ -20,6 +20,8 @@ Pipelining (`pipeline_estimates`): each tick submits the new frame set (`Estimat
 previous one's persons, so an estimator whose submit returns before its GPU is done (sam3d "fast") works on two
 frame sets at once; each is published one frame set later (after 0.1 s at most when no next one comes, and at
 the end of the sources or on stopping). Other estimators compute in submit: no gain, one frame set of delay.
+`frame_sets_per_call = k` gathers k frame sets into one estimator call (sam3d "fast": k times the crops per
+forward, more images/s; the first set waits for the k-th, and a partial call goes after 0.1 s or at the end).
 
 Recovery: a camera whose source fails ends its stream (counted as `source_errors/<cam>`, logged);
 the others continue. With `stop_at_end` the node stops once every source has ended; if a live camera
@@ -61,10 +63,11 @@ PIPELINE_FLUSH_NS = 100_000_000  # pipeline_estimates: publish a frame set anywa
 
 @dataclass(frozen=True)
 class InFlight:
-    """A frame set submitted to the estimator: its frames by camera (view order), the estimator's pending result
-    (`.result()` -> persons per view), when it was submitted (monotonic ns) and how long submitting took (ns)."""
+    """Frame sets submitted to the estimator in one call: their (camera, frame) pairs in view order, the
+    estimator's pending result (`.result()` -> persons per view), when it was submitted (monotonic ns) and how
+    long submitting took (ns)."""
 
-    frames: dict[str, Frame]
+    frames: list[tuple[str, Frame]]
     pending: Any
     submitted_at_ns: int
     submit_cost_ns: int
@@ -85,6 +88,8 @@ class Settings:
     warmup: bool = True  # run the estimator once on a blank image per camera before the sources start
     pipeline_estimates: bool = False  # publish frame set t once t+1 is submitted: a GPU estimator (sam3d "fast")
     #                                   then works on both at once (H200: +20 % images/s) for one frame set of latency
+    frame_sets_per_call: int = 1  # frame sets gathered into one estimator call: a k-times larger GPU batch (sam3d
+    #                               "fast": more images/s), the first set waiting up to k-1 frame periods for the rest
     webcam_width_px: int = 0  # 0: the driver's default
     webcam_height_px: int = 0
     webcam_fps: float = 0.0
@@ -165,7 +170,8 @@ def build_estimator(settings: Settings) -> tuple[Estimator | None, object | None
 def sam3d_estimator(upstream, settings: Settings):
     """The SAM-3D Body estimator for a built upstream `SAM3DBodyEstimator`: the stock call per view, or the fast
     path (`sam3d_inference = "fast"`) serving every camera of this process in one batched forward, with the graphs
-    recorded for one crop per camera during the node's warm-up; views without boxes go through the stock call."""
+    recorded for one crop per camera and gathered frame set during the node's warm-up; views without boxes go
+    through the stock call."""
     from streamer.capture.sam3d import Sam3dEstimator
 
     if settings.sam3d_inference != "fast":
@@ -173,8 +179,9 @@ def sam3d_estimator(upstream, settings: Settings):
     from streamer.capture.sam3d_fast import FastBodyEstimator, FastSam3dEstimator
 
     on_gpu = str(settings.sam3d_device).startswith("cuda")
+    crops_per_call = len(settings.cameras) * settings.frame_sets_per_call
     fast = FastBodyEstimator(upstream.model, cuda_graphs=on_gpu, compile_backbone=on_gpu, graph_decoder=on_gpu,
-                             decoder_tf32=on_gpu and settings.sam3d_decoder_tf32, batch_sizes=(len(settings.cameras),))
+                             decoder_tf32=on_gpu and settings.sam3d_decoder_tf32, batch_sizes=(crops_per_call,))
     return FastSam3dEstimator(fast, upstream, bbox_thr=settings.detector_score)
 
 
@@ -189,6 +196,8 @@ class Capture(Node):
 
     def setup(self) -> None:
         s = self.settings
+        if s.frame_sets_per_call < 1:
+            raise ValueError(f"capture {self.name}: frame_sets_per_call must be >= 1, got {s.frame_sets_per_call}")
         if not s.cameras or (s.source != "synthetic" and len(s.sources) != len(s.cameras)):
             raise ValueError(f"capture {self.name}: give one entry of `sources` per camera "
                              f"({len(s.cameras)} cameras, {len(s.sources)} sources)")
@@ -242,7 +251,10 @@ class Capture(Node):
         self.published = dict.fromkeys(s.cameras, 0)
         self.window_start_ns = time.monotonic_ns()
         self.tick_interval_s = 0.002
-        self.in_flight: InFlight | None = None  # the submitted frame set not yet published (pipeline_estimates)
+        self.in_flight: InFlight | None = None  # the submitted call not yet published (pipeline_estimates)
+        self.gathered: list[tuple[str, Frame, View]] = []  # frame sets waiting for the next call (frame_sets_per_call)
+        self.gathered_sets = 0
+        self.gathering_since_ns = 0  # monotonic ns of the first gathered set
 
     def on_message(self, topic: str, msg) -> None:
         if not isinstance(msg, BoxHints) or msg.camera not in self.seq:  # prefix hint/cam1 also matches cam10
@@ -312,17 +324,21 @@ class Capture(Node):
             persons = {c: self._synthetic_persons(c, frames[c]) for c in persons}
         for camera, found in persons.items():
             self._publish(camera, frames[camera], found or [])
-        finished = None
         if image_frames:
-            start = time.monotonic_ns()
-            pending = self.estimator.submit([self._view(c, f) for c, f in image_frames.items()])
-            submitted = InFlight(image_frames, pending, start, time.monotonic_ns() - start)
-            self.gauge("estimator_batch", len(image_frames))
+            if not self.gathered:
+                self.gathering_since_ns = time.monotonic_ns()
+            self.gathered += [(c, f, self._view(c, f)) for c, f in image_frames.items()]
+            self.gathered_sets += 1
+        finished = None
+        waited_ns = time.monotonic_ns() - self.gathering_since_ns
+        if self.gathered and (self.gathered_sets >= self.settings.frame_sets_per_call or waited_ns > PIPELINE_FLUSH_NS):
+            submitted = self._submit_gathered()  # a partial call too once its first set has waited long enough
             if self.settings.pipeline_estimates:
                 finished, self.in_flight = self.in_flight, submitted
             else:
                 finished = submitted
-        elif self.in_flight is not None and time.monotonic_ns() - self.in_flight.submitted_at_ns > PIPELINE_FLUSH_NS:
+        elif (not image_frames and self.in_flight is not None
+              and time.monotonic_ns() - self.in_flight.submitted_at_ns > PIPELINE_FLUSH_NS):
             finished, self.in_flight = self.in_flight, None  # no next frame set came: do not hold this one
         if finished is not None:
             self._publish_estimated(finished)
@@ -332,18 +348,31 @@ class Capture(Node):
             self._flush_in_flight()
             self.stop()
 
+    def _submit_gathered(self) -> InFlight:
+        """Submit every gathered frame set's views in one estimator call."""
+        start = time.monotonic_ns()
+        pending = self.estimator.submit([view for _, _, view in self.gathered])
+        submitted = InFlight([(c, f) for c, f, _ in self.gathered], pending, start, time.monotonic_ns() - start)
+        self.gauge("estimator_batch", len(self.gathered))
+        self.gathered, self.gathered_sets = [], 0
+        return submitted
+
     def _publish_estimated(self, done: InFlight) -> None:
-        """Wait for a submitted frame set's persons and publish its frames. `estimator_ms`: the node's time in
-        the estimator for this frame set (submitting it plus waiting for its result)."""
+        """Wait for a submitted call's persons and publish its frames. `estimator_ms`: the node's time in the
+        estimator for this call (submitting it plus waiting for its result)."""
         start = time.monotonic_ns()
         found = done.pending.result()
         self.gauge("estimator_ms", (done.submit_cost_ns + time.monotonic_ns() - start) / 1e6)
-        for (camera, frame), persons in zip(done.frames.items(), found):
+        for (camera, frame), persons in zip(done.frames, found):
             self._publish(camera, frame, persons or [])
 
     def _flush_in_flight(self) -> None:
-        if self.in_flight is not None:
-            done, self.in_flight = self.in_flight, None
+        """Publish the call in flight, then the gathered frame sets (submitted now), oldest first."""
+        calls = [self.in_flight] if self.in_flight is not None else []
+        self.in_flight = None
+        if self.gathered:
+            calls.append(self._submit_gathered())
+        for done in calls:
             self._publish_estimated(done)
 
     def _synthetic_persons(self, camera: str, frame: Frame) -> list:

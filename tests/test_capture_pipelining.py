@@ -66,19 +66,19 @@ def _folder(root: Path, camera: str, offset: int) -> Path:
     return folder
 
 
-def _run(tmp_path: Path, monkeypatch, pipelined: bool, stop_at_end: bool = True
+def _run(tmp_path: Path, monkeypatch, pipelined: bool, stop_at_end: bool = True, frame_sets_per_call: int = 1
          ) -> tuple[list, list, object]:
     import nodes.capture as capture
 
     estimator = _PixelValueEstimator()
     monkeypatch.setattr(capture, "build_estimator", lambda settings: (estimator, None))
-    root = tmp_path / ("pipelined" if pipelined else "serial")
+    root = tmp_path / f"{'pipelined' if pipelined else 'serial'}-{frame_sets_per_call}"
     root.mkdir()
     settings = capture.Settings(cameras=("a", "b"), source="images",
                                 sources=(str(_folder(root, "a", 0)), str(_folder(root, "b", 100))),
                                 estimator="mediapipe", pace=False, warmup=False, pipeline_estimates=pipelined,
-                                stop_at_end=stop_at_end)
-    node = capture.Capture(NodeConfig(name="cap", bind=f"inproc://cap-{pipelined}"), settings)
+                                stop_at_end=stop_at_end, frame_sets_per_call=frame_sets_per_call)
+    node = capture.Capture(NodeConfig(name="cap", bind=f"inproc://cap-{pipelined}-{frame_sets_per_call}"), settings)
     out: list = []
     node.publish = lambda msg: out.append(msg) or True
     node.setup()
@@ -106,6 +106,34 @@ def test_every_frame_is_published_once_in_order_with_its_own_persons(tmp_path, m
     else:
         assert kinds[:4] == ["submit", "result", "submit", "result"]
     assert kinds.count("submit") == kinds.count("result") == FRAMES
+
+
+@pytest.mark.parametrize("pipelined", [False, True])
+@pytest.mark.parametrize("sets", [2, 5])
+def test_gathered_frame_sets_go_in_one_call_and_each_frame_keeps_its_persons(tmp_path, monkeypatch, pipelined, sets):
+    out, events, node = _run(tmp_path, monkeypatch, pipelined, frame_sets_per_call=sets)
+    assert node._stop
+    for camera, offset in (("a", 0), ("b", 100)):
+        mine = [m for m in _kp(out) if m.camera == camera]
+        assert [m.frame_index for m in mine] == list(range(FRAMES))
+        assert all(m.persons[0].keypoints[0, 0] == offset + m.frame_index for m in mine)
+    submits = [pixels for kind, pixels in events if kind == "submit"]
+    calls = -(-FRAMES // sets)  # the last call holds what is left when the sources end
+    assert len(submits) == calls and [kind for kind, _ in events].count("result") == calls
+    for i, pixels in enumerate(submits):  # views in order: set by set, camera by camera
+        first, last = i * sets, min(FRAMES, (i + 1) * sets)
+        assert pixels == [p for f in range(first, last) for p in (f, 100 + f)]
+
+
+def test_a_partial_gathering_goes_after_the_flush_time(tmp_path, monkeypatch):
+    import nodes.capture as capture
+
+    out, events, node = _run(tmp_path, monkeypatch, False, stop_at_end=False, frame_sets_per_call=5)
+    assert len(_kp(out)) == 2 * 10 and node.gathered_sets == 2  # 12 frames: two calls of 5, 2 sets gathered
+    time.sleep(capture.PIPELINE_FLUSH_NS / 1e9 * 1.5)
+    node.on_tick(node.clock.now_ns())
+    assert len(_kp(out)) == 2 * FRAMES and node.gathered == []
+    assert [pixels for kind, pixels in events if kind == "submit"][-1] == [10, 110, 11, 111]
 
 
 def test_a_pipelined_frame_set_is_not_held_when_no_next_one_comes(tmp_path, monkeypatch):

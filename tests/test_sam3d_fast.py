@@ -442,5 +442,7 @@ def test_capture_node_setting_fast_builds_the_fast_path_for_its_cameras():
         patch.setattr(FastBodyEstimator, "__init__", lambda self, model, **options: self.__dict__.update(options))
         assert sam3d_estimator(upstream, Settings(**on_gpu)).fast.decoder_tf32
         assert not sam3d_estimator(upstream, Settings(**on_gpu, sam3d_decoder_tf32=False)).fast.decoder_tf32
+    gathered = sam3d_estimator(upstream, Settings(**{**on_gpu, "cameras": ("a", "b", "c")}, frame_sets_per_call=2))
+    assert gathered.fast.batch_sizes == (6,)  # recorded for every crop of a call: 3 cameras x 2 frame sets
     stock = sam3d_estimator(upstream, Settings(cameras=("a",), estimator="sam3d", sam3d_inference="body"))
     assert isinstance(stock, Sam3dEstimator) and stock.inference_type == "body"
