@@ -8,7 +8,8 @@ from torch import nn
 
 from streamer.capture.sam3d_fast import FastBodyEstimator
 from tests.test_sam3d_fast import StandInSam3dBody, _images, _requests
-from tools.bench_estimator import AGREEMENT_KEYS, _layer_scale_stress, _relative_errors, parse_process_configs
+from tools.bench_estimator import (AGREEMENT_KEYS, _layer_scale_stress, _relative_errors, main,
+                                   parse_process_configs)
 
 
 def test_process_configs_parse_processes_batch_and_graph_suffix():
@@ -20,6 +21,13 @@ def test_process_configs_parse_processes_batch_and_graph_suffix():
 def test_process_configs_reject_malformed_entries_naming_them(text):
     with pytest.raises(SystemExit, match="--processes"):
         parse_process_configs(text)
+
+
+def test_gpu_configs_are_checked_before_any_gpu_work_and_named():
+    with pytest.raises(SystemExit, match="--gpus: P and B must be >= 1"):
+        main(["--gpus", "2x0"])
+    with pytest.raises(SystemExit, match="--gpus: expected"):
+        main(["--gpus", "two"])
 
 
 class _LayerScaled(nn.Module):

@@ -20,7 +20,8 @@ decoder matmuls, then the best path at larger batches (several frame sets per ca
 the best path as a 2-stream pipeline (`FastBodyEstimator.pipelined`: the crop and backbone of call t+1
 overlap the decoder of call t; latency from a call's input to its outputs on the host), the FP8 backbone
 (`precision="fp8"`, opt-in; `--no-fp8` skips it) serial and pipelined, and P processes sharing the GPU
-(`--processes 4x32,2x16g`, 'g': graph decoder; `--only-processes` for that alone). Also: time split (crop /
+(`--processes 4x32,2x16g`, 'g': graph decoder; `--only-processes` for that alone), and one process per GPU
+on several GPUs (`--gpus 1x64,2x32`, the best path on each; only these rows). Also: time split (crop /
 backbone / decoder / one MHR call), a detector stand-in (what boxes from the 3D track save), the cost of those
 boxes, and whether onnxruntime has a GPU provider. The agreement check runs the stock body-only call and the
 fast path on the same inputs and reports relative errors; each fast path is also run on other inputs (cameras
@@ -421,8 +422,9 @@ def _time_detector_standin(iters: int, warmup: int) -> dict[str, Any]:
 ProcessConfig = tuple[int, int, bool]  # processes, crops per call, graph decoder
 
 
-def parse_process_configs(text: str) -> list[ProcessConfig]:
-    """'4x32,8x16g' -> [(4, 32, False), (8, 16, True)]: P processes x B crops per call, 'g': CUDA-graph decoder."""
+def parse_process_configs(text: str, option: str = "--processes") -> list[ProcessConfig]:
+    """'4x32,8x16g' -> [(4, 32, False), (8, 16, True)]: P processes x B crops per call, 'g': CUDA-graph decoder.
+    option: the command-line option named in errors."""
     configs = []
     for item in (c.strip() for c in text.split(",")):
         if not item:
@@ -431,18 +433,21 @@ def parse_process_configs(text: str) -> list[ProcessConfig]:
         try:
             processes, batch = (int(x) for x in item.rstrip("g").split("x"))
         except ValueError:
-            raise SystemExit(f"--processes: expected PxB or PxBg entries like 4x32,8x16g, got {item!r}") from None
+            raise SystemExit(f"{option}: expected PxB or PxBg entries like 4x32,8x16g, got {item!r}") from None
         if processes < 1 or batch < 1:
-            raise SystemExit(f"--processes: P and B must be >= 1, got {item!r}")
+            raise SystemExit(f"{option}: P and B must be >= 1, got {item!r}")
         configs.append((processes, batch, graph))
     return configs
 
 
 def _process_worker(rank: int, configs: list[ProcessConfig], cameras: int, iters: int, barrier: Any,
-                    results: Any) -> None:
-    """One process sharing the GPU: builds its own model and runs the fast path (CUDA-graph backbone; decoder
-    eager or from a CUDA graph) on b crops per call for each (P, b, graph) config in which rank < P, between
-    barriers, so P processes run at once. The b crops cycle over the `cameras` images of one frame set."""
+                    results: Any, gpus: int = 0) -> None:
+    """One process: builds its own model and runs the fast path on b crops per call for each (P, b, graph)
+    config in which rank < P, between barriers, so P processes run at once. The b crops cycle over the `cameras`
+    images of one frame set. gpus = 0: all processes share the current GPU, CUDA-graph backbone, decoder eager
+    or from a CUDA graph, one synchronous call at a time. gpus > 0: process r runs on GPU r % gpus with the best
+    path (compiled backbone, graph decoder, TF32 decoder matmuls, two streams: `FastBodyEstimator.pipelined`);
+    its per-call times are then the intervals between outputs."""
     import torch
 
     from streamer.capture.boxes import boxes_from_track
@@ -451,19 +456,26 @@ def _process_worker(rank: int, configs: list[ProcessConfig], cameras: int, iters
 
     try:
         torch.set_grad_enabled(False)
+        if gpus:
+            torch.cuda.set_device(rank % gpus)
         workdir = Path(tempfile.mkdtemp(prefix=f"bench_estimator_w{rank}_"))
         with contextlib.redirect_stdout(io.StringIO()):
             model, _, _ = build_model(checkpoint=None, mhr_path=None, device="cuda", backbone=None, workdir=workdir)
-        paths = {False: FastBodyEstimator(model, cuda_graphs=True)}
-        if any(graph for _, _, graph in configs):
-            paths[True] = FastBodyEstimator(model, cuda_graphs=True, graph_decoder=True)
+        if gpus:
+            paths = {True: FastBodyEstimator(model, compile_backbone=True, graph_decoder=True, decoder_tf32=True)}
+        else:
+            paths = {False: FastBodyEstimator(model, cuda_graphs=True)}
+            if any(graph for _, _, graph in configs):
+                paths[True] = FastBodyEstimator(model, cuda_graphs=True, graph_decoder=True)
         images, stage_cameras, person = _synthetic_stage(cameras, seed=rank)
         base = [CropRequest(c, boxes_from_track(cam, person[None])[0], cam.K) for c, cam in enumerate(stage_cameras)]
-        requests = {b: [base[i % cameras] for i in range(b)] for _, b, _ in configs}
+        # on several GPUs each process gets its share of the cameras (their images are uploaded every call)
+        served = {(p, b): math.ceil(cameras / p) if gpus else cameras for p, b, _ in configs}
+        requests = {key: [base[i % k] for i in range(key[1])] for key, k in served.items()}
         for processes, b, graph in configs:
             if rank < processes:
                 for _ in range(3):
-                    paths[graph].estimate(images, requests[b])
+                    paths[graph].estimate(images[:served[processes, b]], requests[processes, b])
         error = None
     except Exception as exc:  # reported through the queue; the barrier still has to be met
         error = f"{type(exc).__name__}: {exc}"[:300]
@@ -473,11 +485,19 @@ def _process_worker(rank: int, configs: list[ProcessConfig], cameras: int, iters
             times = []
             start = time.perf_counter()
             cpu0 = time.process_time()
-            for _ in range(iters):
-                t0 = time.perf_counter()
-                paths[graph].estimate(images, requests[b])
-                torch.cuda.synchronize()
-                times.append(time.perf_counter() - t0)
+            if gpus:
+                t0 = start
+                call = (images[:served[processes, b]], requests[processes, b])
+                for out in paths[graph].pipelined(call for _ in range(iters)):
+                    {k: v.cpu() for k, v in out.items() if isinstance(v, torch.Tensor)}  # waits for this call only
+                    times.append(time.perf_counter() - t0)
+                    t0 = time.perf_counter()
+            else:
+                for _ in range(iters):
+                    t0 = time.perf_counter()
+                    paths[graph].estimate(images, requests[processes, b])
+                    torch.cuda.synchronize()
+                    times.append(time.perf_counter() - t0)
             results.put((processes, b, graph, rank, start, time.perf_counter(), times, time.process_time() - cpu0,
                          torch.cuda.max_memory_allocated() / 2**30, None))
         elif rank < processes:
@@ -485,22 +505,24 @@ def _process_worker(rank: int, configs: list[ProcessConfig], cameras: int, iters
         barrier.wait()
 
 
-def _time_processes(configs: list[ProcessConfig], cameras: int, iters: int, timeout_s: float
+def _time_processes(configs: list[ProcessConfig], cameras: int, iters: int, timeout_s: float, gpus: int = 0
                     ) -> list[dict[str, Any]]:
-    """images/s of P processes sharing the GPU, each running the fast path on b crops per call."""
+    """images/s of P processes, each running the fast path on b crops per call: all on one GPU (gpus = 0), or
+    process r on GPU r % gpus with the best path (`_process_worker`)."""
     import multiprocessing as mp
 
     ctx = mp.get_context("spawn")
     workers = max(p for p, _, _ in configs)
     barrier, results = ctx.Barrier(workers, timeout=timeout_s), ctx.Queue()
-    procs = [ctx.Process(target=_process_worker, args=(r, configs, cameras, iters, barrier, results))
+    procs = [ctx.Process(target=_process_worker, args=(r, configs, cameras, iters, barrier, results, gpus))
              for r in range(workers)]
     for proc in procs:
         proc.start()
     rows = []
     for processes, b, graph in configs:
         got = [results.get(timeout=timeout_s) for _ in range(processes)]
-        name = f"{processes} processes x batch {b}" + (", graph decoder" if graph else "")
+        name = (f"{processes} GPUs x batch {b}, best path, 2 streams" if gpus else
+                f"{processes} processes x batch {b}" + (", graph decoder" if graph else ""))
         errors = [g[9] for g in got if g[9]]
         if errors:
             rows.append({"variant": name, "error": errors[0]})
@@ -509,11 +531,13 @@ def _time_processes(configs: list[ProcessConfig], cameras: int, iters: int, time
         p50, p99 = _percentiles([t for g in got for t in g[6]])
         rows.append({"variant": name, "images_per_s": processes * b * iters / wall, "latency_ms_p50": p50,
                      "latency_ms_p99": p99, "images_per_call": b, "processes": processes, "graph_decoder": graph,
-                     "frame_sets_per_call": b / cameras,
+                     "frame_sets_per_call": b / (math.ceil(cameras / processes) if gpus else cameras),
                      "cpu_s_per_call": sum(g[7] for g in got) / (processes * iters),
                      "gpu_mem_peak_gib": sum(g[8] for g in got),
-                     "note": "each process: own model, CUDA-graph backbone, decoder "
-                             + ("from a CUDA graph" if graph else "eager") + "; GiB: sum over processes"})
+                     "note": ("one process per GPU, each its own model and its share of the cameras, the best path "
+                              "pipelined (per-call times: intervals between outputs); GiB: sum over GPUs" if gpus else
+                              "each process: own model, CUDA-graph backbone, decoder "
+                              + ("from a CUDA graph" if graph else "eager") + "; GiB: sum over processes")})
         _progress(f"  {name}: {rows[-1]['images_per_s']:.1f} img/s, p50 {p50:.0f} ms")
     for proc in procs:
         proc.join(timeout=30)
@@ -591,6 +615,10 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--process-iters", type=int, default=10, help="timed calls per process and config")
     parser.add_argument("--only-processes", action="store_true",
                         help="time only the --processes configs (no model in the main process)")
+    parser.add_argument("--gpus", default="",
+                        help="GxB entries (e.g. 1x64,2x32): one process per GPU on G GPUs, B crops per call each, "
+                             "the best path pipelined, as one capture process per GPU serving its share of the "
+                             "cameras would; runs only these rows")
     parser.add_argument("--check-graph-only", action="store_true",
                         help="only check that the CUDA-graph decoder records and matches the eager fast path on "
                              "two input sets (exit 1 if not); quick with --backbone dinov3_vits16")
@@ -599,6 +627,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     args = parser.parse_args(argv)
     configs = parse_process_configs(args.processes)
+    gpu_configs = [(g, b, True) for g, b, _ in parse_process_configs(args.gpus, "--gpus")]
 
     import torch
 
@@ -606,10 +635,17 @@ def main(argv: list[str]) -> int:
         print("streamer bench estimator: needs a CUDA GPU (upstream SAM-3D Body is CUDA-only)", file=sys.stderr)
         return 2
     mps = shutil.which("nvidia-cuda-mps-control")
-    if args.only_processes:
-        rows = _time_processes(configs, args.cameras, iters=args.process_iters, timeout_s=400) if configs else []
+    if gpu_configs and max(g for g, _, _ in gpu_configs) > torch.cuda.device_count():
+        print(f"streamer bench estimator: --gpus {args.gpus} needs {max(g for g, _, _ in gpu_configs)} GPUs, "
+              f"this machine has {torch.cuda.device_count()}", file=sys.stderr)
+        return 2
+    if args.only_processes or gpu_configs:
+        rows = _time_processes(configs, args.cameras, iters=args.process_iters, timeout_s=400) if (
+            configs and args.only_processes) else []
+        gpu_rows = (_time_processes(gpu_configs, args.cameras, iters=args.pipeline_calls, timeout_s=600,
+                                    gpus=max(g for g, _, _ in gpu_configs)) if gpu_configs else [])
         result = {"gpu": torch.cuda.get_device_name(0), "cameras": args.cameras, "torch": torch.__version__,
-                  "cuda_mps_control": mps, "processes": rows}
+                  "cuda_mps_control": mps, "processes": rows, "gpus": gpu_rows}
         text = json.dumps(result, indent=1, default=float)
         if args.out:
             Path(args.out).write_text(text)
