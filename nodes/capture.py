@@ -99,6 +99,8 @@ class Settings:
     sam3d_inference: Literal["full", "body", "fast"] = "full"  # fast: body-only, every camera's crops in one
     # forward, compiled backbone, CUDA-graph TF32 decoder (streamer/capture/sam3d_fast.py; README "SAM-3D Body on a GPU")
     sam3d_decoder_tf32: bool = True  # fast path on a GPU: TF32 decoder matmuls (2D within ~0.1 px); False: float32
+    sam3d_cpu_threads: int = 4  # torch's CPU threads in this process (0: torch's default, one per core): the GPU
+    #                             does the work; on a 16-core H200 host the default burnt 6x the CPU for no gain
     detector: Literal["none", "onnx"] = "none"  # finds persons when no track hint is fresh (none: the estimator's own search)
     detector_onnx_path: str = ""  # user-supplied ONNX person detector (see streamer/capture/onnx_detector.py)
     detector_device: str = "cpu"  # "cuda" uses onnxruntime-gpu when installed
@@ -172,8 +174,12 @@ def sam3d_estimator(upstream, settings: Settings):
     path (`sam3d_inference = "fast"`) serving every camera of this process in one batched forward, with the graphs
     recorded for one crop per camera and gathered frame set during the node's warm-up; views without boxes go
     through the stock call."""
+    import torch
+
     from streamer.capture.sam3d import Sam3dEstimator
 
+    if settings.sam3d_cpu_threads > 0:
+        torch.set_num_threads(settings.sam3d_cpu_threads)
     if settings.sam3d_inference != "fast":
         return Sam3dEstimator(upstream, inference_type=settings.sam3d_inference, bbox_thr=settings.detector_score)
     from streamer.capture.sam3d_fast import FastBodyEstimator, FastSam3dEstimator
@@ -196,6 +202,8 @@ class Capture(Node):
 
     def setup(self) -> None:
         s = self.settings
+        if s.sam3d_cpu_threads < 0:
+            raise ValueError(f"capture {self.name}: sam3d_cpu_threads must be >= 0, got {s.sam3d_cpu_threads}")
         if s.frame_sets_per_call < 1:
             raise ValueError(f"capture {self.name}: frame_sets_per_call must be >= 1, got {s.frame_sets_per_call}")
         if not s.cameras or (s.source != "synthetic" and len(s.sources) != len(s.cameras)):

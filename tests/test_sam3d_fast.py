@@ -415,7 +415,15 @@ def test_batch_sizes_pad_calls_to_a_few_sizes_with_the_same_outputs_and_warm_up_
         FastBodyEstimator(model, batch_sizes=(0, 4))
 
 
-def test_capture_node_setting_fast_builds_the_fast_path_for_its_cameras():
+@pytest.fixture
+def torch_threads():
+    """Restores torch's CPU thread count (the capture node's estimator sets it for the whole process)."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_capture_node_setting_fast_builds_the_fast_path_for_its_cameras(torch_threads):
     """`sam3d_inference = "fast"` in a capture node: the fast estimator over the upstream object's model, padded
     to one crop per camera of the process; its persons equal the fast path's own (STAND-IN model, CPU)."""
     from nodes.capture import Settings, sam3d_estimator
@@ -444,5 +452,7 @@ def test_capture_node_setting_fast_builds_the_fast_path_for_its_cameras():
         assert not sam3d_estimator(upstream, Settings(**on_gpu, sam3d_decoder_tf32=False)).fast.decoder_tf32
     gathered = sam3d_estimator(upstream, Settings(**{**on_gpu, "cameras": ("a", "b", "c")}, frame_sets_per_call=2))
     assert gathered.fast.batch_sizes == (6,)  # recorded for every crop of a call: 3 cameras x 2 frame sets
-    stock = sam3d_estimator(upstream, Settings(cameras=("a",), estimator="sam3d", sam3d_inference="body"))
+    stock = sam3d_estimator(upstream, Settings(cameras=("a",), estimator="sam3d", sam3d_inference="body",
+                                               sam3d_cpu_threads=1))
+    assert torch.get_num_threads() == 1  # the GPU does the work: few CPU threads, no spinning pool
     assert isinstance(stock, Sam3dEstimator) and stock.inference_type == "body"
