@@ -28,6 +28,8 @@ def test_gpu_configs_are_checked_before_any_gpu_work_and_named():
         main(["--gpus", "2x0"])
     with pytest.raises(SystemExit, match="--gpus: expected"):
         main(["--gpus", "two"])
+    with pytest.raises(SystemExit, match="--cpu-threads: expected >= 0"):
+        main(["--gpus", "2x8", "--cpu-threads", "-1"])
 
 
 class _LayerScaled(nn.Module):

@@ -441,13 +441,14 @@ def parse_process_configs(text: str, option: str = "--processes") -> list[Proces
 
 
 def _process_worker(rank: int, configs: list[ProcessConfig], cameras: int, iters: int, barrier: Any,
-                    results: Any, gpus: int = 0) -> None:
+                    results: Any, gpus: int = 0, cpu_threads: int = 0) -> None:
     """One process: builds its own model and runs the fast path on b crops per call for each (P, b, graph)
     config in which rank < P, between barriers, so P processes run at once. The b crops cycle over the `cameras`
     images of one frame set. gpus = 0: all processes share the current GPU, CUDA-graph backbone, decoder eager
     or from a CUDA graph, one synchronous call at a time. gpus > 0: process r runs on GPU r % gpus with the best
     path (compiled backbone, graph decoder, TF32 decoder matmuls, two streams: `FastBodyEstimator.pipelined`);
-    its per-call times are then the intervals between outputs."""
+    its per-call times are then the intervals between outputs. cpu_threads > 0: torch's CPU threads in the
+    process (as the capture node's `sam3d_cpu_threads`)."""
     import torch
 
     from streamer.capture.boxes import boxes_from_track
@@ -456,6 +457,8 @@ def _process_worker(rank: int, configs: list[ProcessConfig], cameras: int, iters
 
     try:
         torch.set_grad_enabled(False)
+        if cpu_threads > 0:
+            torch.set_num_threads(cpu_threads)
         if gpus:
             torch.cuda.set_device(rank % gpus)
         workdir = Path(tempfile.mkdtemp(prefix=f"bench_estimator_w{rank}_"))
@@ -505,8 +508,8 @@ def _process_worker(rank: int, configs: list[ProcessConfig], cameras: int, iters
         barrier.wait()
 
 
-def _time_processes(configs: list[ProcessConfig], cameras: int, iters: int, timeout_s: float, gpus: int = 0
-                    ) -> list[dict[str, Any]]:
+def _time_processes(configs: list[ProcessConfig], cameras: int, iters: int, timeout_s: float, gpus: int = 0,
+                    cpu_threads: int = 0) -> list[dict[str, Any]]:
     """images/s of P processes, each running the fast path on b crops per call: all on one GPU (gpus = 0), or
     process r on GPU r % gpus with the best path (`_process_worker`)."""
     import multiprocessing as mp
@@ -514,8 +517,8 @@ def _time_processes(configs: list[ProcessConfig], cameras: int, iters: int, time
     ctx = mp.get_context("spawn")
     workers = max(p for p, _, _ in configs)
     barrier, results = ctx.Barrier(workers, timeout=timeout_s), ctx.Queue()
-    procs = [ctx.Process(target=_process_worker, args=(r, configs, cameras, iters, barrier, results, gpus))
-             for r in range(workers)]
+    procs = [ctx.Process(target=_process_worker, args=(r, configs, cameras, iters, barrier, results, gpus,
+                                                       cpu_threads)) for r in range(workers)]
     for proc in procs:
         proc.start()
     rows = []
@@ -619,6 +622,9 @@ def main(argv: list[str]) -> int:
                         help="GxB entries (e.g. 1x64,2x32): one process per GPU on G GPUs, B crops per call each, "
                              "the best path pipelined, as one capture process per GPU serving its share of the "
                              "cameras would; runs only these rows")
+    parser.add_argument("--cpu-threads", type=int, default=4,
+                        help="torch CPU threads in each --gpus process (default 4, the capture node's "
+                             "sam3d_cpu_threads; 0: torch's default, one per core)")
     parser.add_argument("--check-graph-only", action="store_true",
                         help="only check that the CUDA-graph decoder records and matches the eager fast path on "
                              "two input sets (exit 1 if not); quick with --backbone dinov3_vits16")
@@ -628,6 +634,8 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     configs = parse_process_configs(args.processes)
     gpu_configs = [(g, b, True) for g, b, _ in parse_process_configs(args.gpus, "--gpus")]
+    if args.cpu_threads < 0:
+        raise SystemExit(f"--cpu-threads: expected >= 0, got {args.cpu_threads}")
 
     import torch
 
@@ -643,9 +651,10 @@ def main(argv: list[str]) -> int:
         rows = _time_processes(configs, args.cameras, iters=args.process_iters, timeout_s=400) if (
             configs and args.only_processes) else []
         gpu_rows = (_time_processes(gpu_configs, args.cameras, iters=args.pipeline_calls, timeout_s=600,
-                                    gpus=max(g for g, _, _ in gpu_configs)) if gpu_configs else [])
+                                    gpus=max(g for g, _, _ in gpu_configs), cpu_threads=args.cpu_threads)
+                    if gpu_configs else [])
         result = {"gpu": torch.cuda.get_device_name(0), "cameras": args.cameras, "torch": torch.__version__,
-                  "cuda_mps_control": mps, "processes": rows, "gpus": gpu_rows}
+                  "cuda_mps_control": mps, "processes": rows, "gpus": gpu_rows, "gpus_cpu_threads": args.cpu_threads}
         text = json.dumps(result, indent=1, default=float)
         if args.out:
             Path(args.out).write_text(text)
