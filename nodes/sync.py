@@ -13,6 +13,19 @@ epipolar consistency when there is none (`streamer.association`); the chosen key
 triangulated robustly with the previous frame's points as a temporal prior and published as
 `points3d` (usable only with at least `min_valid_points` valid points).
 
+Committing to a person: a take (or a lost track) starts on a bootstrap, and a poor first frame set (the
+performer seen by too few cameras: hidden by the distractor, missed, its left and right swapped, a camera's
+frame not there yet) can make the bootstrap choose the distractor, which the track then follows for the whole
+take. So the node commits only to a confident bootstrap (`streamer.association.bootstrap_choice`: seen by at
+least three cameras, all of a smaller rig's, and everyone else in the set farther from the optical axes by
+`bootstrap_margin`). A frame set whose bootstrap is not confident is published with `usable = False`, starts
+no track and sends no hints (counter `bootstrap_waits`). After `bootstrap_wait_sets` such sets in a row the
+camera count is waived (a camera may be dead): the node commits to a person nearest the optical axes by the
+margin; after twice that many, to the current choice anyway (counter `bootstrap_forced` for both), so the
+first pose is late by at most 2 x `bootstrap_wait_sets` frame sets. Once committed, the track is never
+switched to someone else: only a lost track bootstraps again, under the same rule. `bootstrap_wait_sets = 0`
+commits at once, as before.
+
 Box hints: while the track is confirmed, each frame set also yields one `hint/<cam>` per camera
 (protocol `BoxHints`, `streamer.capture.hints.track_hints`): the track's 3D points re-projected into
 that camera and boxed, so capture nodes with `use_track_hints` run no person detector per frame.
@@ -42,7 +55,7 @@ from streamer.association import (
     TrackState,
     advance_track,
     association_keypoints,
-    bootstrap_persons,
+    bootstrap_choice,
     choose_by_track,
     consistent_with_track,
     fundamental_matrices,
@@ -52,10 +65,21 @@ from streamer.association import (
 from streamer.body import mhr70
 from streamer.calibration import Camera, Rig
 from streamer.capture.hints import track_hints
-from streamer.framesets import DEFAULT_MAX_SPREAD_PERIODS, Assembler, AssemblySettings, FrameSet, PushOutcome
+from streamer.framesets import (
+    DEFAULT_MAX_SPREAD_PERIODS,
+    Assembler,
+    AssemblySettings,
+    FrameSet,
+    PushOutcome,
+)
 from streamer.node import Node, run_node
 from streamer.stage_config import graph_from_environment, stage_config
-from streamer.triangulation import TriangulationSettings, keep_freed_memory, load_kernels, triangulate_robust
+from streamer.triangulation import (
+    TriangulationSettings,
+    keep_freed_memory,
+    load_kernels,
+    triangulate_robust,
+)
 
 __all__ = ["Settings", "Sync", "main"]
 
@@ -82,6 +106,8 @@ class Settings:
     max_jump_m: float = 0.3  # a body whose median point moved farther from the track is not the subject
     coast_speed_m: float = 0.1  # ... plus this per frame set without a confirmed track
     max_point_jump_m: float = 0.5  # a track point that moved farther per frame set is left out of the track (hints)
+    bootstrap_wait_sets: int = 10  # poor bootstrap frame sets in a row before the camera count is waived (0: at once)
+    bootstrap_margin: float = 0.05  # a confident bootstrap's person is this much nearer the optical axes (tan)
     poll_interval_ms: float = 2.0  # how often deadlines are checked
     publish_hints: bool = True  # hint/<cam>: the confirmed track's boxes per camera, for capture nodes
     hint_margin: float = 0.15  # share of the projected box size added on every side of a hint box
@@ -114,7 +140,7 @@ class Sync(Node):
         self.association_settings = AssociationSettings(
             min_confidence=s.min_confidence, gate_px=s.gate_px, epipolar_gate_px=s.epipolar_gate_px,
             lost_after_frames=s.lost_after_frames, max_jump_m=s.max_jump_m, coast_speed_m=s.coast_speed_m,
-            max_point_jump_m=s.max_point_jump_m)
+            max_point_jump_m=s.max_point_jump_m, bootstrap_margin=s.bootstrap_margin)
         self.triangulation_settings = TriangulationSettings(threshold_px=s.threshold_px)
         # without configured cameras the assembler is built when the first calibration names them
         self.assembler = Assembler(list(s.cameras), self.assembly_settings) if s.cameras else None
@@ -124,6 +150,7 @@ class Sync(Node):
         self.fundamental: np.ndarray | None = None
         self.track = TrackState()
         self.person_id = -1
+        self.bootstrap_waited = 0  # frame sets in a row whose bootstrap was not confident enough to commit
         self.local = Counter()
         self.spreads_ns: list[int] = []
         self.waits_ns: list[int] = []  # set decided - first member arrived
@@ -279,12 +306,13 @@ class Sync(Node):
         persons = [[] if f is None else f.payload.persons for f in messages]
         n_keypoints = self.n_keypoints or mhr70.NUM_KEYPOINTS
         detections = pack_detections(persons, n_keypoints, s.min_confidence)
+        committed = True
         if self.track.points is not None and len(self.track.points) == n_keypoints:
             subset = association_keypoints(n_keypoints)
             chosen, _ = choose_by_track(rig.project(self.track.points[subset]), detections, s, subset)
         else:
             self.track = TrackState()
-            chosen = self._bootstrap(detections)
+            chosen, committed = self._bootstrap(detections)
         n_chosen = int((chosen >= 0).sum())
         for name, p, c in zip(names, persons, chosen):
             self.local[f"detections/{name}"] += len(p)
@@ -294,7 +322,9 @@ class Sync(Node):
         result = triangulate_robust(pixels, confidence, rig, self.triangulation_settings, prior=prior)
         n_valid = int(result.valid.sum())
         usable = n_valid >= self.settings.min_valid_points
-        if usable and not consistent_with_track(self.track, result.points, s):
+        if not committed:
+            usable = False  # a poor frame set: no person to follow yet (see the module docstring)
+        elif usable and not consistent_with_track(self.track, result.points, s):
             usable = False  # someone else (e.g. one behind the other in the chosen views): not the subject
             self.local["track_jump"] += 1
         had_track = self.track.points is not None
@@ -302,7 +332,7 @@ class Sync(Node):
                                    usable and n_chosen >= s.min_views, s)
         if had_track and self.track.points is None:
             self.local["track_lost"] += 1
-        if not usable:
+        if not usable and committed:
             self.local["unusable"] += 1
         frame_indices = [f.payload.frame_index for f in frame_set.frames]
         return Points3D(
@@ -344,11 +374,13 @@ class Sync(Node):
             self.publish(hint)
         self.local["hints_sent"] += len(hints)
 
-    def _bootstrap(self, detections) -> np.ndarray:
-        """Choose persons without a track (epipolar consistency on undistorted pixels)."""
+    def _bootstrap(self, detections) -> tuple[np.ndarray, bool]:
+        """Choose persons without a track (epipolar consistency on undistorted pixels). Returns (chosen (V,) person
+        index or -1, whether to commit to them: a confident choice, or one after `bootstrap_wait_sets` poor frame
+        sets in a row; see the module docstring)."""
         rig = self.rig
         if self.fundamental is None or not (detections.counts > 0).any():
-            return np.full(len(rig), -1, np.int64)
+            return np.full(len(rig), -1, np.int64), True
         keypoints = detections.keypoints[:, :, association_keypoints(detections.keypoints.shape[2])]
         V, P, K, _ = keypoints.shape
         normalised = rig.undistort(keypoints.reshape(V, P * K, 2).astype(np.float64))
@@ -356,12 +388,21 @@ class Sync(Node):
         with np.errstate(invalid="ignore"), warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN persons: NaN off-axis, never chosen first
             off_axis = np.nanmedian(np.linalg.norm(normalised.reshape(V, P, K, 2), axis=-1), axis=-1)
-        chosen = bootstrap_persons(undistorted.reshape(V, P, K, 2), detections.counts, self.fundamental,
-                                   self.association_settings, off_axis=off_axis)
-        if (chosen >= 0).sum() >= self.association_settings.min_views:
-            self.person_id += 1
-            self.local["bootstraps"] += 1
-        return chosen
+        choice = bootstrap_choice(undistorted.reshape(V, P, K, 2), detections.counts, self.fundamental,
+                                  self.association_settings, off_axis=off_axis)
+        if (choice.chosen >= 0).sum() < self.association_settings.min_views:
+            return choice.chosen, True  # nobody to commit to: the set cannot start a track
+        if not choice.confident:
+            waited, bound = self.bootstrap_waited, self.settings.bootstrap_wait_sets
+            if waited < bound or (waited < 2 * bound and not choice.nearest):
+                self.bootstrap_waited += 1
+                self.local["bootstrap_waits"] += 1
+                return choice.chosen, False
+            self.local["bootstrap_forced"] += 1
+        self.bootstrap_waited = 0
+        self.person_id += 1
+        self.local["bootstraps"] += 1
+        return choice.chosen, True
 
     # ------------------------------------------------------------ stats
 

@@ -14,7 +14,10 @@ Letters: V cameras, P persons (padded to the most any camera saw), K keypoints.
   least three cameras (or by all but one of the most cameras any person is seen by, when fewer),
   the one nearest the cameras' optical axes is chosen, not the one seen by the most cameras: the
   performer at the centre is easily occluded in one view by someone walking around them, or
-  missed once by the detector.
+  missed once by the detector. The choice is confident (`BootstrapChoice.confident`) only when
+  the chosen person is seen by at least three cameras (all of a smaller rig's) and nobody else in
+  the frame set, however few cameras agree on them, is nearer the optical axes; the caller does
+  not commit to a person on a poor frame set (`nodes.sync`: `bootstrap_wait_sets`).
 - A triangulated body confirms the track only when seen by at least `min_views` consistent cameras
   and its median point stays within `max_jump_m` of the track (`consistent_with_track`). The
   track is lost after `lost_after_frames` consecutive unconfirmed frame sets, which sends the
@@ -38,10 +41,12 @@ from streamer.body import mhr70
 
 __all__ = [
     "AssociationSettings",
+    "BootstrapChoice",
     "Detections",
     "TrackState",
     "advance_track",
     "association_keypoints",
+    "bootstrap_choice",
     "bootstrap_persons",
     "choose_by_track",
     "consistent_with_track",
@@ -67,12 +72,14 @@ class AssociationSettings:
     max_jump_m: float = 0.3  # a 3D body whose median point moved farther from the track is someone else
     coast_speed_m: float = 0.1  # ... plus this per unconfirmed frame set (about 3 m/s at 30 fps)
     max_point_jump_m: float = 0.5  # a track point that moved farther per frame set (15 m/s at 30 fps) is dropped
+    bootstrap_margin: float = 0.05  # a confident bootstrap's person is this much nearer the optical axes (tan)
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.min_confidence <= 1.0:
             raise ValueError(f"AssociationSettings.min_confidence: expected in [0, 1], got {self.min_confidence}")
-        if self.coast_speed_m < 0:
-            raise ValueError(f"AssociationSettings.coast_speed_m: expected >= 0, got {self.coast_speed_m}")
+        for name in ("coast_speed_m", "bootstrap_margin"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"AssociationSettings.{name}: expected >= 0, got {getattr(self, name)}")
         for name in ("gate_px", "epipolar_gate_px", "max_jump_m", "max_point_jump_m"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"AssociationSettings.{name}: expected > 0, got {getattr(self, name)}")
@@ -259,23 +266,53 @@ def epipolar_distances(keypoints: np.ndarray, fundamental: np.ndarray, min_commo
     return np.where(same, np.inf, median)
 
 
+@dataclass(frozen=True, slots=True)
+class BootstrapChoice:
+    """A bootstrap's choice (see `bootstrap_choice`). chosen: (V,) int64 person index per camera or -1.
+    seen_enough: the chosen person is seen consistently by at least `RELIABLE_GROUP_VIEWS` cameras (all of the
+    rig's when it has fewer). nearest: everyone else in the frame set is farther from the cameras' optical axes
+    by at least `bootstrap_margin`. confident: both."""
+
+    chosen: np.ndarray
+    seen_enough: bool
+    nearest: bool
+
+    @property
+    def confident(self) -> bool:
+        return self.seen_enough and self.nearest
+
+
 def bootstrap_persons(keypoints_undistorted: np.ndarray, counts: np.ndarray, fundamental: np.ndarray,
                       settings: AssociationSettings = AssociationSettings(),
                       off_axis: np.ndarray | None = None) -> np.ndarray:
+    """`bootstrap_choice(...).chosen`: chosen (V,) int64 person index per camera or -1."""
+    return bootstrap_choice(keypoints_undistorted, counts, fundamental, settings, off_axis).chosen
+
+
+def bootstrap_choice(keypoints_undistorted: np.ndarray, counts: np.ndarray, fundamental: np.ndarray,
+                     settings: AssociationSettings = AssociationSettings(),
+                     off_axis: np.ndarray | None = None) -> BootstrapChoice:
     """Choose one person per camera by multi-view epipolar consistency, with no track.
 
-    keypoints_undistorted: (V, P, K, 2) pixels, NaN where missing; counts: (V,) persons per camera.
+    keypoints_undistorted: (V, P, K, 2) pixels, NaN where missing; V: every camera of the rig (a camera without
+    a frame in this set has no persons); counts: (V,) persons per camera.
     off_axis: optional (V, P) how far each person is from the camera's optical axis (e.g. the median
     norm of its normalised image coordinates, i.e. tan of the angle; NaN when unknown).
-    Returns chosen (V,) int64 person index or -1.
 
     Candidate groups are grown from seeds ranked by the number of cameras holding an epipolar-consistent
     person (then the smallest summed distance). Among the groups of at least `RELIABLE_GROUP_VIEWS` cameras,
     or of one camera fewer than the largest group where that is less (never fewer than two), the one nearest
     the cameras' optical axes (the performer at the centre of the capture volume, where a stage's cameras
-    point) wins when `off_axis` is given; otherwise the first. A person seen by fewer cameras than another
-    is not thereby someone else: the distractor walking between a camera and the performer hides the
-    performer in that one view. Never list order.
+    point; the mean over the group's cameras) wins when `off_axis` is given; otherwise the first. A person
+    seen by fewer cameras than another is not thereby someone else: the distractor walking between a camera
+    and the performer hides the performer in that one view. Never list order.
+
+    The choice is *confident* when the chosen group has at least min(`RELIABLE_GROUP_VIEWS`, V) cameras
+    (`seen_enough`) and, with `off_axis`, every other person is farther from the optical axes by at least `bootstrap_margin`: every
+    other group, however small (its mean), and every person with at least `min_common_keypoints` keypoints that
+    no other camera agrees with (its own off-axis) (`nearest`; always true without `off_axis`). Otherwise the frame set is poor: the performer may be the one seen by too few cameras (hidden by the
+    distractor, missed, its left and right swapped, or a camera's frame not there yet); the sync node then
+    waits for a confident set before it commits to a person (`nodes.sync`, `bootstrap_wait_sets`).
     """
     n_views, n_persons = keypoints_undistorted.shape[:2]
     distance = epipolar_distances(keypoints_undistorted, fundamental, settings.min_common_keypoints)
@@ -286,7 +323,7 @@ def bootstrap_persons(keypoints_undistorted: np.ndarray, counts: np.ndarray, fun
     support = (best_per_camera <= gate).sum(-1)  # (V, P)
     total = np.where(best_per_camera <= gate, best_per_camera, 0.0).sum(-1)
     if not (support > 0).any():
-        return np.full(n_views, NONE, np.int64)
+        return BootstrapChoice(np.full(n_views, NONE, np.int64), False, False)
     order = np.lexsort((total.ravel(), -support.ravel()))
     groups: list[np.ndarray] = []
     taken = np.zeros((n_views, n_persons), bool)
@@ -303,13 +340,20 @@ def bootstrap_persons(keypoints_undistorted: np.ndarray, counts: np.ndarray, fun
     size = np.array([(g != NONE).sum() for g in groups])
     largest = int(size.max())
     enough = min(largest, max(2, min(RELIABLE_GROUP_VIEWS, largest - 1)))
-    candidates = [g for g, n in zip(groups, size) if n >= enough]
-    if off_axis is None or len(candidates) == 1:
-        return candidates[0]
-    centrality = [np.nanmean(np.where(g != NONE, off_axis[np.arange(n_views), np.maximum(g, 0)], np.nan))
-                  for g in candidates]
-    centrality = [c if np.isfinite(c) else np.inf for c in centrality]
-    return candidates[int(np.argmin(centrality))]
+    seen_enough = min(RELIABLE_GROUP_VIEWS, n_views)
+    if off_axis is None:
+        return BootstrapChoice(groups[0], bool(size[0] >= seen_enough), True)
+    views = np.arange(n_views)
+    centrality = np.array([np.nanmean(np.where(g != NONE, off_axis[views, np.maximum(g, 0)], np.nan))
+                           for g in groups])  # mean off-axis of each group's members
+    centrality = np.where(np.isfinite(centrality), centrality, np.inf)
+    best = min(np.flatnonzero(size >= enough), key=lambda i: centrality[i])  # the first of equals
+    # the rivals: every other group, and every person with enough keypoints in no group (seen by one camera)
+    alone = real & ~taken & (np.isfinite(keypoints_undistorted[..., 0]).sum(-1) >= settings.min_common_keypoints)
+    rivals = np.concatenate([np.delete(centrality, best), off_axis[alone]])
+    rival = np.where(np.isfinite(rivals), rivals, np.inf).min(initial=np.inf)
+    return BootstrapChoice(groups[best], bool(size[best] >= seen_enough),
+                           bool(rival >= centrality[best] + settings.bootstrap_margin))
 
 
 MAX_BOOTSTRAP_GROUPS = 4  # distinct people compared at bootstrap

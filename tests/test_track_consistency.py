@@ -223,7 +223,10 @@ def test_the_hint_cycle_keeps_the_performer_through_the_take(stage, monkeypatch,
     points, hinted, counters = run_hint_cycle(stage, start, n_frames, monkeypatch)
     assert len(points) >= n_frames - 2
     assert counters["bootstraps"] == 1 and counters["track_lost"] == 0 and counters["unusable"] == 0
-    assert {person for _, _, person in points} == {0}  # every frame set on the performer
+    # every frame set on the performer, after at most a few poor first sets (no person committed to yet)
+    people = [person for _, _, person in points]
+    waits = counters.get("bootstrap_waits", 0)
+    assert waits <= 3 and people[:waits] == [None] * waits and set(people[waits:]) == {0}
     # the hint boxes held the performer: all but where the distractor, right in front, has a box around the
     # performer's that overlaps the hint box about as much (the stand-in then goes by box overlap alone)
     assert len(hinted) >= 3 * n_frames and hinted.count(1) <= 0.01 * len(hinted)
