@@ -16,8 +16,9 @@ Letters: V cameras, P persons (padded to the most any camera saw), K keypoints.
   performer at the centre is easily occluded in one view by someone walking around them, or
   missed once by the detector. The choice is confident (`BootstrapChoice.confident`) only when
   the chosen person is seen by at least three cameras (all of a smaller rig's) and nobody else in
-  the frame set, however few cameras agree on them, is nearer the optical axes; the caller does
-  not commit to a person on a poor frame set (`nodes.sync`: `bootstrap_wait_sets`).
+  the frame set, however few cameras agree on them, is nearly as near the optical axes
+  (`bootstrap_margin`); the caller does not commit to a person on a poor frame set (`nodes.sync`:
+  `bootstrap_wait_sets`).
 - A triangulated body confirms the track only when seen by at least `min_views` consistent cameras
   and its median point stays within `max_jump_m` of the track (`consistent_with_track`). The
   track is lost after `lost_after_frames` consecutive unconfirmed frame sets, which sends the
@@ -308,11 +309,15 @@ def bootstrap_choice(keypoints_undistorted: np.ndarray, counts: np.ndarray, fund
     and the performer hides the performer in that one view. Never list order.
 
     The choice is *confident* when the chosen group has at least min(`RELIABLE_GROUP_VIEWS`, V) cameras
-    (`seen_enough`) and, with `off_axis`, every other person is farther from the optical axes by at least `bootstrap_margin`: every
-    other group, however small (its mean), and every person with at least `min_common_keypoints` keypoints that
-    no other camera agrees with (its own off-axis) (`nearest`; always true without `off_axis`). Otherwise the frame set is poor: the performer may be the one seen by too few cameras (hidden by the
-    distractor, missed, its left and right swapped, or a camera's frame not there yet); the sync node then
-    waits for a confident set before it commits to a person (`nodes.sync`, `bootstrap_wait_sets`).
+    (`seen_enough`) and, with `off_axis`, everyone else is farther from the optical axes by at least
+    `bootstrap_margin` (`nearest`; always true without `off_axis`): every other group, however small (its mean
+    off-axis), and every person with at least `min_common_keypoints` keypoints that no other camera agrees with
+    (its own). A group that shares a detection with the chosen one, or a person within `SAME_PERSON_GATES`
+    epipolar gates of it (lower median over the chosen cameras), is the chosen person split by the gate (a
+    calibration or detector bias, as on the real Pose2Sim trial with MediaPipe), not a rival. Otherwise the
+    frame set is poor: the performer may be the one seen by too few cameras (hidden by the distractor, missed,
+    its left and right swapped, or a camera's frame not there yet); the sync node then waits for a confident
+    set before it commits to a person (`nodes.sync`, `bootstrap_wait_sets`).
     """
     n_views, n_persons = keypoints_undistorted.shape[:2]
     distance = epipolar_distances(keypoints_undistorted, fundamental, settings.min_common_keypoints)
@@ -348,16 +353,28 @@ def bootstrap_choice(keypoints_undistorted: np.ndarray, counts: np.ndarray, fund
                            for g in groups])  # mean off-axis of each group's members
     centrality = np.where(np.isfinite(centrality), centrality, np.inf)
     best = min(np.flatnonzero(size >= enough), key=lambda i: centrality[i])  # the first of equals
-    # the rivals: every other group, and every person with enough keypoints in no group (seen by one camera)
-    alone = real & ~taken & (np.isfinite(keypoints_undistorted[..., 0]).sum(-1) >= settings.min_common_keypoints)
-    rivals = np.concatenate([np.delete(centrality, best), off_axis[alone]])
+    # the rivals: other people, i.e. every other group and every person with enough keypoints in no group (seen
+    # by one camera), unless one of theirs is the chosen person (within SAME_PERSON_GATES epipolar gates of the
+    # chosen group: a person whose views straddle the gate, calibration or detector error, splits into groups)
+    chosen = groups[best]
+    members = np.flatnonzero(chosen != NONE)
+    to_chosen = distance[:, :, members, chosen[members]]  # (V, P, M); inf within a camera
+    to_chosen = _lower_median(np.where(np.isfinite(to_chosen), to_chosen, np.nan), 1)
+    same = real & (to_chosen <= SAME_PERSON_GATES * gate)
+    same[members, chosen[members]] = True
+    rivals = [centrality[i] for i, g in enumerate(groups)
+              if not same[np.flatnonzero(g != NONE), g[g != NONE]].any()]
+    enough_keypoints = np.isfinite(keypoints_undistorted[..., 0]).sum(-1) >= settings.min_common_keypoints
+    alone = real & ~taken & ~same & enough_keypoints
+    rivals = np.concatenate([rivals, off_axis[alone]])
     rival = np.where(np.isfinite(rivals), rivals, np.inf).min(initial=np.inf)
-    return BootstrapChoice(groups[best], bool(size[best] >= seen_enough),
+    return BootstrapChoice(chosen, bool(size[best] >= seen_enough),
                            bool(rival >= centrality[best] + settings.bootstrap_margin))
 
 
 MAX_BOOTSTRAP_GROUPS = 4  # distinct people compared at bootstrap
 RELIABLE_GROUP_VIEWS = 3  # cameras agreeing on a person's keypoints: three views do not agree by chance
+SAME_PERSON_GATES = 2.0  # within this many epipolar gates of the chosen group: the chosen person, not a rival
 KEYPOINT_SPACING_M = 0.5  # a keypoint's nearest neighbour on a body is at most about this far (MHR-70: a knee)
 
 

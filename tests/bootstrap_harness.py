@@ -54,17 +54,20 @@ def _virtual_time(module):
         module.time = real
 
 
-def run_take(stage, start: int, n_frames: int, late: tuple[str, int] | None = None, **sync_settings) -> tuple[list[tuple[int, Points3D, int | None]], dict]:
+def run_take(stage, start: int, n_frames: int, late: tuple[str, int] | None = None,
+             **sync_settings) -> tuple[list[tuple[int, Points3D, int | None]], dict]:
     """Frames start..start+n_frames-1 of every camera through a fresh Sync node (a take that starts at `start`).
 
     late: (camera, frames): that camera's first frames of the take are not sent (it joins the take late, so the
-    first frame sets lack it). Returns ([(frame, points3d, nearest true person or None when not usable)], the node's local counters)."""
+    first frame sets lack it). Returns ([(frame, points3d, nearest true person or None when not usable)], the
+    node's local counters)."""
     import nodes.sync as nodes_sync
 
     out = []
     with _virtual_time(nodes_sync) as clock:
         node = nodes_sync.Sync(NodeConfig(name="sync", bind="inproc://unused"),
-                               nodes_sync.Settings(fps=FPS, deadline_ms=60.0, publish_hints=False, **sync_settings))
+                               nodes_sync.Settings(fps=FPS, deadline_ms=60.0, publish_hints=False,
+                                                   **sync_settings))
         published = []
         node.publish = lambda msg: published.append(msg) or True
         node.publish_state = lambda msg: True
