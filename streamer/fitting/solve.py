@@ -26,7 +26,9 @@ import numpy as np
 import torch
 
 from streamer.body.model import BodyModel
-from streamer.fitting.objective import FitEvaluation, FitSettings, Prior, evaluate, huber, metric_distance, prior_terms
+from streamer.fitting.objective import (
+    FitEvaluation, FitSettings, Prior, evaluate, huber, keypoint_prior_loss, metric_distance, prior_terms,
+)
 from streamer.fitting.targets import FitTargets
 
 __all__ = ["FitResult", "fit_frame", "jacobian_method"]
@@ -186,6 +188,11 @@ def fit_frame(
     free_idx = torch.as_tensor(np.flatnonzero(free), device=dev)
     base = torch.as_tensor(start, device=dev).to(dtype)
     terms = prior_terms(model, free, prior, settings)
+    kp_weight = settings.accel_keypoint_prior if prior.prediction_keypoints is not None else 0.0
+    predicted_kp = (np.nan_to_num(np.asarray(prior.prediction_keypoints, np.float64)[rows_np]) if kp_weight > 0
+                    else None)
+    if predicted_kp is not None:  # a row the prediction lacks has no keypoint prior
+        kp_rows_weight = np.where(np.isfinite(np.asarray(prior.prediction_keypoints)[rows_np]).all(1), weights, 0.0)
     keypoint_jacobian = _keypoint_jacobian(model, base, free_idx, rows, method)
     # a model with NumPy single-row evaluation (`keypoints_row`) is called without torch conversions
     by_row = hasattr(model, "keypoints_row") and (method != "analytic" or hasattr(model, "keypoints_and_jacobian_row"))
@@ -215,7 +222,10 @@ def fit_frame(
 
     def loss_of(x_free: np.ndarray, kp: np.ndarray) -> float:
         dist = metric_distance(kp - target, metric)
-        return float(weights @ huber(dist, settings.huber_m) + terms.value(x_free))
+        loss = float(weights @ huber(dist, settings.huber_m) + terms.value(x_free))
+        if predicted_kp is not None:
+            loss += keypoint_prior_loss(kp, predicted_kp, kp_rows_weight, metric, kp_weight)
+        return loss
 
     x = start[free]
     damping = settings.lm_damping
@@ -245,10 +255,14 @@ def fit_frame(
         dist = metric_distance(resid, metric)
         irls = np.where(dist <= settings.huber_m, 1.0, settings.huber_m / np.maximum(dist, 1e-12))
         w = weights * irls  # (R,)
+        pulled = resid * w[:, None]  # the data term's (and the keypoint prior's) weighted residuals
+        if predicted_kp is not None:  # the keypoint prior: the prediction's keypoints as quadratic targets
+            pulled = pulled + kp_weight * kp_rows_weight[:, None] * (kp - predicted_kp)
+            w = w + kp_weight * kp_rows_weight
         metric_jac = jac if metric is None else metric @ jac  # M J
         jw = np.ascontiguousarray((metric_jac * w[:, None, None]).reshape(-1, n_free).T)  # (n, 3R)
         hessian = _torch_op(torch.matmul, jw, np.ascontiguousarray(jac.reshape(-1, n_free)))
-        gradient = _torch_op(torch.mv, jw, resid.reshape(-1))
+        gradient = _torch_op(torch.mv, np.ascontiguousarray(metric_jac.reshape(-1, n_free).T), pulled.reshape(-1))
         prior_grad, prior_diag = terms.gradient_and_diagonal(x)
         hessian[np.diag_indices(n_free)] += prior_diag
         gradient = gradient + prior_grad

@@ -453,7 +453,9 @@ def _track_step(
         start_params, cold = prediction, state.slewing
     if state.shape_held is not None:
         start_params[context.shape] = state.shape_held
-    prior = Prior(prediction=prediction, previous=state.params, reference=reference)
+    predicted_kp = (model_keypoints(model, prediction) if prediction is not None and s.fit.accel_keypoint_prior > 0
+                    else None)
+    prior = Prior(prediction=prediction, previous=state.params, reference=reference, prediction_keypoints=predicted_kp)
     refresh, phases = _refresh_columns(context, free, state.jacobian_phase)
     result = fit_frame(model, targets, start_params, free, prior, s.fit, cold=cold, method=context.method,
                        jacobian_guess=state.jacobian, refresh_columns=refresh,
