@@ -623,8 +623,8 @@ def main(argv: list[str]) -> int:
                              "the best path pipelined, as one capture process per GPU serving its share of the "
                              "cameras would; runs only these rows")
     parser.add_argument("--cpu-threads", type=int, default=4,
-                        help="torch CPU threads in each --gpus process (default 4, the capture node's "
-                             "sam3d_cpu_threads; 0: torch's default, one per core)")
+                        help="torch CPU threads in the benchmark and each of its processes (default 4, the "
+                             "capture node's sam3d_cpu_threads; 0: torch's default, one per core)")
     parser.add_argument("--check-graph-only", action="store_true",
                         help="only check that the CUDA-graph decoder records and matches the eager fast path on "
                              "two input sets (exit 1 if not); quick with --backbone dinov3_vits16")
@@ -642,19 +642,21 @@ def main(argv: list[str]) -> int:
     if not torch.cuda.is_available():
         print("streamer bench estimator: needs a CUDA GPU (upstream SAM-3D Body is CUDA-only)", file=sys.stderr)
         return 2
+    if args.cpu_threads > 0:  # as the capture node: more threads only spin (README "Several GPUs")
+        torch.set_num_threads(args.cpu_threads)
     mps = shutil.which("nvidia-cuda-mps-control")
     if gpu_configs and max(g for g, _, _ in gpu_configs) > torch.cuda.device_count():
         print(f"streamer bench estimator: --gpus {args.gpus} needs {max(g for g, _, _ in gpu_configs)} GPUs, "
               f"this machine has {torch.cuda.device_count()}", file=sys.stderr)
         return 2
     if args.only_processes or gpu_configs:
-        rows = _time_processes(configs, args.cameras, iters=args.process_iters, timeout_s=400) if (
-            configs and args.only_processes) else []
+        rows = _time_processes(configs, args.cameras, iters=args.process_iters, timeout_s=400,
+                               cpu_threads=args.cpu_threads) if (configs and args.only_processes) else []
         gpu_rows = (_time_processes(gpu_configs, args.cameras, iters=args.pipeline_calls, timeout_s=600,
                                     gpus=max(g for g, _, _ in gpu_configs), cpu_threads=args.cpu_threads)
                     if gpu_configs else [])
         result = {"gpu": torch.cuda.get_device_name(0), "cameras": args.cameras, "torch": torch.__version__,
-                  "cuda_mps_control": mps, "processes": rows, "gpus": gpu_rows, "gpus_cpu_threads": args.cpu_threads}
+                  "cuda_mps_control": mps, "processes": rows, "gpus": gpu_rows, "cpu_threads": args.cpu_threads}
         text = json.dumps(result, indent=1, default=float)
         if args.out:
             Path(args.out).write_text(text)
@@ -918,7 +920,8 @@ def main(argv: list[str]) -> int:
         del tried, good, best_fast, eager, batch, emb
         torch.cuda.empty_cache()
         try:
-            processes = _time_processes(configs, n, iters=args.process_iters, timeout_s=400)
+            processes = _time_processes(configs, n, iters=args.process_iters, timeout_s=400,
+                                        cpu_threads=args.cpu_threads)
         except Exception as exc:
             processes = [{"variant": "processes", "error": f"{type(exc).__name__}: {exc}"[:500]}]
         checked = {bool(r.get("variant", "").endswith("CUDA-graph decoder")): r.get("agrees")
@@ -939,6 +942,7 @@ def main(argv: list[str]) -> int:
         "model": model_text,
         "build_s": build_s,
         "torch": torch.__version__,
+        "cpu_threads": args.cpu_threads,
         "cuda_mps_control": mps,
         "stock_images_per_s": stock_full["images_per_s"],
         "stock_body_images_per_s": stock_body["images_per_s"],
