@@ -45,13 +45,16 @@ class FitResult:
     evaluation: every loss, error and the verdict, computed at `params`. iterations: LM steps;
     start_loss: the objective at the start point (NaN when not fitted). jacobian: (K, 3, n_free)
     float64 keypoint Jacobian near `params` (rows of points not fitted this frame carried over
-    from `jacobian_guess`), for the next frame's warm start; None when not fitted."""
+    from `jacobian_guess`), for the next frame's warm start; None when not fitted. converged: the solver
+    stopped on its own (a step lowered the loss by less than `rel_tolerance`, or no step lowered it), not
+    at its iteration cap."""
 
     params: np.ndarray
     evaluation: FitEvaluation | None
     iterations: int
     start_loss: float
     jacobian: np.ndarray | None = None
+    converged: bool = True
 
 
 def jacobian_method(model: BodyModel, requested: str = "auto", num_free: int | None = None) -> str:
@@ -247,6 +250,7 @@ def fit_frame(
     if not guess_ok or loss is None:
         loss, kp = objective(x)
     start_loss = loss
+    converged = False
     while iterations < max_iterations and np.isfinite(loss):
         if jac is None or cold or not settings.broyden:
             jac, kp = jacobian(x)
@@ -280,6 +284,7 @@ def fit_frame(
                 break
             damping *= 4.0
         if not accepted:
+            converged = True
             break
         if settings.broyden and not cold:  # rank-1 secant update of the Jacobian along the step
             step_sq = float(step @ step)
@@ -288,6 +293,7 @@ def fit_frame(
         decrease = loss - new_loss
         x, loss, kp = candidate, new_loss, new_kp
         if decrease < settings.rel_tolerance * loss:
+            converged = True
             break
 
     best = start.copy()
@@ -300,4 +306,4 @@ def fit_frame(
         full_jac = jacobian_guess.copy() if guess_ok else np.zeros((len(defined), 3, n_free))
         full_jac[rows_np] = jac
     evaluation = evaluate(model, shipped, targets, free, prior, settings) if judge else None
-    return FitResult(shipped, evaluation, iterations, start_loss, full_jac)
+    return FitResult(shipped, evaluation, iterations, start_loss, full_jac, converged or not np.isfinite(loss))
