@@ -15,7 +15,7 @@ import numpy as np
 from protocol import Points3D
 from streamer.node import NodeConfig
 
-__all__ = ["build_stage", "run_take", "take_summary"]
+__all__ = ["VirtualClock", "build_stage", "run_take", "take_summary"]
 
 FPS = 30.0
 
@@ -29,7 +29,7 @@ def build_stage(n_cameras: int, seed: int = 1):
                                           synth_seed=seed))
 
 
-class _Clock:
+class VirtualClock:
     """`time` as the sync node sees it: monotonic_ns follows the stage (set per message), 1 us per call."""
 
     def __init__(self) -> None:
@@ -45,7 +45,7 @@ class _Clock:
 
 @contextlib.contextmanager
 def _virtual_time(module):
-    clock = _Clock()
+    clock = VirtualClock()
     real = module.time
     module.time = clock
     try:

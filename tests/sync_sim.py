@@ -7,7 +7,8 @@ import numpy as np
 
 from streamer.framesets import Assembler, AssemblySettings, FrameSet
 
-__all__ = ["CameraSim", "Scene", "body_points", "frames_of", "make_scene", "simulate"]
+__all__ = ["CameraSim", "Scene", "body_points", "frames_of", "make_scene", "scene_camera", "scene_rig", "seen_person",
+           "simulate"]
 
 MS = 1_000_000
 
@@ -114,6 +115,23 @@ def scene_camera(scene: Scene, view: int, name: str):
     from streamer.calibration import Camera
 
     return Camera(name, scene.image_size, scene.K[view], np.zeros(5), scene.R[view], scene.t[view])
+
+
+def scene_rig(n_views: int):
+    """The `make_scene(n_views)` cameras as a Rig named cam0..cam{n-1}."""
+    from streamer.calibration import Rig
+
+    scene = make_scene(n_views)
+    return Rig(tuple(scene_camera(scene, v, f"cam{v}") for v in range(n_views)))
+
+
+def seen_person(camera, body: np.ndarray):
+    """`body` ((K, 3) metres, world) as `camera` sees it: a Person2D with exact pixels, full confidence, its box."""
+    from protocol import Person2D
+
+    pixels = camera.project(body)
+    return Person2D(box=np.r_[pixels.min(axis=0), pixels.max(axis=0)].astype(np.float32), score=0.9,
+                    keypoints=pixels.astype(np.float32), confidence=np.ones(len(body), np.float32))
 
 
 def subject_at(frame_index: int) -> np.ndarray:

@@ -14,16 +14,14 @@ import warnings
 import numpy as np
 import pytest
 
-from protocol import Person2D
 from streamer.association import (
     AssociationSettings,
     bootstrap_choice,
     fundamental_matrices,
     pack_detections,
 )
-from streamer.calibration import Rig
 from tests.bootstrap_harness import build_stage, run_take, take_summary
-from tests.sync_sim import body_points, make_scene, scene_camera
+from tests.sync_sim import body_points, scene_rig, seen_person
 
 SETTINGS = AssociationSettings()
 
@@ -61,15 +59,6 @@ def test_with_a_dead_camera_the_wait_is_bounded(stages):
         assert summary["first_frame"] <= wait + 3
 
 
-def _rig(n_views: int) -> Rig:
-    scene = make_scene(n_views)
-    return Rig(tuple(scene_camera(scene, v, f"cam{v}") for v in range(n_views)))
-
-
-def _person(camera, body: np.ndarray) -> Person2D:
-    pixels = camera.project(body)
-    return Person2D(box=np.r_[pixels.min(axis=0), pixels.max(axis=0)].astype(np.float32), score=0.9,
-                    keypoints=pixels.astype(np.float32), confidence=np.ones(len(body), np.float32))
 
 
 @pytest.mark.parametrize("n_views, hidden_in, no_frame, shifted, expected, seen_enough, nearest", [
@@ -84,11 +73,11 @@ def _person(camera, body: np.ndarray) -> Person2D:
 ])
 def test_bootstrap_choice_is_confident_only_on_enough_cameras_and_a_clear_margin(
         n_views, hidden_in, no_frame, shifted, expected, seen_enough, nearest):
-    rig = _rig(n_views)
+    rig = scene_rig(n_views)
     performer = body_points(np.random.default_rng(5))
     visitor = body_points(np.random.default_rng(6), at=(1.6, -1.2))
-    lists = [[] if v in no_frame else ([] if v in hidden_in else [_person(camera, performer)])
-             + [_person(camera, visitor)] for v, camera in enumerate(rig.cameras)]
+    lists = [[] if v in no_frame else ([] if v in hidden_in else [seen_person(camera, performer)])
+             + [seen_person(camera, visitor)] for v, camera in enumerate(rig.cameras)]
     for v in shifted:
         lists[v][0].keypoints += 18.0
     packed = pack_detections(lists, 70, SETTINGS.min_confidence)

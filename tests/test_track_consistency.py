@@ -11,13 +11,12 @@ whenever the performer was occluded in one view by the distractor walking around
 from __future__ import annotations
 
 import dataclasses
-import time
 import warnings
 
 import numpy as np
 import pytest
 
-from protocol import BoxHints, Person2D, Points3D
+from protocol import BoxHints, Points3D
 from streamer.association import (
     AssociationSettings,
     TrackState,
@@ -30,24 +29,16 @@ from streamer.calibration import Rig
 from streamer.capture.boxes import BoxPolicy
 from streamer.capture.hints import accept_hint, persons_in_boxes, track_hints
 from streamer.node import NodeConfig
-from tests.sync_sim import body_points, make_scene, scene_camera
+from tests.bootstrap_harness import VirtualClock
+from tests.sync_sim import body_points, scene_rig, seen_person
 
 SETTINGS = AssociationSettings()
 
 
-def _rig(n_views: int = 4) -> Rig:
-    scene = make_scene(n_views)
-    return Rig(tuple(scene_camera(scene, v, f"cam{v}") for v in range(n_views)))
-
-
-def _person(camera, body: np.ndarray) -> Person2D:
-    pixels = camera.project(body)
-    return Person2D(box=np.r_[pixels.min(axis=0), pixels.max(axis=0)].astype(np.float32), score=0.9,
-                    keypoints=pixels.astype(np.float32), confidence=np.ones(len(body), np.float32))
 
 
 def test_a_keypoint_triangulated_onto_the_other_person_stays_out_of_the_track_and_its_hints():
-    rig = _rig()
+    rig = scene_rig(4)
     subject = body_points(np.random.default_rng(3))
     distractor = body_points(np.random.default_rng(4), at=(2.0, 0.0))  # between cam0 and the subject
     state = advance_track(TrackState(), subject, True, SETTINGS)
@@ -58,7 +49,7 @@ def test_a_keypoint_triangulated_onto_the_other_person_stays_out_of_the_track_an
     def hinted(points):  # per camera, which persons a box-driven estimator reports in the track's hint boxes
         out = []
         for camera, hint in zip(rig.cameras, track_hints(rig, points[None], [0], [1.0], t_ns=0)):
-            persons = [_person(camera, subject), _person(camera, distractor)]
+            persons = [seen_person(camera, subject), seen_person(camera, distractor)]
             found = persons_in_boxes(persons, hint.boxes, hint.track_ids, keep_unmatched=False)
             out.append([("subject", "distractor")[[p.box.tobytes() for p in persons].index(f.box.tobytes())]
                         for f in found])
@@ -118,10 +109,10 @@ def test_bootstrap_prefers_the_central_performer_hidden_in_one_camera_to_a_visit
     """The visitor walking around the stage hides the performer in one camera: the performer, seen consistently
     by every other camera, is still the one chosen. Seen by only two of four, the performer loses to the visitor
     seen by four: two views agree with each other by chance far more often than three."""
-    rig = _rig(n_views)
+    rig = scene_rig(n_views)
     performer = body_points(np.random.default_rng(5))
     visitor = body_points(np.random.default_rng(6), at=(1.6, -1.2))
-    lists = [([] if v in hidden_in else [_person(camera, performer)]) + [_person(camera, visitor)]
+    lists = [([] if v in hidden_in else [seen_person(camera, performer)]) + [seen_person(camera, visitor)]
              for v, camera in enumerate(rig.cameras)]
     packed = pack_detections(lists, 70, SETTINGS.min_confidence)
     F = fundamental_matrices(rig.K, rig.R, rig.t)
@@ -138,20 +129,6 @@ def test_bootstrap_prefers_the_central_performer_hidden_in_one_camera_to_a_visit
 
 FPS = 30.0
 CAMERAS = ("cam0", "cam1", "cam2", "cam3")
-
-
-class _Clock:
-    """`time` as the sync node sees it: monotonic_ns follows the stage (set per message), 1 us per call."""
-
-    def __init__(self) -> None:
-        self.now_ns = 0
-
-    def monotonic_ns(self) -> int:
-        self.now_ns += 1_000
-        return self.now_ns
-
-    def __getattr__(self, name):
-        return getattr(time, name)
 
 
 @pytest.fixture(scope="module")
@@ -173,7 +150,7 @@ def run_hint_cycle(stage, start: int, n_frames: int, monkeypatch):
     counters). True persons: 0 the performer, 1 the distractor."""
     import nodes.sync as nodes_sync
 
-    clock = _Clock()
+    clock = VirtualClock()
     monkeypatch.setattr(nodes_sync, "time", clock)
     node = nodes_sync.Sync(NodeConfig(name="sync", bind="inproc://unused"),
                            nodes_sync.Settings(fps=FPS, deadline_ms=60.0))
