@@ -78,8 +78,12 @@ class Settings:
     min_valid_points: int = _TRACK.targets.min_valid  # fewer valid 3D points: the frame is unusable
     huber_m: float = _TRACK.fit.huber_m  # Huber threshold of the data term, metres
     accel_prior: float = _TRACK.fit.accel_prior  # weight of the constant-velocity prior (per rad^2 / m^2)
+    # the prior on the predicted keypoints, weighed as the data term (0 with accel_prior 1e-3: the old fit)
+    accel_keypoint_prior: float = _TRACK.fit.accel_keypoint_prior
     max_iterations: int = _TRACK.fit.max_iterations  # LM steps per warm-started frame
     max_iterations_cold: int = _TRACK.fit.max_iterations_cold  # LM steps when (re)initialising
+    start_iterations: int = _TRACK.start_iterations  # at most this many in all at a start, a relock's spread over
+    #                                                  its first frames (0: one frame, max_iterations_cold)
     good_rms_m: float = _TRACK.fit.good_rms_m  # verdict "good" at most this inlier RMS error, metres
     smooth_output: bool = _TRACK.smooth_output  # ship the parameter Kalman's posterior (less jitter, no steady lag)
     pose_accel_noise: float = _TRACK.pose_accel_noise  # Kalman process noise of rotations, rad/s^2 (jitter vs lag)
@@ -105,10 +109,12 @@ def track_settings(s: Settings) -> TrackSettings:
     """The tracking settings of the node's settings (the library's defaults for everything not in `Settings`)."""
     return replace(
         _TRACK,
-        fit=replace(_TRACK.fit, huber_m=s.huber_m, accel_prior=s.accel_prior, max_iterations=s.max_iterations,
+        fit=replace(_TRACK.fit, huber_m=s.huber_m, accel_prior=s.accel_prior,
+                    accel_keypoint_prior=s.accel_keypoint_prior, max_iterations=s.max_iterations,
                     max_iterations_cold=s.max_iterations_cold, good_rms_m=s.good_rms_m),
         targets=replace(_TRACK.targets, min_valid=s.min_valid_points),
-        lost_after_s=s.lost_after_s, relock_after_s=s.relock_after_s, stuck_body_m=s.stuck_body_m,
+        lost_after_s=s.lost_after_s, relock_after_s=s.relock_after_s, start_iterations=s.start_iterations,
+        stuck_body_m=s.stuck_body_m,
         stuck_body_points=s.stuck_body_points, coast_root_s=s.coast_root_s,
         coast_pose_s=s.coast_pose_s, max_speed_mps=s.max_speed_mps, shape_frames=s.shape_frames, fit_hands=s.fit_hands,
         offset_frames=s.offset_frames, offset_rounds=s.offset_rounds, offset_gain=s.offset_gain,

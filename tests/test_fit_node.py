@@ -193,7 +193,7 @@ def test_node_defaults_are_the_tracking_library_defaults():
 
     assert track_settings(Settings()) == TrackSettings()
     tracking = [f for f in dataclasses.fields(Settings) if f.name not in NODE_ONLY_SETTINGS]
-    assert len(tracking) == 21
+    assert len(tracking) == 23
     for f in tracking:
         value = getattr(Settings(), f.name)
         changed = ((not value) if isinstance(value, bool) else value + 1 if isinstance(value, int)
